@@ -1,1 +1,36 @@
+//! The supervised actor system of the consultant worker.
+//!
+//! This crate is the brain: it owns the consultation logic, the supervision tree and the
+//! session state, and talks to the outside world only through the small port traits in
+//! [`ports`]. It contains no network or disk code; `src/` of the `consultant` package
+//! implements the ports over the real protocols (Azure/OpenAI Realtime, SQLite, DeepSeek,
+//! LiveKit) and wires everything together.
+//!
+//! Supervision tree:
+//! ```text
+//! WorkerSupervisor
+//!  '- Consultation <session_id>    one per job (VoiceHandler session)
+//!      |- Realtime    (restarted on failure, dialogue replayed)
+//!      |- Persistence (every final dialogue message, status, anketa)
+//!      '- Extraction  (anketa every N messages and at the end)
+//! ```
 
+pub mod anketa;
+pub mod consultation;
+pub mod dialogue;
+pub mod extraction;
+pub mod handler;
+pub mod persistence;
+pub mod ports;
+pub mod realtime;
+pub mod restart;
+pub mod session;
+pub mod settings;
+pub mod supervisor;
+pub mod telemetry;
+
+pub use anketa::{Anketa, AnketaField, FieldKind};
+pub use dialogue::{DialogueMessage, Role, SessionId, SessionIdError};
+pub use handler::{SessionOutcome, VoiceHandler};
+pub use session::{SessionStatus, VoiceConsultationSession};
+pub use settings::ConsultationSettings;

@@ -1,0 +1,156 @@
+//! `VoiceHandler` (the seed's handler.py): creates, feeds and ends voice sessions. LiveKit jobs
+//! and `consultant simulate` both drive consultations through it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+
+pub use crate::consultation::SessionOutcome;
+use crate::consultation::{finalize_consultation, ConsultationMsg, EndReason, FinalizeJob, Ports};
+use crate::dialogue::SessionId;
+use crate::ports::{AgentAudioOutput, StoreError};
+use crate::session::SessionStatus;
+use crate::settings::ConsultationSettings;
+pub use crate::supervisor::{ConsultationHandle, StartError};
+use crate::supervisor::{SupervisorArgs, SupervisorMsg, WorkerSupervisor};
+use crate::telemetry::Telemetry;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("no running consultation for session {0}")]
+    UnknownSession(SessionId),
+    #[error("the worker supervisor is not answering: {0}")]
+    Supervisor(String),
+    #[error("the consultation ended without an outcome: {0}")]
+    NoOutcome(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct VoiceHandler {
+    supervisor: ActorRef<SupervisorMsg>,
+    ports: Ports,
+    settings: Arc<ConsultationSettings>,
+    telemetry: Telemetry,
+}
+
+impl VoiceHandler {
+    /// Starts the WorkerSupervisor. Call [`VoiceHandler::recover_interrupted`] once at start-up.
+    pub async fn start(settings: Arc<ConsultationSettings>, ports: Ports, telemetry: Telemetry) -> Result<Self, HandlerError> {
+        let args = SupervisorArgs { settings: settings.clone(), ports: ports.clone(), telemetry: telemetry.clone() };
+        let (supervisor, _) = Actor::spawn(None, WorkerSupervisor, args)
+            .await
+            .map_err(|e| HandlerError::Supervisor(e.to_string()))?;
+        Ok(Self { supervisor, ports, settings, telemetry })
+    }
+
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Finalizes sessions a crashed process left open: status interrupted, anketa generated
+    /// from what was stored.
+    pub async fn recover_interrupted(&self) -> Result<Vec<SessionOutcome>, HandlerError> {
+        let mut outcomes = Vec::new();
+        for status in [SessionStatus::Starting, SessionStatus::Active, SessionStatus::Finalizing] {
+            for record in self.ports.store.sessions_with_status(status).await? {
+                let dialogue = self.ports.store.load_messages(&record.session_id).await?;
+                let anketa = self.ports.store.latest_anketa(&record.session_id).await?.map(|r| r.anketa).unwrap_or_default();
+                tracing::warn!(session_id = %record.session_id, messages = dialogue.len(), was = %record.status, "recovering a session left open by a previous process");
+                let job = FinalizeJob {
+                    session_id: record.session_id.clone(),
+                    room: record.room.clone(),
+                    status: SessionStatus::Interrupted,
+                    failure: Some("the worker stopped during the consultation".into()),
+                    reason: "recovery after restart".into(),
+                    started_at: record.started_at,
+                    dialogue,
+                    anketa,
+                    fields_timeout: self.settings.final_extraction_timeout,
+                    store: self.ports.store.clone(),
+                    extractor: self.ports.extractor.clone(),
+                    persistence: None,
+                    turn_latency_ms: Vec::new(),
+                };
+                outcomes.push(finalize_consultation(job).await);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Starts a consultation: its Persistence, Extraction and Realtime actors are spawned and
+    /// the realtime connection is opened. Wait with [`ConsultationHandle::wait_ready`].
+    pub async fn create_session(&self, session_id: SessionId, room: String, audio_out: Arc<dyn AgentAudioOutput>) -> Result<ConsultationHandle, HandlerError> {
+        let result = self
+            .supervisor
+            .call(|reply| SupervisorMsg::Start { session_id, room, audio_out, reply }, Some(CALL_TIMEOUT))
+            .await
+            .map_err(|e| HandlerError::Supervisor(e.to_string()))?;
+        match result {
+            ractor::rpc::CallResult::Success(r) => Ok(r?),
+            ractor::rpc::CallResult::Timeout => Err(HandlerError::Supervisor("timed out".into())),
+            ractor::rpc::CallResult::SenderError => Err(HandlerError::Supervisor("no reply".into())),
+        }
+    }
+
+    /// Feeds caller audio (PCM16 mono 24 kHz). Never blocks.
+    pub fn process_user_audio(&self, handle: &ConsultationHandle, pcm: Arc<[i16]>) {
+        let _ = handle.actor.send_message(ConsultationMsg::CallerAudio(pcm));
+    }
+
+    pub async fn get(&self, session_id: &SessionId) -> Option<ConsultationHandle> {
+        let id = session_id.clone();
+        match self.supervisor.call(|reply| SupervisorMsg::Get { session_id: id, reply }, Some(CALL_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(h)) => h,
+            _ => None,
+        }
+    }
+
+    pub async fn list(&self) -> Vec<SessionId> {
+        match self.supervisor.call(SupervisorMsg::List, Some(CALL_TIMEOUT)).await {
+            Ok(ractor::rpc::CallResult::Success(ids)) => ids,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Ends a consultation properly (final anketa, status) and returns its dialogue and anketa.
+    pub async fn end_session(&self, session_id: &SessionId, reason: EndReason) -> Result<SessionOutcome, HandlerError> {
+        let handle = self.get(session_id).await.ok_or_else(|| HandlerError::UnknownSession(session_id.clone()))?;
+        let _ = handle.actor.send_message(ConsultationMsg::End(reason));
+        handle.wait_finished().await.map_err(HandlerError::NoOutcome)
+    }
+
+    /// Refuse new sessions (drain).
+    pub fn drain(&self) {
+        let _ = self.supervisor.send_message(SupervisorMsg::Drain);
+    }
+
+    /// Ends every consultation with `reason` and waits until all are finalized.
+    pub async fn end_all(&self, reason: EndReason) {
+        let ids = self.list().await;
+        let mut handles = Vec::new();
+        for id in ids {
+            if let Some(h) = self.get(&id).await {
+                handles.push(h);
+            }
+        }
+        let _ = self.supervisor.send_message(SupervisorMsg::EndAll { reason });
+        for h in handles {
+            let _ = h.wait_finished().await;
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.end_all(EndReason::Shutdown).await;
+        self.supervisor.stop(None);
+    }
+}

@@ -1,0 +1,217 @@
+//! The ports: what the actors need from the outside world, at the domain level.
+//!
+//! `src/` implements them over the real protocols; tests implement them in memory.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::anketa::Anketa;
+use crate::dialogue::{DialogueMessage, SessionId};
+use crate::session::SessionStatus;
+
+// ---------------------------------------------------------------------------------------------
+// Realtime (Azure / OpenAI Realtime: speech in, speech out, server VAD, transcripts)
+// ---------------------------------------------------------------------------------------------
+
+/// What a new realtime session must be configured with. On a reconnect `history` carries the
+/// dialogue so far, replayed as text items so the model keeps its context.
+#[derive(Clone, Debug)]
+pub struct RealtimeSetup {
+    pub session_id: SessionId,
+    pub instructions: String,
+    pub history: Vec<DialogueMessage>,
+}
+
+/// A connected realtime session: commands go in, events come out. The event stream ends with
+/// exactly one [`RealtimeEvent::Disconnected`] (or the channel closing, which means the same).
+pub struct RealtimeConnection {
+    pub commands: mpsc::Sender<RealtimeCommand>,
+    pub events: mpsc::Receiver<RealtimeEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RealtimeCommand {
+    /// Caller audio: PCM16 mono 24 kHz.
+    AppendAudio(Arc<[i16]>),
+    /// Ask for a response, optionally with extra instructions for this response only.
+    CreateResponse { instructions: Option<String> },
+    CancelResponse,
+    /// Barge-in: cut the assistant item at what the caller actually heard.
+    Truncate { item_id: String, content_index: u32, audio_end_ms: u64 },
+    /// Replace the session instructions.
+    UpdateInstructions(String),
+    /// Close the socket politely.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseStatus {
+    Completed,
+    Cancelled,
+    Failed,
+    Incomplete,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// Server events, flavour-independent (preview/beta and GA names map to the same events).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RealtimeEvent {
+    /// The session is configured (and the history replayed): audio may flow.
+    SessionReady { provider_session_id: String, expires_at: Option<i64> },
+    SpeechStarted { item_id: Option<String>, audio_start_ms: u64 },
+    SpeechStopped { item_id: Option<String>, audio_end_ms: u64 },
+    /// The caller's turn was committed as a conversation item; its transcript follows later.
+    UserItemCommitted { item_id: String },
+    UserTranscript { item_id: String, text: String },
+    UserTranscriptFailed { item_id: String, reason: String },
+    ResponseStarted { response_id: String },
+    /// An assistant item of the current response.
+    AgentItemStarted { response_id: Option<String>, item_id: String },
+    /// Agent speech: PCM16 mono 24 kHz.
+    AgentAudio { item_id: String, pcm: Arc<[i16]> },
+    AgentTranscriptDelta { item_id: String, delta: String },
+    AgentTranscriptDone { item_id: String, text: String },
+    ResponseDone {
+        response_id: Option<String>,
+        status: ResponseStatus,
+        reason: Option<String>,
+        usage: Option<TokenUsage>,
+    },
+    /// A non-fatal error event (most leave the session open).
+    Error { code: Option<String>, message: String },
+    /// The connection is gone; no more events follow.
+    Disconnected { cause: RealtimeFailure },
+}
+
+/// Why a realtime connection failed or ended.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RealtimeFailure {
+    /// Retrying cannot help (bad key, quota, billing, 401...).
+    #[error("fatal realtime error: {0}")]
+    Fatal(String),
+    /// The connection failed or dropped; a new one may work.
+    #[error("realtime connection lost: {0}")]
+    Transient(String),
+    /// The provider ended the session at its time limit.
+    #[error("realtime session expired: {0}")]
+    Expired(String),
+    /// We closed it.
+    #[error("closed by the worker")]
+    Closed,
+}
+
+impl RealtimeFailure {
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RealtimeFailure::Fatal(_))
+    }
+}
+
+#[async_trait]
+pub trait RealtimeConnector: Send + Sync + 'static {
+    /// Opens one connection and configures the session (instructions, audio formats, server
+    /// VAD, transcription), replays `setup.history`, and returns once the session is ready.
+    /// One attempt: retries and timeouts are the Realtime actor's business.
+    async fn connect(&self, setup: RealtimeSetup) -> Result<RealtimeConnection, RealtimeFailure>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent audio output (the LiveKit room, or a WAV file in `simulate`)
+// ---------------------------------------------------------------------------------------------
+
+/// What has been played of an assistant item when playback was interrupted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlayedAudio {
+    pub item_id: String,
+    pub played_ms: u64,
+}
+
+/// Where the agent's voice goes. Both calls return at once: an implementation queues audio and
+/// plays it paced by its own clock; it never blocks the caller.
+pub trait AgentAudioOutput: Send + Sync + 'static {
+    /// Queue agent speech (PCM16 mono 24 kHz) of an assistant item.
+    fn play(&self, item_id: &str, pcm: Arc<[i16]>);
+    /// Barge-in: drop everything queued, stop at once, and say how much of the current item
+    /// the caller heard (None if nothing was playing).
+    fn interrupt(&self) -> Option<PlayedAudio>;
+    /// Whether audio is still queued or playing.
+    fn is_playing(&self) -> bool;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store (SQLite)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SessionRecord {
+    pub session_id: SessionId,
+    pub room: String,
+    pub status: SessionStatus,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AnketaRecord {
+    pub anketa: Anketa,
+    /// Dialogue length that produced it.
+    pub message_count: usize,
+    pub is_final: bool,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Io(String),
+    #[error("no session {0}")]
+    UnknownSession(SessionId),
+}
+
+#[async_trait]
+pub trait DialogueStore: Send + Sync + 'static {
+    /// Creates the session row (or updates room/status of an existing one).
+    async fn open_session(&self, record: &SessionRecord) -> Result<(), StoreError>;
+    /// Makes one dialogue message durable. Idempotent on (session, seq).
+    async fn append_message(&self, session_id: &SessionId, message: &DialogueMessage) -> Result<(), StoreError>;
+    async fn set_status(
+        &self,
+        session_id: &SessionId,
+        status: SessionStatus,
+        failure: Option<&str>,
+        ended_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
+    /// Stores an anketa version (history is kept).
+    async fn save_anketa(&self, session_id: &SessionId, record: &AnketaRecord) -> Result<(), StoreError>;
+    async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn load_messages(&self, session_id: &SessionId) -> Result<Vec<DialogueMessage>, StoreError>;
+    async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extractor (DeepSeek)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExtractError {
+    /// Retries were exhausted or the request cannot succeed (auth, balance, bad request).
+    #[error("anketa extraction failed: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait AnketaExtractor: Send + Sync + 'static {
+    /// Extracts the anketa from the dialogue, given the previous one; returns only validated,
+    /// configured fields. Retries and timeouts are the adapter's business.
+    async fn extract(&self, dialogue: &[DialogueMessage], previous: &Anketa) -> Result<Anketa, ExtractError>;
+}

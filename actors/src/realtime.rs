@@ -1,0 +1,165 @@
+//! The Realtime actor: owns one realtime connection (Azure/OpenAI), forwards its events to the
+//! Consultation, and fails when the socket fails so that the Consultation restarts it (with
+//! the dialogue replayed by the new connection).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::consultation::ConsultationMsg;
+use crate::ports::{RealtimeCommand, RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup};
+
+/// How the Realtime actor connects: attempts, per-attempt timeout and backoff.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectPolicy {
+    pub attempts: u32,
+    pub timeout: Duration,
+    pub first_retry: Duration,
+    pub retry_delay: Duration,
+}
+
+impl Default for ConnectPolicy {
+    /// As the best clients do it: 3 attempts, 10 s each, first retry after 0.1 s, then 2 s.
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            timeout: Duration::from_secs(10),
+            first_retry: Duration::from_millis(100),
+            retry_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ConnectPolicy {
+    fn delay_before(&self, attempt: u32) -> Duration {
+        if attempt <= 2 {
+            self.first_retry
+        } else {
+            self.retry_delay
+        }
+    }
+}
+
+/// Queue depth between the actor and the socket writer; caller audio beyond it is dropped
+/// (and counted) rather than buffered without bound.
+pub const COMMAND_QUEUE: usize = 512;
+
+pub struct RealtimeArgs {
+    pub connector: Arc<dyn RealtimeConnector>,
+    pub setup: RealtimeSetup,
+    pub policy: ConnectPolicy,
+    pub parent: ActorRef<ConsultationMsg>,
+    pub generation: u64,
+}
+
+pub enum RealtimeMsg {
+    Connect { attempt: u32, last_cause: Option<String> },
+    Command(RealtimeCommand),
+    Event(RealtimeEvent),
+}
+
+pub struct RealtimeState {
+    args: RealtimeArgs,
+    commands: Option<mpsc::Sender<RealtimeCommand>>,
+    reader: Option<JoinHandle<()>>,
+    dropped_commands: u64,
+}
+
+pub struct RealtimeActor;
+
+#[ractor::async_trait]
+impl Actor for RealtimeActor {
+    type Msg = RealtimeMsg;
+    type State = RealtimeState;
+    type Arguments = RealtimeArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: RealtimeArgs) -> Result<RealtimeState, ActorProcessingErr> {
+        // Connecting can take seconds: do it from the mailbox so the parent's spawn returns now.
+        myself.send_message(RealtimeMsg::Connect { attempt: 1, last_cause: None })?;
+        Ok(RealtimeState { args, commands: None, reader: None, dropped_commands: 0 })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut RealtimeState) -> Result<(), ActorProcessingErr> {
+        if let Some(tx) = state.commands.take() {
+            let _ = tx.try_send(RealtimeCommand::Close);
+        }
+        if let Some(reader) = state.reader.take() {
+            reader.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: RealtimeMsg, state: &mut RealtimeState) -> Result<(), ActorProcessingErr> {
+        match message {
+            RealtimeMsg::Connect { attempt, last_cause } => {
+                let _ = last_cause;
+                let generation = state.args.generation;
+                let _ = state.args.parent.send_message(ConsultationMsg::RealtimeConnecting { generation, attempt });
+                let policy = state.args.policy;
+                let result = tokio::time::timeout(policy.timeout, state.args.connector.connect(state.args.setup.clone())).await;
+                let failure = match result {
+                    Ok(Ok(connection)) => {
+                        state.commands = Some(connection.commands);
+                        let mut events = connection.events;
+                        let me = myself.clone();
+                        state.reader = Some(tokio::spawn(async move {
+                            while let Some(event) = events.recv().await {
+                                let last = matches!(event, RealtimeEvent::Disconnected { .. });
+                                if me.send_message(RealtimeMsg::Event(event)).is_err() || last {
+                                    return;
+                                }
+                            }
+                            let _ = me.send_message(RealtimeMsg::Event(RealtimeEvent::Disconnected {
+                                cause: RealtimeFailure::Transient("event stream ended".into()),
+                            }));
+                        }));
+                        state.args.parent.send_message(ConsultationMsg::RealtimeReady { generation })?;
+                        return Ok(());
+                    }
+                    Ok(Err(failure)) => failure,
+                    Err(_) => RealtimeFailure::Transient(format!("connect timed out after {:?}", policy.timeout)),
+                };
+                if failure.is_fatal() {
+                    return Err(Box::new(failure));
+                }
+                if attempt >= policy.attempts {
+                    return Err(Box::new(RealtimeFailure::Transient(format!(
+                        "connection failed after {attempt} attempts: {failure}"
+                    ))));
+                }
+                tracing::warn!(attempt, cause = %failure, "realtime connect attempt failed; retrying");
+                let next = attempt + 1;
+                let cause = failure.to_string();
+                myself.send_after(policy.delay_before(next), move || RealtimeMsg::Connect { attempt: next, last_cause: Some(cause) });
+            }
+            RealtimeMsg::Command(command) => {
+                if let Some(tx) = &state.commands {
+                    match tx.try_send(command) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            state.dropped_commands += 1;
+                            if state.dropped_commands.is_power_of_two() {
+                                tracing::warn!(dropped = state.dropped_commands, "realtime writer is behind; dropping commands");
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return Err(Box::new(RealtimeFailure::Transient("socket writer closed".into())));
+                        }
+                    }
+                }
+            }
+            RealtimeMsg::Event(RealtimeEvent::Disconnected { cause }) => {
+                state.commands = None;
+                return Err(Box::new(cause));
+            }
+            RealtimeMsg::Event(event) => {
+                let generation = state.args.generation;
+                state.args.parent.send_message(ConsultationMsg::Realtime { generation, event })?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! `VoiceConsultationSession`: the state of one voice consultation (dialogue, timer, status).
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::anketa::Anketa;
+use crate::dialogue::{DialogueMessage, Role, SessionId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Starting,
+    Active,
+    Finalizing,
+    Completed,
+    Failed,
+    Interrupted,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Starting => "starting",
+            SessionStatus::Active => "active",
+            SessionStatus::Finalizing => "finalizing",
+            SessionStatus::Completed => "completed",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "starting" => SessionStatus::Starting,
+            "active" => SessionStatus::Active,
+            "finalizing" => SessionStatus::Finalizing,
+            "completed" => SessionStatus::Completed,
+            "failed" => SessionStatus::Failed,
+            "interrupted" => SessionStatus::Interrupted,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SessionStatus::Completed | SessionStatus::Failed | SessionStatus::Interrupted)
+    }
+}
+
+impl fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the consultation timer stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerPhase {
+    Running,
+    /// The wrap-up instruction has been given.
+    WrappingUp,
+    /// The limit was reached; the goodbye is being said.
+    Expired,
+}
+
+/// The state of one consultation: dialogue, timer and status.
+#[derive(Clone, Debug)]
+pub struct VoiceConsultationSession {
+    pub session_id: SessionId,
+    pub room: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub max_duration: Duration,
+    pub timer: TimerPhase,
+    pub status: SessionStatus,
+    pub failure: Option<String>,
+    pub dialogue: Vec<DialogueMessage>,
+    pub anketa: Anketa,
+    /// Dialogue length that produced the current anketa.
+    pub anketa_at_message: usize,
+}
+
+impl VoiceConsultationSession {
+    pub fn new(session_id: SessionId, room: String, max_duration: Duration) -> Self {
+        Self {
+            session_id,
+            room,
+            started_at: Utc::now(),
+            ended_at: None,
+            max_duration,
+            timer: TimerPhase::Running,
+            status: SessionStatus::Starting,
+            failure: None,
+            dialogue: Vec::new(),
+            anketa: Anketa::default(),
+            anketa_at_message: 0,
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        let end = self.ended_at.unwrap_or_else(Utc::now);
+        (end - self.started_at).to_std().unwrap_or_default()
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.max_duration.saturating_sub(self.elapsed())
+    }
+
+    /// Appends a final message and returns it (with its sequence number and time).
+    pub fn push_message(&mut self, role: Role, text: String, interrupted: bool) -> DialogueMessage {
+        let message = DialogueMessage {
+            seq: self.dialogue.len() as u32 + 1,
+            role,
+            text,
+            at: Utc::now(),
+            interrupted,
+        };
+        self.dialogue.push(message.clone());
+        message
+    }
+}

@@ -1,0 +1,224 @@
+//! The WorkerSupervisor: spawns one Consultation per session and outlives them all. A
+//! consultation that crashes is finalized from what the store holds, so its dialogue and
+//! anketa are never lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
+
+use crate::consultation::{
+    finalize_consultation, ConsultationActor, ConsultationArgs, ConsultationMsg, EndReason, FinalizeJob, Lifecycle,
+    Ports, SessionOutcome,
+};
+use crate::dialogue::SessionId;
+use crate::ports::AgentAudioOutput;
+use crate::session::SessionStatus;
+use crate::settings::ConsultationSettings;
+use crate::telemetry::Telemetry;
+
+/// A running consultation as seen from outside.
+#[derive(Clone)]
+pub struct ConsultationHandle {
+    pub session_id: SessionId,
+    pub actor: ActorRef<ConsultationMsg>,
+    pub lifecycle: watch::Receiver<Lifecycle>,
+}
+
+impl ConsultationHandle {
+    /// Waits until the realtime session is up and the greeting requested, or the consultation
+    /// ended before that (then its failure is returned).
+    pub async fn wait_ready(&self) -> Result<(), String> {
+        let mut rx = self.lifecycle.clone();
+        let seen = rx
+            .wait_for(|l| !matches!(l, Lifecycle::Starting))
+            .await
+            .map_err(|_| "the consultation stopped before it was ready".to_owned())?
+            .clone();
+        match seen {
+            Lifecycle::Finished(outcome) => Err(outcome.failure.unwrap_or_else(|| format!("ended as {}", outcome.status))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for the consultation to be finalized.
+    pub async fn wait_finished(&self) -> Result<SessionOutcome, String> {
+        let mut rx = self.lifecycle.clone();
+        let seen = rx
+            .wait_for(|l| matches!(l, Lifecycle::Finished(_)))
+            .await
+            .map_err(|_| "the consultation stopped without an outcome".to_owned())?
+            .clone();
+        match seen {
+            Lifecycle::Finished(outcome) => Ok(*outcome),
+            _ => unreachable!("wait_for returned a state it did not ask for"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    #[error("a consultation for session {0} is already running")]
+    AlreadyRunning(SessionId),
+    #[error("the worker is draining and takes no new consultations")]
+    Draining,
+    #[error("could not start the consultation: {0}")]
+    Spawn(String),
+}
+
+pub struct SupervisorArgs {
+    pub settings: Arc<ConsultationSettings>,
+    pub ports: Ports,
+    pub telemetry: Telemetry,
+}
+
+pub enum SupervisorMsg {
+    Start {
+        session_id: SessionId,
+        room: String,
+        audio_out: Arc<dyn AgentAudioOutput>,
+        reply: RpcReplyPort<Result<ConsultationHandle, StartError>>,
+    },
+    End { session_id: SessionId, reason: EndReason },
+    EndAll { reason: EndReason },
+    Get { session_id: SessionId, reply: RpcReplyPort<Option<ConsultationHandle>> },
+    List(RpcReplyPort<Vec<SessionId>>),
+    /// Refuse new consultations from now on.
+    Drain,
+}
+
+struct Running {
+    handle: ConsultationHandle,
+    lifecycle: Arc<watch::Sender<Lifecycle>>,
+    room: String,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    running: HashMap<SessionId, Running>,
+    draining: bool,
+}
+
+pub struct WorkerSupervisor;
+
+#[ractor::async_trait]
+impl Actor for WorkerSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+        args.telemetry.actor_started("worker", "supervisor");
+        Ok(SupervisorState { args, running: HashMap::new(), draining: false })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Start { session_id, room, audio_out, reply } => {
+                if state.draining {
+                    let _ = reply.send(Err(StartError::Draining));
+                    return Ok(());
+                }
+                if state.running.contains_key(&session_id) {
+                    let _ = reply.send(Err(StartError::AlreadyRunning(session_id)));
+                    return Ok(());
+                }
+                let (tx, rx) = watch::channel(Lifecycle::Starting);
+                let lifecycle = Arc::new(tx);
+                let args = ConsultationArgs {
+                    session_id: session_id.clone(),
+                    room: room.clone(),
+                    settings: state.args.settings.clone(),
+                    ports: state.args.ports.clone(),
+                    audio_out,
+                    telemetry: state.args.telemetry.clone(),
+                    lifecycle: lifecycle.clone(),
+                };
+                match Actor::spawn_linked(None, ConsultationActor, args, myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        let handle = ConsultationHandle { session_id: session_id.clone(), actor, lifecycle: rx };
+                        state.running.insert(
+                            session_id,
+                            Running { handle: handle.clone(), lifecycle, room, started_at: chrono::Utc::now() },
+                        );
+                        let _ = reply.send(Ok(handle));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(StartError::Spawn(e.to_string())));
+                    }
+                }
+            }
+            SupervisorMsg::End { session_id, reason } => {
+                if let Some(r) = state.running.get(&session_id) {
+                    let _ = r.handle.actor.send_message(ConsultationMsg::End(reason));
+                }
+            }
+            SupervisorMsg::EndAll { reason } => {
+                for r in state.running.values() {
+                    let _ = r.handle.actor.send_message(ConsultationMsg::End(reason.clone()));
+                }
+            }
+            SupervisorMsg::Get { session_id, reply } => {
+                let _ = reply.send(state.running.get(&session_id).map(|r| r.handle.clone()));
+            }
+            SupervisorMsg::List(reply) => {
+                let mut ids: Vec<_> = state.running.keys().cloned().collect();
+                ids.sort();
+                let _ = reply.send(ids);
+            }
+            SupervisorMsg::Drain => {
+                state.draining = true;
+                state.args.telemetry.event("status", "worker", "draining: no new consultations");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, _myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+        // Never stop the worker because one consultation ended or crashed.
+        let (cell, crash) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        let Some(session_id) = state.running.iter().find(|(_, r)| r.handle.actor.get_id() == id).map(|(k, _)| k.clone()) else {
+            return Ok(());
+        };
+        let running = state.running.remove(&session_id).expect("found above");
+        let path = format!("worker/consultation/{session_id}");
+        if let Some(error) = crash {
+            tracing::error!(%session_id, %error, "consultation crashed; finalizing it from the store");
+            state.args.telemetry.actor_failed(&path, &error, 0, false);
+            state.args.telemetry.actor_removed(&path);
+            state.args.telemetry.consultation_removed(&session_id);
+            let store = state.args.ports.store.clone();
+            let extractor = state.args.ports.extractor.clone();
+            let timeout = state.args.settings.final_extraction_timeout;
+            tokio::spawn(async move {
+                let dialogue = store.load_messages(&session_id).await.unwrap_or_default();
+                let anketa = store.latest_anketa(&session_id).await.ok().flatten().map(|r| r.anketa).unwrap_or_default();
+                let job = FinalizeJob {
+                    session_id,
+                    room: running.room,
+                    status: SessionStatus::Failed,
+                    failure: Some(format!("consultation crashed: {error}")),
+                    reason: format!("crash: {error}"),
+                    started_at: running.started_at,
+                    dialogue,
+                    anketa,
+                    fields_timeout: timeout,
+                    store,
+                    extractor,
+                    persistence: None,
+                    turn_latency_ms: Vec::new(),
+                };
+                let outcome = finalize_consultation(job).await;
+                let _ = running.lifecycle.send(Lifecycle::Finished(Box::new(outcome)));
+            });
+        }
+        Ok(())
+    }
+}
