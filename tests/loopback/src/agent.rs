@@ -1,0 +1,656 @@
+//! `/agent`: the agent worker protocol (WorkerMessage / ServerMessage over a WebSocket), and
+//! the dispatcher that offers jobs to workers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use livekit_protocol as proto;
+use prost::Message as _;
+use proto::server_message::Message as SrvMsg;
+use proto::worker_message::Message as WrkMsg;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::{self, AuthError};
+use crate::state::*;
+
+pub(crate) async fn agent_ws(
+    State(sh): State<SharedRef>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let token = auth::token_from(&headers, q.get("access_token").map(String::as_str));
+    let claims = match auth::verify(&sh.cfg.api_key, &sh.cfg.api_secret, token.as_deref()) {
+        Ok(c) if c.video.agent => c,
+        Ok(_) => return reject(&sh, "/agent", AuthError::Denied("token lacks the agent grant".into())),
+        Err(e) => return reject(&sh, "/agent", e),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
+    tracing::debug!(iss = %claims.iss, "agent worker connecting");
+    ws.on_upgrade(move |sock| worker_conn(sh, sock))
+}
+
+pub(crate) fn reject(sh: &SharedRef, path: &str, e: AuthError) -> Response {
+    tracing::info!(path, reason = %e, "refused connection");
+    sh.emit_now(ServerEvent::AuthRejected { path: path.into(), reason: e.to_string() });
+    let code = match e {
+        AuthError::Denied(_) => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    (code, e.to_string()).into_response()
+}
+
+fn server_info(sh: &SharedRef) -> proto::ServerInfo {
+    proto::ServerInfo {
+        edition: proto::server_info::Edition::Standard as i32,
+        version: sh.cfg.server_version.clone(),
+        protocol: 16,
+        region: String::new(),
+        node_id: "ND_loopback".into(),
+        debug_info: String::new(),
+        agent_protocol: 1,
+    }
+}
+
+/// Encode a server message in the connection's mode (protobuf binary or protojson text).
+fn encode(msg: &proto::ServerMessage, json: bool) -> Message {
+    if json {
+        Message::Text(serde_json::to_string(msg).unwrap_or_default().into())
+    } else {
+        Message::Binary(msg.encode_to_vec().into())
+    }
+}
+
+fn decode(frame: &Message) -> Option<Result<(proto::WorkerMessage, bool), String>> {
+    match frame {
+        Message::Binary(b) => Some(
+            proto::WorkerMessage::decode(b.as_ref())
+                .map(|m| (m, false))
+                .map_err(|e| format!("undecodable binary WorkerMessage ({} bytes): {e}", b.len())),
+        ),
+        Message::Text(t) => Some(
+            serde_json::from_str::<proto::WorkerMessage>(t.as_str())
+                .map(|m| (m, true))
+                .map_err(|e| format!("unparsable JSON WorkerMessage: {e}")),
+        ),
+        _ => None,
+    }
+}
+
+async fn worker_conn(sh: SharedRef, sock: WebSocket) {
+    let (mut sink, mut stream) = sock.split();
+    let mut shutdown = sh.shutdown.subscribe();
+    let peer = "agent-ws".to_string();
+
+    // 1. Wait for `register` (bounded).
+    let deadline = tokio::time::sleep(sh.cfg.register_timeout);
+    tokio::pin!(deadline);
+    let (reg, json) = loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                sh.emit_now(ServerEvent::ProtocolError { peer, detail: "no register within timeout; closing".into() });
+                let _ = sink.close().await;
+                return;
+            }
+            _ = shutdown.changed() => return,
+            frame = stream.next() => {
+                let frame = match frame { Some(Ok(f)) => f, _ => return };
+                match decode(&frame) {
+                    None => continue,
+                    Some(Err(detail)) => sh.emit_now(ServerEvent::ProtocolError { peer: peer.clone(), detail }),
+                    Some(Ok((proto::WorkerMessage { message: Some(WrkMsg::Register(r)) }, json))) => break (r, json),
+                    Some(Ok((other, _))) => sh.emit_now(ServerEvent::ProtocolError {
+                        peer: peer.clone(),
+                        detail: format!("message before register ignored: {:?}", other.message.as_ref().map(kind_name)),
+                    }),
+                }
+            }
+        }
+    };
+
+    let worker_id = new_id("AW_");
+    let (tx, mut rx) = mpsc::unbounded_channel::<WorkerOut>();
+    {
+        let mut g = sh.lock();
+        g.workers.insert(
+            worker_id.clone(),
+            Worker {
+                id: worker_id.clone(),
+                agent_name: reg.agent_name.clone(),
+                namespace: reg.namespace.clone().unwrap_or_default(),
+                version: reg.version.clone(),
+                status: WorkerStatus::WsAvailable,
+                load: 0.0,
+                job_count: 0,
+                connected: true,
+                updates: 0,
+                permissions: reg.allowed_permissions.clone(),
+                tx: tx.clone(),
+                pending: HashMap::new(),
+            },
+        );
+        g.worker_order.push(worker_id.clone());
+        sh.emit(&mut g, ServerEvent::WorkerRegistered { worker_id: worker_id.clone(), agent_name: reg.agent_name.clone() });
+    }
+    tracing::info!(%worker_id, agent_name = %reg.agent_name, "worker registered");
+    let resp = proto::ServerMessage {
+        message: Some(SrvMsg::Register(proto::RegisterWorkerResponse {
+            worker_id: worker_id.clone(),
+            server_info: Some(server_info(&sh)),
+            endpoint_settings: None,
+        })),
+    };
+    if sink.send(encode(&resp, json)).await.is_err() {
+        disconnect(&sh, &worker_id, "send failed");
+        return;
+    }
+    sh.dispatch_kick.notify_waiters();
+
+    let mut ping = tokio::time::interval(sh.cfg.ws_ping_interval);
+    ping.tick().await;
+    let reason = loop {
+        tokio::select! {
+            _ = shutdown.changed() => { let _ = sink.close().await; break "server shutdown".to_string(); }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() { break "ping send failed".into(); }
+            }
+            out = rx.recv() => match out {
+                Some(WorkerOut::Msg(m)) => if sink.send(encode(&m, json)).await.is_err() { break "send failed".into(); },
+                Some(WorkerOut::Raw(RawFrame::Binary(b))) => if sink.send(Message::Binary(b.into())).await.is_err() { break "send failed".into(); },
+                Some(WorkerOut::Raw(RawFrame::Text(t))) => if sink.send(Message::Text(t.into())).await.is_err() { break "send failed".into(); },
+                Some(WorkerOut::Drop) | None => break "dropped by test hook".into(),
+            },
+            frame = stream.next() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => break format!("websocket error: {e}"),
+                    None => break "connection closed".into(),
+                };
+                if let Message::Close(c) = &frame { break format!("closed by worker: {c:?}"); }
+                match decode(&frame) {
+                    None => {}
+                    Some(Err(detail)) => {
+                        tracing::warn!(%worker_id, %detail, "garbage frame from worker");
+                        sh.emit_now(ServerEvent::ProtocolError { peer: worker_id.clone(), detail });
+                    }
+                    Some(Ok((m, _))) => handle_worker_msg(&sh, &worker_id, m),
+                }
+            }
+        }
+    };
+    // Dropping `sink`/`stream` here drops the TCP connection (no close frame when dropped by hook).
+    disconnect(&sh, &worker_id, &reason);
+}
+
+fn kind_name(m: &WrkMsg) -> &'static str {
+    match m {
+        WrkMsg::Register(_) => "register",
+        WrkMsg::Availability(_) => "availability",
+        WrkMsg::UpdateWorker(_) => "update_worker",
+        WrkMsg::UpdateJob(_) => "update_job",
+        WrkMsg::Ping(_) => "ping",
+        WrkMsg::SimulateJob(_) => "simulate_job",
+        WrkMsg::MigrateJob(_) => "migrate_job",
+    }
+}
+
+fn disconnect(sh: &SharedRef, worker_id: &str, reason: &str) {
+    tracing::info!(%worker_id, reason, "worker disconnected");
+    let mut g = sh.lock();
+    if let Some(w) = g.workers.get_mut(worker_id) {
+        w.connected = false;
+        // Dropping the senders wakes the dispatcher waiting for these answers.
+        w.pending.clear();
+    }
+    sh.emit(&mut g, ServerEvent::WorkerDisconnected { worker_id: worker_id.into(), reason: reason.into() });
+}
+
+fn handle_worker_msg(sh: &SharedRef, worker_id: &str, m: proto::WorkerMessage) {
+    let Some(msg) = m.message else {
+        sh.emit_now(ServerEvent::ProtocolError { peer: worker_id.into(), detail: "empty WorkerMessage".into() });
+        return;
+    };
+    let mut g = sh.lock();
+    match msg {
+        WrkMsg::Register(_) => {
+            sh.emit(&mut g, ServerEvent::ProtocolError {
+                peer: worker_id.into(),
+                detail: "register on an already registered connection ignored".into(),
+            });
+        }
+        WrkMsg::Availability(resp) => {
+            let pending = g.workers.get_mut(worker_id).and_then(|w| w.pending.remove(&resp.job_id));
+            match pending {
+                Some(tx) => {
+                    let _ = tx.send(resp);
+                }
+                None => sh.emit(&mut g, ServerEvent::ProtocolError {
+                    peer: worker_id.into(),
+                    detail: format!("availability for a job not asked (or too late): {}", resp.job_id),
+                }),
+            }
+        }
+        WrkMsg::UpdateWorker(u) => {
+            let Some(w) = g.workers.get_mut(worker_id) else { return };
+            if let Some(s) = u.status {
+                w.status = WorkerStatus::try_from(s).unwrap_or(WorkerStatus::WsFull);
+            }
+            w.load = u.load;
+            w.job_count = u.job_count;
+            w.updates += 1;
+            let ev = ServerEvent::WorkerUpdated {
+                worker_id: worker_id.into(),
+                status: w.status,
+                load: w.load,
+                job_count: w.job_count,
+            };
+            sh.emit(&mut g, ev);
+            drop(g);
+            sh.dispatch_kick.notify_waiters();
+        }
+        WrkMsg::UpdateJob(u) => {
+            let status = JobStatus::try_from(u.status).ok();
+            let now = now_secs();
+            let detail = match (g.jobs.get_mut(&u.job_id), status) {
+                (None, _) => Some(format!("update_job for unknown job {}", u.job_id)),
+                (Some(_), None) => Some(format!("update_job with unknown status {}", u.status)),
+                (Some(j), Some(_)) if j.worker_id.as_deref() != Some(worker_id) => {
+                    Some(format!("update_job for job {} held by another worker", u.job_id))
+                }
+                (Some(j), Some(st)) => {
+                    j.status = st;
+                    j.error = u.error.clone();
+                    j.history.push(st);
+                    j.updated_at = now;
+                    if st == JobStatus::JsRunning && j.started_at == 0 {
+                        j.started_at = now;
+                    }
+                    if matches!(st, JobStatus::JsSuccess | JobStatus::JsFailed) {
+                        j.ended_at = now;
+                    }
+                    None
+                }
+            };
+            match detail {
+                Some(detail) => sh.emit(&mut g, ServerEvent::ProtocolError { peer: worker_id.into(), detail }),
+                None => sh.emit(&mut g, ServerEvent::JobStatusChanged {
+                    job_id: u.job_id,
+                    status: status.unwrap_or(JobStatus::JsPending),
+                    error: u.error,
+                }),
+            }
+        }
+        WrkMsg::Ping(p) => {
+            if let Some(w) = g.workers.get(worker_id) {
+                let _ = w.tx.send(WorkerOut::Msg(proto::ServerMessage {
+                    message: Some(SrvMsg::Pong(proto::WorkerPong {
+                        last_timestamp: p.timestamp,
+                        timestamp: now_millis(),
+                    })),
+                }));
+            }
+        }
+        WrkMsg::MigrateJob(mj) => {
+            let mut moved = Vec::new();
+            let mut unknown = Vec::new();
+            for id in mj.job_ids {
+                match g.jobs.get_mut(&id) {
+                    Some(j) if !j.ended() => {
+                        j.worker_id = Some(worker_id.to_string());
+                        moved.push(id);
+                    }
+                    _ => unknown.push(id),
+                }
+            }
+            tracing::info!(%worker_id, ?moved, ?unknown, "migrate_job");
+            sh.emit(&mut g, ServerEvent::JobsMigrated { worker_id: worker_id.into(), job_ids: moved, unknown });
+        }
+        WrkMsg::SimulateJob(_) => sh.emit(&mut g, ServerEvent::ProtocolError {
+            peer: worker_id.into(),
+            detail: "simulate_job is not supported by the loopback server".into(),
+        }),
+    }
+}
+
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The protobuf `Job` as sent to workers.
+pub(crate) fn job_proto(inner: &Inner, j: &Job) -> proto::Job {
+    let room = inner
+        .rooms
+        .get(&j.room)
+        .map(|r| r.proto())
+        .unwrap_or_else(|| proto::Room { name: j.room.clone(), ..Default::default() });
+    #[allow(deprecated)]
+    proto::Job {
+        id: j.id.clone(),
+        dispatch_id: j.dispatch_id.clone(),
+        r#type: proto::JobType::JtRoom as i32,
+        room: Some(room),
+        participant: None,
+        namespace: String::new(),
+        metadata: j.metadata.clone(),
+        agent_name: j.agent_name.clone(),
+        state: Some(proto::JobState {
+            status: j.status as i32,
+            error: j.error.clone(),
+            started_at: j.started_at,
+            ended_at: j.ended_at,
+            updated_at: j.updated_at,
+            participant_identity: j.participant_identity.clone(),
+            worker_id: j.worker_id.clone().unwrap_or_default(),
+            agent_id: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Create a dispatch (and its job) for `room`; the room must exist. Spawns the dispatcher.
+pub(crate) fn create_dispatch_locked(
+    sh: &SharedRef,
+    g: &mut Inner,
+    room: &str,
+    agent_name: &str,
+    metadata: &str,
+) -> String {
+    let dispatch_id = new_id("AD_");
+    let job_id = new_id("AJ_");
+    let now = now_secs();
+    g.dispatches.insert(
+        dispatch_id.clone(),
+        Dispatch {
+            id: dispatch_id.clone(),
+            room: room.into(),
+            agent_name: agent_name.into(),
+            metadata: metadata.into(),
+            job_ids: vec![job_id.clone()],
+            created_at: now,
+            deleted_at: 0,
+        },
+    );
+    g.dispatch_order.push(dispatch_id.clone());
+    if let Some(r) = g.rooms.get_mut(room) {
+        r.dispatch_ids.push(dispatch_id.clone());
+    }
+    g.jobs.insert(
+        job_id.clone(),
+        Job {
+            id: job_id.clone(),
+            dispatch_id: dispatch_id.clone(),
+            room: room.into(),
+            agent_name: agent_name.into(),
+            metadata: metadata.into(),
+            worker_id: None,
+            participant_identity: String::new(),
+            status: JobStatus::JsPending,
+            error: String::new(),
+            history: vec![JobStatus::JsPending],
+            assigned: false,
+            terminated: false,
+            refused_by: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            started_at: 0,
+            ended_at: 0,
+        },
+    );
+    g.job_order.push(job_id.clone());
+    sh.emit(g, ServerEvent::DispatchCreated {
+        dispatch_id: dispatch_id.clone(),
+        room: room.into(),
+        agent_name: agent_name.into(),
+    });
+    sh.emit(g, ServerEvent::JobCreated {
+        job_id: job_id.clone(),
+        dispatch_id: dispatch_id.clone(),
+        room: room.into(),
+        agent_name: agent_name.into(),
+    });
+    tokio::spawn(run_dispatch(sh.clone(), job_id));
+    dispatch_id
+}
+
+/// Delete a dispatch: its jobs are terminated. Returns the dispatch as it was.
+pub(crate) fn delete_dispatch_locked(sh: &SharedRef, g: &mut Inner, dispatch_id: &str) -> Option<proto::AgentDispatch> {
+    let d = g.dispatches.get_mut(dispatch_id)?;
+    if d.deleted_at != 0 {
+        return None;
+    }
+    d.deleted_at = now_secs();
+    let room = d.room.clone();
+    let job_ids = d.job_ids.clone();
+    if let Some(r) = g.rooms.get_mut(&room) {
+        r.dispatch_ids.retain(|x| x != dispatch_id);
+    }
+    let snapshot = dispatch_proto(g, dispatch_id);
+    for j in job_ids {
+        terminate_job_locked(sh, g, &j, "dispatch deleted");
+    }
+    sh.emit(g, ServerEvent::DispatchDeleted { dispatch_id: dispatch_id.into(), room });
+    snapshot
+}
+
+pub(crate) fn dispatch_proto(g: &Inner, dispatch_id: &str) -> Option<proto::AgentDispatch> {
+    let d = g.dispatches.get(dispatch_id)?;
+    Some(proto::AgentDispatch {
+        id: d.id.clone(),
+        agent_name: d.agent_name.clone(),
+        room: d.room.clone(),
+        metadata: d.metadata.clone(),
+        state: Some(proto::AgentDispatchState {
+            jobs: d.job_ids.iter().filter_map(|j| g.jobs.get(j)).map(|j| job_proto(g, j)).collect(),
+            created_at: d.created_at,
+            deleted_at: d.deleted_at,
+        }),
+        ..Default::default()
+    })
+}
+
+/// Send `termination` for a job (once). Unassigned jobs just stop being offered.
+pub(crate) fn terminate_job_locked(sh: &SharedRef, g: &mut Inner, job_id: &str, reason: &str) {
+    let Some(j) = g.jobs.get_mut(job_id) else { return };
+    if j.terminated || matches!(j.status, JobStatus::JsSuccess | JobStatus::JsFailed) {
+        return;
+    }
+    j.terminated = true;
+    let worker_id = j.worker_id.clone();
+    let assigned = j.assigned;
+    if let (true, Some(wid)) = (assigned, worker_id) {
+        if let Some(w) = g.workers.get(&wid) {
+            if w.connected {
+                let _ = w.tx.send(WorkerOut::Msg(proto::ServerMessage {
+                    message: Some(SrvMsg::Termination(proto::JobTermination { job_id: job_id.into() })),
+                }));
+            }
+        }
+        tracing::info!(%job_id, worker_id = %wid, reason, "job terminated");
+        sh.emit(g, ServerEvent::JobTerminated { job_id: job_id.into(), worker_id: wid, reason: reason.into() });
+    }
+}
+
+enum Pick {
+    Worker(String, mpsc::UnboundedSender<WorkerOut>, oneshot::Receiver<proto::AvailabilityResponse>),
+    NoneEligible(String),
+    Stop,
+}
+
+/// Weighted random choice among available workers, weight max(0, 1 - load).
+fn pick_worker(g: &mut Inner, job_id: &str) -> Pick {
+    let Some(job) = g.jobs.get(job_id) else { return Pick::Stop };
+    if job.assigned || job.ended() {
+        return Pick::Stop;
+    }
+    let agent_name = job.agent_name.clone();
+    let refused = job.refused_by.clone();
+    let cands: Vec<(String, f32)> = g
+        .worker_order
+        .iter()
+        .filter_map(|id| g.workers.get(id))
+        .filter(|w| w.connected && w.agent_name == agent_name && !refused.contains(&w.id))
+        .filter(|w| w.status == WorkerStatus::WsAvailable)
+        .map(|w| (w.id.clone(), (1.0 - w.load).max(0.0)))
+        .filter(|(_, wt)| *wt > 0.0)
+        .collect();
+    if cands.is_empty() {
+        let named = g.workers.values().filter(|w| w.connected && w.agent_name == agent_name).count();
+        let why = if named == 0 {
+            format!("no connected worker for agent_name {agent_name:?}")
+        } else {
+            format!("{named} worker(s) for {agent_name:?} but none available (status FULL, load >= 1, or refused)")
+        };
+        return Pick::NoneEligible(why);
+    }
+    let total: f32 = cands.iter().map(|(_, w)| *w).sum();
+    let mut x = rand::random::<f32>() * total;
+    let mut chosen = cands[cands.len() - 1].0.clone();
+    for (id, wt) in &cands {
+        if x < *wt {
+            chosen = id.clone();
+            break;
+        }
+        x -= wt;
+    }
+    let (tx, rx) = oneshot::channel();
+    let w = g.workers.get_mut(&chosen).expect("candidate exists");
+    w.pending.insert(job_id.to_string(), tx);
+    Pick::Worker(chosen, w.tx.clone(), rx)
+}
+
+async fn run_dispatch(sh: SharedRef, job_id: String) {
+    let mut shutdown = sh.shutdown.subscribe();
+    let mut reported_unassigned = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let kick = sh.dispatch_kick.notified();
+        tokio::pin!(kick);
+        kick.as_mut().enable();
+        let pick = {
+            let mut g = sh.lock();
+            let p = pick_worker(&mut g, &job_id);
+            if let Pick::NoneEligible(why) = &p {
+                if !reported_unassigned {
+                    reported_unassigned = true;
+                    sh.emit(&mut g, ServerEvent::JobUnassigned { job_id: job_id.clone(), reason: why.clone() });
+                }
+            }
+            p
+        };
+        let (worker_id, wtx, rx) = match pick {
+            Pick::Stop => return,
+            Pick::NoneEligible(_) => {
+                tokio::select! {
+                    _ = kick => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+            Pick::Worker(w, tx, rx) => (w, tx, rx),
+        };
+        reported_unassigned = false;
+        let req = {
+            let mut g = sh.lock();
+            let Some(j) = g.jobs.get(&job_id) else { return };
+            let jp = job_proto(&g, j);
+            sh.emit(&mut g, ServerEvent::AvailabilityRequested {
+                job_id: job_id.clone(),
+                worker_id: worker_id.clone(),
+                resuming: false,
+            });
+            proto::ServerMessage {
+                message: Some(SrvMsg::Availability(proto::AvailabilityRequest { job: Some(jp), resuming: false })),
+            }
+        };
+        let _ = wtx.send(WorkerOut::Msg(req));
+        let answer = tokio::time::timeout(sh.cfg.availability_timeout, rx).await;
+        let mut g = sh.lock();
+        let resp = match answer {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(_)) => continue, // worker went away; try again
+            Err(_) => {
+                if let Some(w) = g.workers.get_mut(&worker_id) {
+                    w.pending.remove(&job_id);
+                }
+                if let Some(j) = g.jobs.get_mut(&job_id) {
+                    j.refused_by.push(worker_id.clone());
+                }
+                sh.emit(&mut g, ServerEvent::AvailabilityAnswered {
+                    job_id: job_id.clone(),
+                    worker_id,
+                    available: false,
+                    timed_out: true,
+                });
+                continue;
+            }
+        };
+        sh.emit(&mut g, ServerEvent::AvailabilityAnswered {
+            job_id: job_id.clone(),
+            worker_id: worker_id.clone(),
+            available: resp.available,
+            timed_out: false,
+        });
+        let Some(j) = g.jobs.get_mut(&job_id) else { return };
+        if !resp.available || resp.terminate {
+            j.refused_by.push(worker_id.clone());
+            continue;
+        }
+        if j.ended() {
+            return; // deleted while we were asking
+        }
+        let identity = if resp.participant_identity.is_empty() {
+            format!("agent-{job_id}")
+        } else {
+            resp.participant_identity.clone()
+        };
+        let room = j.room.clone();
+        let perms = g.workers.get(&worker_id).and_then(|w| w.permissions.clone());
+        let token = match auth::mint_agent_token(
+            &sh.cfg.api_key,
+            &sh.cfg.api_secret,
+            &room,
+            &identity,
+            &resp.participant_name,
+            &resp.participant_metadata,
+            &resp.participant_attributes,
+            perms.as_ref(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "could not mint agent token");
+                return;
+            }
+        };
+        let j = g.jobs.get_mut(&job_id).expect("checked above");
+        j.assigned = true;
+        j.worker_id = Some(worker_id.clone());
+        j.participant_identity = identity.clone();
+        j.updated_at = now_secs();
+        let j = g.jobs.get(&job_id).expect("checked above");
+        let msg = proto::ServerMessage {
+            message: Some(SrvMsg::Assignment(proto::JobAssignment {
+                job: Some(job_proto(&g, j)),
+                url: sh.cfg.assignment_url.clone(),
+                token,
+            })),
+        };
+        let _ = wtx.send(WorkerOut::Msg(msg));
+        tracing::info!(%job_id, %worker_id, %identity, "job assigned");
+        sh.emit(&mut g, ServerEvent::JobAssigned { job_id: job_id.clone(), worker_id, participant_identity: identity });
+        return;
+    }
+}
