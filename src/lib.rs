@@ -1,1 +1,10 @@
+//! The `consultant` worker: the edges of the system (adapters implementing the actors' ports
+//! over real protocols), configuration, logging and the CLI. The brain lives in the
+//! `consultant-actors` crate.
 
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod logging;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,52 @@
+//! Command-line interface. `--config` is global (before the subcommand).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use consultant_actors::SessionId;
+
+#[derive(Parser, Debug)]
+#[command(name = "consultant", version, about = "Voice AI consultant worker (LiveKit agent + Azure OpenAI Realtime)")]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = "config.toml", value_name = "PATH")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Stored consultations: list, show, export.
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// List stored sessions, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session: status, times, dialogue, anketa.
+    Show {
+        session_id: SessionId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export one session as JSON or Markdown (to stdout).
+    Export {
+        session_id: SessionId,
+        #[arg(long, value_enum, default_value = "json")]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Md,
+}

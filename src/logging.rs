@@ -1,0 +1,147 @@
+//! Logging: tracing to the console and to `logs/agent.log` (non-blocking writer thread).
+//!
+//! The file is rotated by size with copy + truncate: `agent.log` keeps its inode, so
+//! `tail -f logs/agent.log` keeps working across rotations, and at most `max_files` older
+//! copies are kept, which bounds disk use. A full disk loses log lines, never a consultation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
+
+use crate::config::LoggingConfig;
+
+/// A size-bounded log file: `agent.log`, then `agent.log.1` .. `agent.log.N`.
+pub struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    written: u64,
+    max_bytes: u64,
+    max_files: usize,
+}
+
+impl RotatingFile {
+    pub fn open(dir: &Path, name: &str, max_bytes: u64, max_files: usize) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(name);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let written = file.metadata()?.len();
+        Ok(Self { path, file, written, max_bytes, max_files })
+    }
+
+    fn rotated(&self, n: usize) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        for n in (1..self.max_files).rev() {
+            let from = self.rotated(n);
+            if from.exists() {
+                fs::rename(&from, self.rotated(n + 1))?;
+            }
+        }
+        fs::copy(&self.path, self.rotated(1))?;
+        // Same inode, length 0: `tail -f` sees the truncation and goes on reading.
+        self.file.set_len(0)?;
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written + buf.len() as u64 > self.max_bytes && self.written > 0 {
+            if let Err(e) = self.rotate() {
+                // Keep logging into the current file rather than losing lines.
+                eprintln!("log rotation of {} failed: {e}", self.path.display());
+            }
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Changes the log level at run time (the console's "log level" action).
+#[derive(Clone)]
+pub struct LevelControl {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl LevelControl {
+    pub fn set(&self, filter: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter `{filter}`: {e}"))?;
+        self.handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
+/// Keeps the file writer alive; drop it last so buffered lines are written.
+pub struct LogGuard {
+    _file: Option<WorkerGuard>,
+    pub level: LevelControl,
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the configured level; `force_debug`
+/// is `dev` mode.
+pub fn init(config: &LoggingConfig, force_debug: bool) -> io::Result<LogGuard> {
+    let level = if force_debug { "debug".to_owned() } else { config.level.clone() };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let file = RotatingFile::open(&config.dir, &config.file, config.max_file_bytes, config.max_files)?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(file);
+    let console = fmt::layer().with_writer(io::stderr).with_target(false);
+    let registry = tracing_subscriber::registry().with(filter).with(console);
+    if config.json {
+        registry.with(fmt::layer().json().with_writer(writer)).try_init()
+    } else {
+        registry.with(fmt::layer().with_ansi(false).with_writer(writer)).try_init()
+    }
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(LogGuard { _file: Some(guard), level: LevelControl { handle } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_bounds_files_and_keeps_the_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = RotatingFile::open(dir.path(), "agent.log", 100, 2).unwrap();
+        #[cfg(unix)]
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(dir.path().join("agent.log")).unwrap().ino()
+        };
+        for i in 0..50 {
+            writeln!(f, "line {i:04} padding padding").unwrap();
+        }
+        f.flush().unwrap();
+        let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, vec!["agent.log", "agent.log.1", "agent.log.2"]);
+        let current = fs::read_to_string(dir.path().join("agent.log")).unwrap();
+        assert!(current.len() <= 100 && current.contains("line 0049"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(fs::metadata(dir.path().join("agent.log")).unwrap().ino(), inode);
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! SQLite store (WAL). Writes go through one writer thread that commits whatever is queued
+//! in a single transaction (group commit): each caller is answered only after its write is
+//! durable, and many consultations share one fsync. Reads use their own connection on tokio's
+//! blocking pool. Nothing here runs on an async worker thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use consultant_actors::anketa::Anketa;
+use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
+use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError};
+use consultant_actors::session::SessionStatus;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    room       TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,
+    failure    TEXT
+);
+CREATE TABLE IF NOT EXISTS messages (
+    session_id  TEXT NOT NULL REFERENCES sessions(session_id),
+    seq         INTEGER NOT NULL,
+    role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    text        TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE IF NOT EXISTS anketas (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id    TEXT NOT NULL REFERENCES sessions(session_id),
+    message_count INTEGER NOT NULL,
+    is_final      INTEGER NOT NULL,
+    at            TEXT NOT NULL,
+    anketa        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS anketas_by_session ON anketas(session_id, id);
+CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions(status);
+";
+
+/// Writes the writer thread commits, each answered after the commit.
+enum Write {
+    OpenSession(SessionRecord),
+    Append(SessionId, DialogueMessage),
+    Status { session_id: SessionId, status: SessionStatus, failure: Option<String>, ended_at: Option<DateTime<Utc>> },
+    Anketa(SessionId, AnketaRecord),
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writes: std_mpsc::Sender<(Write, Reply)>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn open(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Io(format!("cannot open database {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(io)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(io)?;
+    conn.pragma_update(None, "synchronous", synchronous).map_err(io)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(io)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating folder, file and schema if needed) the database.
+    pub fn open(path: &Path, synchronous: &str) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let writer = open(path, synchronous)?;
+        writer.execute_batch(SCHEMA).map_err(io)?;
+        let reader = open(path, synchronous)?;
+        let (tx, rx) = std_mpsc::channel::<(Write, Reply)>();
+        thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(io)?;
+        Ok(Self { path: path.to_owned(), writes: tx, reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write(&self, write: Write) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send((write, tx)).map_err(|_| StoreError::Io("the database writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Io("the database writer has stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(io)?
+    }
+
+    /// All sessions, newest first, with message counts (for `sessions list`).
+    pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT s.session_id, s.room, s.status, s.started_at, s.ended_at, s.failure,
+                            (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id)
+                     FROM sessions s ORDER BY s.started_at DESC, s.session_id",
+                )
+                .map_err(io)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((session_row(r)?, r.get::<_, i64>(6)?))
+                })
+                .map_err(io)?;
+            rows.map(|r| {
+                let (record, messages) = r.map_err(io)?;
+                Ok(SessionSummary { record: record?, messages: messages as usize })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    /// One session with its dialogue and anketa history, or UnknownSession.
+    pub async fn session_detail(&self, session_id: &SessionId) -> Result<SessionDetail, StoreError> {
+        let id = session_id.clone();
+        let record = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT session_id, room, status, started_at, ended_at, failure FROM sessions WHERE session_id = ?1",
+                    [id.as_str()],
+                    session_row,
+                )
+                .optional()
+                .map_err(io)?
+                .transpose()
+            })
+            .await?
+            .ok_or_else(|| StoreError::UnknownSession(session_id.clone()))?;
+        let messages = self.load_messages(session_id).await?;
+        let id = session_id.clone();
+        let history = self
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare("SELECT anketa, message_count, is_final, at FROM anketas WHERE session_id = ?1 ORDER BY id")
+                    .map_err(io)?;
+                let rows = stmt.query_map([id.as_str()], anketa_row).map_err(io)?;
+                rows.map(|r| r.map_err(io)?).collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        Ok(SessionDetail { anketa: history.last().map(|a| a.anketa.clone()).unwrap_or_default(), record, messages, anketa_history: history })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionSummary {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    pub messages: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionDetail {
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    pub messages: Vec<DialogueMessage>,
+    pub anketa: Anketa,
+    pub anketa_history: Vec<AnketaRecord>,
+}
+
+fn parse_time(raw: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(raw).map(|t| t.with_timezone(&Utc)).map_err(|e| io(format!("bad time `{raw}` in database: {e}")))
+}
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SessionRecord, StoreError>> {
+    let id: String = r.get(0)?;
+    let status: String = r.get(2)?;
+    let started: String = r.get(3)?;
+    let ended: Option<String> = r.get(4)?;
+    let room: String = r.get(1)?;
+    let failure: Option<String> = r.get(5)?;
+    Ok((|| {
+        Ok(SessionRecord {
+            session_id: SessionId::parse(&id).map_err(io)?,
+            room,
+            status: SessionStatus::parse(&status).ok_or_else(|| io(format!("unknown status `{status}` in database")))?,
+            started_at: parse_time(&started)?,
+            ended_at: ended.as_deref().map(parse_time).transpose()?,
+            failure,
+        })
+    })())
+}
+
+fn anketa_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AnketaRecord, StoreError>> {
+    let json: String = r.get(0)?;
+    let count: i64 = r.get(1)?;
+    let is_final: bool = r.get(2)?;
+    let at: String = r.get(3)?;
+    Ok((|| {
+        Ok(AnketaRecord {
+            anketa: serde_json::from_str(&json).map_err(io)?,
+            message_count: count as usize,
+            is_final,
+            at: parse_time(&at)?,
+        })
+    })())
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
+    match write {
+        Write::OpenSession(r) => {
+            tx.execute(
+                "INSERT INTO sessions (session_id, room, status, started_at, ended_at, failure) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(session_id) DO UPDATE SET room = excluded.room, status = excluded.status,
+                   started_at = excluded.started_at, ended_at = NULL, failure = NULL",
+                params![r.session_id.as_str(), r.room, r.status.as_str(), r.started_at.to_rfc3339(), r.ended_at.map(|t| t.to_rfc3339()), r.failure],
+            )?;
+        }
+        Write::Append(id, m) => {
+            tx.execute(
+                "INSERT INTO messages (session_id, seq, role, text, at, interrupted) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(session_id, seq) DO NOTHING",
+                params![id.as_str(), m.seq, m.role.as_str(), m.text, m.at.to_rfc3339(), m.interrupted],
+            )?;
+        }
+        Write::Status { session_id, status, failure, ended_at } => {
+            tx.execute(
+                "UPDATE sessions SET status = ?2, failure = COALESCE(?3, failure), ended_at = COALESCE(?4, ended_at) WHERE session_id = ?1",
+                params![session_id.as_str(), status.as_str(), failure, ended_at.map(|t| t.to_rfc3339())],
+            )?;
+        }
+        Write::Anketa(id, a) => {
+            let json = serde_json::to_string(&a.anketa).unwrap_or_else(|_| "{}".into());
+            tx.execute(
+                "INSERT INTO anketas (session_id, message_count, is_final, at, anketa) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id.as_str(), a.message_count as i64, a.is_final, a.at.to_rfc3339(), json],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Group commit: take everything queued, apply it in one transaction, answer everyone.
+/// A write that fails alone (e.g. a constraint) is answered with its error; a failed commit
+/// (disk full) is answered to the whole batch, which the callers then retry.
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(io(&e)));
+                }
+                continue;
+            }
+        };
+        let results: Vec<Result<(), StoreError>> = batch.iter().map(|(w, _)| apply(&tx, w).map_err(io)).collect();
+        match tx.commit() {
+            Ok(()) => {
+                for ((_, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(io(format!("commit failed: {e}"))));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DialogueStore for SqliteStore {
+    async fn open_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.write(Write::OpenSession(record.clone())).await
+    }
+
+    async fn append_message(&self, session_id: &SessionId, message: &DialogueMessage) -> Result<(), StoreError> {
+        self.write(Write::Append(session_id.clone(), message.clone())).await
+    }
+
+    async fn set_status(&self, session_id: &SessionId, status: SessionStatus, failure: Option<&str>, ended_at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        self.write(Write::Status { session_id: session_id.clone(), status, failure: failure.map(str::to_owned), ended_at }).await
+    }
+
+    async fn save_anketa(&self, session_id: &SessionId, record: &AnketaRecord) -> Result<(), StoreError> {
+        self.write(Write::Anketa(session_id.clone(), record.clone())).await
+    }
+
+    async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionRecord>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare("SELECT session_id, room, status, started_at, ended_at, failure FROM sessions WHERE status = ?1 ORDER BY started_at")
+                .map_err(io)?;
+            let rows = stmt.query_map([status.as_str()], session_row).map_err(io)?;
+            rows.map(|r| r.map_err(io)?).collect()
+        })
+        .await
+    }
+
+    async fn load_messages(&self, session_id: &SessionId) -> Result<Vec<DialogueMessage>, StoreError> {
+        let id = session_id.clone();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare("SELECT seq, role, text, at, interrupted FROM messages WHERE session_id = ?1 ORDER BY seq")
+                .map_err(io)?;
+            let rows = stmt
+                .query_map([id.as_str()], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, bool>(4)?))
+                })
+                .map_err(io)?;
+            rows.map(|row| {
+                let (seq, role, text, at, interrupted) = row.map_err(io)?;
+                Ok(DialogueMessage {
+                    seq,
+                    role: Role::parse(&role).ok_or_else(|| io(format!("unknown role `{role}` in database")))?,
+                    text,
+                    at: parse_time(&at)?,
+                    interrupted,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
+        let id = session_id.clone();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT anketa, message_count, is_final, at FROM anketas WHERE session_id = ?1 ORDER BY id DESC LIMIT 1",
+                [id.as_str()],
+                anketa_row,
+            )
+            .optional()
+            .map_err(io)?
+            .transpose()
+        })
+        .await
+    }
+}
