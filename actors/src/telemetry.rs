@@ -111,8 +111,40 @@ pub struct TelemetryEvent {
     pub message: String,
 }
 
+/// The worker as a whole: its LiveKit registration and jobs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerView {
+    /// "start" (production) or "dev".
+    pub mode: String,
+    pub agent_name: String,
+    /// connecting, registered, reconnecting, down
+    pub registration: String,
+    pub worker_id: Option<String>,
+    pub reconnect_attempt: u32,
+    /// available or full, as last reported to LiveKit.
+    pub status: String,
+    pub load: f64,
+    pub capacity: usize,
+    pub draining: bool,
+    pub jobs: Vec<JobView>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub rss_bytes: u64,
+    pub cpu_percent: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    pub job_id: String,
+    pub room: String,
+    pub session_id: Option<SessionId>,
+    /// running, success, failed
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+}
+
 #[derive(Default)]
 struct Board {
+    worker: WorkerView,
     actors: BTreeMap<String, ActorInfo>,
     consultations: BTreeMap<SessionId, ConsultationView>,
     events: VecDeque<TelemetryEvent>,
@@ -140,6 +172,7 @@ impl Default for Telemetry {
 /// Everything the console shows, at one instant.
 #[derive(Clone, Debug, Serialize)]
 pub struct TelemetrySnapshot {
+    pub worker: WorkerView,
     pub actors: Vec<ActorInfo>,
     pub consultations: Vec<ConsultationView>,
     pub events: Vec<TelemetryEvent>,
@@ -233,6 +266,14 @@ impl Telemetry {
         self.board().actors.retain(|p, _| p != path && !p.starts_with(&prefix));
     }
 
+    pub fn worker_update(&self, change: impl FnOnce(&mut WorkerView)) {
+        change(&mut self.board().worker);
+    }
+
+    pub fn worker(&self) -> WorkerView {
+        self.board().worker.clone()
+    }
+
     pub fn consultation_upsert(&self, view: ConsultationView) {
         self.board().consultations.insert(view.session_id.clone(), view);
     }
@@ -255,6 +296,7 @@ impl Telemetry {
     pub fn snapshot(&self) -> TelemetrySnapshot {
         let board = self.board();
         TelemetrySnapshot {
+            worker: board.worker.clone(),
             actors: board.actors.values().cloned().collect(),
             consultations: board.consultations.values().cloned().collect(),
             events: board.events.iter().cloned().collect(),
