@@ -174,6 +174,7 @@ pub struct ConsultationState {
     agent: Option<AgentTurn>,
     response_active: bool,
     goodbye_requested: bool,
+    goodbye_spoken: bool,
     goodbye_deadline: Option<Instant>,
     persisted_upto: u32,
     caller_gap: VecDeque<Arc<[i16]>>,
@@ -538,7 +539,9 @@ impl ConsultationActor {
                     tracing::warn!(session_id = %state.session.session_id, reason = reason.as_deref().unwrap_or(""), "realtime response failed");
                 }
                 state.finish_agent_turn(Some(status));
-                if state.session.timer == TimerPhase::Expired && !state.goodbye_requested {
+                if state.goodbye_requested {
+                    state.goodbye_spoken = true;
+                } else if state.session.timer == TimerPhase::Expired {
                     state.goodbye_requested = true;
                     state.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(state.args.settings.goodbye_instruction.clone()) });
                 }
@@ -596,7 +599,7 @@ impl ConsultationActor {
             }
         }
         if state.session.timer == TimerPhase::Expired {
-            let said = state.goodbye_requested && !state.response_active && state.agent.is_none() && !state.args.audio_out.is_playing();
+            let said = state.goodbye_spoken && !state.args.audio_out.is_playing();
             let overdue = state.goodbye_deadline.is_some_and(|d| Instant::now() >= d);
             if said || overdue {
                 let _ = myself.send_message(ConsultationMsg::End(EndReason::TimeLimit));
@@ -778,6 +781,7 @@ impl Actor for ConsultationActor {
             agent: None,
             response_active: false,
             goodbye_requested: false,
+            goodbye_spoken: false,
             goodbye_deadline: None,
             persisted_upto: 0,
             caller_gap: VecDeque::new(),

@@ -1,0 +1,402 @@
+//! The supervised consultation core, driven through the in-memory realtime port, with the real
+//! SQLite store.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consultant::store::SqliteStore;
+use consultant_actors::anketa::{AnketaField, FieldKind};
+use consultant_actors::consultation::{EndReason, Ports};
+use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
+use consultant_actors::ports::{DialogueStore, RealtimeCommand, RealtimeEvent, ResponseStatus};
+use consultant_actors::session::SessionStatus;
+use consultant_actors::settings::ConsultationSettings;
+use consultant_actors::telemetry::{RealtimeLinkState, Telemetry};
+use consultant_actors::VoiceHandler;
+use consultant_fakes::memory::{CountingExtractor, RecordingAudio, ScriptedRealtime};
+
+fn fields() -> Vec<AnketaField> {
+    vec![
+        AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text },
+        AnketaField { name: "messages_seen".into(), description: "".into(), kind: FieldKind::Number },
+    ]
+}
+
+fn settings() -> ConsultationSettings {
+    let mut s = ConsultationSettings::for_tests(fields());
+    s.restart.backoff_initial = Duration::from_millis(10);
+    s.connect.first_retry = Duration::from_millis(10);
+    s.connect.retry_delay = Duration::from_millis(10);
+    s
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    realtime: Arc<ScriptedRealtime>,
+    extractor: Arc<CountingExtractor>,
+    telemetry: Telemetry,
+    handler: VoiceHandler,
+}
+
+async fn world(settings: ConsultationSettings) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap());
+    let realtime = ScriptedRealtime::new();
+    let extractor = CountingExtractor::new();
+    let ports = Ports { connector: realtime.clone(), store: store.clone(), extractor: extractor.clone() };
+    let telemetry = Telemetry::new();
+    let handler = VoiceHandler::start(Arc::new(settings), ports, telemetry.clone()).await.unwrap();
+    World { _dir: dir, store, realtime, extractor, telemetry, handler }
+}
+
+fn sid(s: &str) -> SessionId {
+    SessionId::parse(s).unwrap()
+}
+
+async fn wait_messages(store: &SqliteStore, id: &SessionId, n: usize) -> Vec<DialogueMessage> {
+    for _ in 0..400 {
+        let m = store.load_messages(id).await.unwrap();
+        if m.len() >= n {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("expected {n} messages, have {:?}", store.load_messages(id).await.unwrap());
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Greeting + 6 caller/agent pairs + a last caller turn = 14 messages.
+async fn fourteen_message_dialogue(w: &World, id: &SessionId) {
+    let s = w.realtime.session(1).await;
+    s.agent_says("a0", "Здравствуйте! Как вас зовут?", 500).await;
+    for i in 1..=6 {
+        s.user_says(&format!("u{i}"), &format!("Реплика клиента {i}")).await;
+        s.agent_says(&format!("a{i}"), &format!("Ответ консультанта {i}"), 300).await;
+    }
+    s.user_says("u7", "Спасибо, до свидания").await;
+    wait_messages(&w.store, id, 14).await;
+}
+
+#[tokio::test]
+async fn fourteen_messages_give_two_periodic_and_one_final_extraction() {
+    let w = world(settings()).await;
+    let id = sid("fourteen");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-fourteen".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(1).await;
+    // The agent greets first.
+    wait_until("greeting request", || {
+        s.commands().iter().any(|c| matches!(c, RealtimeCommand::CreateResponse { instructions: Some(i) } if i.contains("Поздоровайся")))
+    })
+    .await;
+    fourteen_message_dialogue(&w, &id).await;
+    wait_until("two periodic extractions", || w.extractor.calls.load(Ordering::SeqCst) == 2).await;
+    let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+
+    assert_eq!(*w.extractor.seen.lock().unwrap(), vec![6, 12, 14], "periodic at 6 and 12, final over all 14");
+    let stored = w.store.load_messages(&id).await.unwrap();
+    assert_eq!(stored.len(), 14);
+    assert_eq!(stored.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=14).collect::<Vec<_>>());
+    assert_eq!(stored[0].role, Role::Assistant);
+    assert_eq!(stored[1].text, "Реплика клиента 1");
+    assert_eq!(stored[2].text, "Ответ консультанта 1");
+    assert_eq!(stored[13].text, "Спасибо, до свидания");
+    assert_eq!(outcome.status, SessionStatus::Completed);
+    assert_eq!(outcome.dialogue, stored);
+    let detail = w.store.session_detail(&id).await.unwrap();
+    assert_eq!(detail.record.status, SessionStatus::Completed);
+    assert!(detail.record.ended_at.is_some());
+    let history: Vec<_> = detail.anketa_history.iter().map(|a| (a.message_count, a.is_final)).collect();
+    assert_eq!(history, vec![(6, false), (12, false), (14, true)]);
+    assert_eq!(detail.anketa.0["client_name"], "Реплика клиента 1");
+}
+
+#[tokio::test]
+async fn realtime_failing_three_times_is_restarted_with_the_dialogue_replayed() {
+    let w = world(settings()).await;
+    let id = sid("restarts");
+    let handle = w.handler.create_session(id.clone(), "consultation-restarts".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let mut expected = 0;
+    for n in 1..=4 {
+        let s = w.realtime.session(n).await;
+        s.user_says(&format!("u{n}"), &format!("Вопрос {n}")).await;
+        s.agent_says(&format!("a{n}"), &format!("Ответ {n}"), 200).await;
+        expected += 2;
+        wait_messages(&w.store, &id, expected).await;
+        if n < 4 {
+            // Caller audio during the gap is held and sent after the reconnect.
+            s.drop_connection("socket reset by peer").await;
+        }
+    }
+    assert_eq!(w.realtime.connections(), 4);
+    let last = w.realtime.session(4).await;
+    let replayed: Vec<_> = last.setup.history.iter().map(|m| m.text.clone()).collect();
+    assert_eq!(replayed, vec!["Вопрос 1", "Ответ 1", "Вопрос 2", "Ответ 2", "Вопрос 3", "Ответ 3"]);
+    // The greeting is asked for once, not after every reconnect.
+    assert!(!last.commands().iter().any(|c| matches!(c, RealtimeCommand::CreateResponse { .. })));
+    let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Completed);
+    let stored = w.store.load_messages(&id).await.unwrap();
+    assert_eq!(stored.len(), 8, "nothing lost or duplicated across restarts: {stored:?}");
+}
+
+#[tokio::test]
+async fn caller_audio_during_a_reconnect_is_held_and_sent_after_it() {
+    let w = world(settings()).await;
+    let id = sid("gap");
+    let handle = w.handler.create_session(id.clone(), "consultation-gap".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    w.realtime.fail_connects.store(2, Ordering::SeqCst);
+    let s1 = w.realtime.session(1).await;
+    s1.drop_connection("gone").await;
+    wait_until("link reported down", || {
+        w.telemetry.consultation(&id).is_some_and(|v| !matches!(v.realtime.link, RealtimeLinkState::Connected))
+    })
+    .await;
+    // 3 s of caller audio while the link is down: only the newest ~2 s can be kept.
+    for _ in 0..30 {
+        w.handler.process_user_audio(&handle, vec![7i16; 2400].into());
+    }
+    let s2 = w.realtime.session(2).await;
+    let mut sent = 0usize;
+    wait_until("held audio flushed", || {
+        sent += s2.commands().iter().map(|c| if let RealtimeCommand::AppendAudio(p) = c { p.len() } else { 0 }).sum::<usize>();
+        sent >= 48_000
+    })
+    .await;
+    assert!(sent <= 48_000 + 2400, "the gap buffer is bounded to about 2 s, sent {sent} samples");
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+}
+
+#[tokio::test]
+async fn realtime_that_keeps_failing_ends_the_consultation_as_failed_with_a_final_anketa() {
+    let mut s = settings();
+    s.restart.max_restarts = 3;
+    let w = world(s).await;
+    let id = sid("doomed");
+    let handle = w.handler.create_session(id.clone(), "consultation-doomed".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s1 = w.realtime.session(1).await;
+    s1.user_says("u1", "Меня зовут Олег").await;
+    wait_messages(&w.store, &id, 1).await;
+    w.realtime.fail_connects.store(usize::MAX / 2, Ordering::SeqCst);
+    s1.drop_connection("network unreachable").await;
+    let outcome = handle.wait_finished().await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Failed);
+    let failure = outcome.failure.unwrap();
+    assert!(failure.contains("realtime failed") && failure.contains("connection failed after 3 attempts"), "{failure}");
+    let detail = w.store.session_detail(&id).await.unwrap();
+    assert_eq!(detail.record.status, SessionStatus::Failed);
+    assert!(detail.record.failure.unwrap().contains("realtime"));
+    let last = detail.anketa_history.last().expect("final anketa stored");
+    assert!(last.is_final);
+    assert_eq!(detail.anketa.0["client_name"], "Меня зовут Олег");
+}
+
+#[tokio::test]
+async fn a_fatal_realtime_error_fails_at_once_without_retries() {
+    let w = world(settings()).await;
+    w.realtime.fatal.store(true, Ordering::SeqCst);
+    let id = sid("badkey");
+    let handle = w.handler.create_session(id.clone(), "consultation-badkey".into(), RecordingAudio::new()).await.unwrap();
+    let err = handle.wait_ready().await.unwrap_err();
+    assert!(err.contains("invalid_api_key"), "{err}");
+    assert_eq!(w.realtime.connections(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_extraction_never_disturbs_the_dialogue() {
+    let w = world(settings()).await;
+    w.extractor.failing.store(true, Ordering::SeqCst);
+    let id = sid("noanketa");
+    let handle = w.handler.create_session(id.clone(), "consultation-noanketa".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    fourteen_message_dialogue(&w, &id).await;
+    let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Completed);
+    assert_eq!(outcome.dialogue.len(), 14);
+    assert_eq!(w.extractor.calls.load(Ordering::SeqCst), 3);
+    assert!(w.store.session_detail(&id).await.unwrap().anketa_history.last().unwrap().is_final);
+}
+
+#[tokio::test]
+async fn barge_in_truncates_to_what_was_heard() {
+    let w = world(settings()).await;
+    let id = sid("bargein");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-bargein".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(1).await;
+    let text = "Давайте я подробно расскажу обо всех наших услугах и тарифах";
+    s.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
+    s.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
+    // 2 s received, the caller heard 1 s (the output reports it), then speaks over it.
+    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 48_000].into() }).await;
+    s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "a1".into(), text: text.into() }).await;
+    wait_until("audio queued", || audio.played_samples.load(Ordering::SeqCst) == 48_000).await;
+    audio.heard_ms.store(5_000, Ordering::SeqCst); // more than received: must be clamped
+    audio.playing.store(true, Ordering::SeqCst);
+    s.emit(RealtimeEvent::SpeechStarted { item_id: Some("u1".into()), audio_start_ms: 0 }).await;
+    s.emit(RealtimeEvent::ResponseDone { response_id: Some("r1".into()), status: ResponseStatus::Cancelled, reason: Some("turn_detected".into()), usage: None }).await;
+    s.user_says("u1", "Подождите, у меня вопрос").await;
+    let stored = wait_messages(&w.store, &id, 2).await;
+    let truncates: Vec<_> = s.commands().into_iter().filter(|c| matches!(c, RealtimeCommand::Truncate { .. })).collect();
+    assert_eq!(truncates, vec![RealtimeCommand::Truncate { item_id: "a1".into(), content_index: 0, audio_end_ms: 2000 }]);
+    assert_eq!(audio.interrupts.load(Ordering::SeqCst), 1);
+    assert_eq!(stored[0].role, Role::Assistant);
+    assert_eq!(stored[1].text, "Подождите, у меня вопрос");
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+
+    // Heard half of it: the stored text is the heard part, marked interrupted.
+    let id = sid("bargein2");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-bargein2".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(2).await;
+    s.emit(RealtimeEvent::AgentItemStarted { response_id: None, item_id: "b1".into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "b1".into(), pcm: vec![500i16; 48_000].into() }).await;
+    s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "b1".into(), text: text.into() }).await;
+    wait_until("audio queued", || audio.played_samples.load(Ordering::SeqCst) == 48_000).await;
+    audio.heard_ms.store(1_000, Ordering::SeqCst);
+    audio.playing.store(true, Ordering::SeqCst);
+    s.emit(RealtimeEvent::SpeechStarted { item_id: None, audio_start_ms: 0 }).await;
+    s.emit(RealtimeEvent::ResponseDone { response_id: None, status: ResponseStatus::Cancelled, reason: None, usage: None }).await;
+    let stored = wait_messages(&w.store, &id, 1).await;
+    assert!(stored[0].interrupted);
+    assert!(text.starts_with(&stored[0].text) && stored[0].text.len() < text.len() && !stored[0].text.is_empty(), "{:?}", stored[0].text);
+}
+
+#[tokio::test]
+async fn a_late_user_transcript_keeps_the_dialogue_in_order() {
+    let w = world(settings()).await;
+    let id = sid("late");
+    let handle = w.handler.create_session(id.clone(), "consultation-late".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(1).await;
+    s.emit(RealtimeEvent::UserItemCommitted { item_id: "u1".into() }).await;
+    s.agent_says("a1", "Понял вас.", 100).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(w.store.load_messages(&id).await.unwrap().is_empty(), "the answer waits for the question's transcript");
+    s.emit(RealtimeEvent::UserTranscript { item_id: "u1".into(), text: "Мне нужен сайт".into() }).await;
+    let stored = wait_messages(&w.store, &id, 2).await;
+    assert_eq!((stored[0].role, stored[0].text.as_str()), (Role::User, "Мне нужен сайт"));
+    assert_eq!(stored[1].role, Role::Assistant);
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_time_limit_brings_a_wrap_up_then_a_goodbye_then_the_end() {
+    let mut s = settings();
+    s.max_duration = Duration::from_secs(3);
+    s.wrapup_before = Duration::from_secs(2);
+    let w = world(s).await;
+    let id = sid("timer");
+    let handle = w.handler.create_session(id.clone(), "consultation-timer".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let rt = w.realtime.session(1).await;
+    let mut seen = Vec::new();
+    wait_until("goodbye requested", || {
+        seen.extend(rt.commands());
+        seen.iter().any(|c| matches!(c, RealtimeCommand::CreateResponse { instructions: Some(i) } if i.contains("попрощайся")))
+    })
+    .await;
+    assert!(seen.iter().any(|c| matches!(c, RealtimeCommand::UpdateInstructions(i) if i.contains("подходит к концу"))));
+    rt.agent_says("bye", "Спасибо, всего доброго!", 100).await;
+    let outcome = handle.wait_finished().await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Completed);
+    assert_eq!(outcome.dialogue.last().unwrap().text, "Спасибо, всего доброго!");
+}
+
+#[tokio::test]
+async fn session_ids_must_be_unique_among_running_consultations() {
+    let w = world(settings()).await;
+    let id = sid("dup");
+    let _h = w.handler.create_session(id.clone(), "consultation-dup".into(), RecordingAudio::new()).await.unwrap();
+    let err = w.handler.create_session(id.clone(), "consultation-dup".into(), RecordingAudio::new()).await.err().unwrap();
+    assert!(err.to_string().contains("already running"), "{err}");
+}
+
+/// Runs in a child process (see `sigkill_mid_dialogue_loses_no_logged_message`): a consultation
+/// that keeps talking until it is killed. Each durable message is logged as DIALOGUE_MESSAGE
+/// on stdout.
+#[tokio::test]
+async fn crash_child() {
+    let Ok(db) = std::env::var("CONSULTANT_CRASH_CHILD_DB") else { return };
+    tracing_subscriber::fmt().with_writer(std::io::stdout).with_ansi(false).init();
+    let store = Arc::new(SqliteStore::open(std::path::Path::new(&db), "normal").unwrap());
+    let realtime = ScriptedRealtime::new();
+    let ports = Ports { connector: realtime.clone(), store, extractor: CountingExtractor::new() };
+    let handler = VoiceHandler::start(Arc::new(settings()), ports, Telemetry::new()).await.unwrap();
+    let handle = handler.create_session(sid("crashy"), "consultation-crashy".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = realtime.session(1).await;
+    for i in 1.. {
+        s.user_says(&format!("u{i}"), &format!("Сообщение клиента {i}")).await;
+        s.agent_says(&format!("a{i}"), &format!("Ответ {i}"), 20).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigkill_mid_dialogue_loses_no_logged_message() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env("CONSULTANT_CRASH_CHILD_DB", &db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut logged = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.contains("DIALOGUE_MESSAGE") {
+            let seq: u32 = line.split("seq=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+            logged.push(seq);
+            if logged.len() == 9 {
+                break;
+            }
+        }
+    }
+    // SIGKILL: no destructor, no flush, no finalize.
+    let _ = std::process::Command::new("kill").args(["-9", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert_eq!(logged.len(), 9, "the child logged its messages");
+
+    let store = Arc::new(SqliteStore::open(&db, "normal").unwrap());
+    let id = sid("crashy");
+    let before = store.load_messages(&id).await.unwrap();
+    for seq in &logged {
+        assert!(before.iter().any(|m| m.seq == *seq), "message {seq} was logged as DIALOGUE_MESSAGE but is not in SQLite");
+    }
+    let extractor = CountingExtractor::new();
+    let ports = Ports { connector: ScriptedRealtime::new(), store: store.clone(), extractor: extractor.clone() };
+    let handler = VoiceHandler::start(Arc::new(settings()), ports, Telemetry::new()).await.unwrap();
+    let recovered = handler.recover_interrupted().await.unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].status, SessionStatus::Interrupted);
+    let detail = store.session_detail(&id).await.unwrap();
+    assert_eq!(detail.record.status, SessionStatus::Interrupted);
+    assert!(detail.record.ended_at.is_some());
+    assert_eq!(detail.messages.len(), before.len());
+    assert!(detail.anketa_history.last().unwrap().is_final);
+    assert_eq!(detail.anketa.0["client_name"], "Сообщение клиента 1");
+    assert_eq!(extractor.calls.load(Ordering::SeqCst), 1);
+    // Running recovery again finds nothing left open.
+    assert!(handler.recover_interrupted().await.unwrap().is_empty());
+}

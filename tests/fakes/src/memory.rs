@@ -1,0 +1,188 @@
+//! In-memory doubles of the actors' ports, for tests of the actor system itself: a scripted
+//! realtime connector the test drives event by event, a counting extractor, an audio output
+//! that records what it was asked to play.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use consultant_actors::anketa::Anketa;
+use consultant_actors::dialogue::{DialogueMessage, Role};
+use consultant_actors::ports::{
+    AgentAudioOutput, AnketaExtractor, ExtractError, PlayedAudio, RealtimeCommand, RealtimeConnection, RealtimeConnector,
+    RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus,
+};
+use tokio::sync::mpsc;
+
+/// One connection made by [`ScriptedRealtime`]: the test pushes events and reads commands.
+pub struct ScriptedSession {
+    pub setup: RealtimeSetup,
+    events: mpsc::Sender<RealtimeEvent>,
+    commands: Mutex<mpsc::Receiver<RealtimeCommand>>,
+}
+
+impl ScriptedSession {
+    pub async fn emit(&self, event: RealtimeEvent) {
+        let _ = self.events.send(event).await;
+    }
+
+    /// The socket drops.
+    pub async fn drop_connection(&self, why: &str) {
+        self.emit(RealtimeEvent::Disconnected { cause: RealtimeFailure::Transient(why.into()) }).await;
+    }
+
+    /// Commands received so far (drains them).
+    pub fn commands(&self) -> Vec<RealtimeCommand> {
+        let mut rx = self.commands.lock().unwrap();
+        let mut out = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            out.push(c);
+        }
+        out
+    }
+
+    /// A full caller turn: committed item then its transcript.
+    pub async fn user_says(&self, item_id: &str, text: &str) {
+        self.emit(RealtimeEvent::SpeechStarted { item_id: Some(item_id.into()), audio_start_ms: 0 }).await;
+        self.emit(RealtimeEvent::SpeechStopped { item_id: Some(item_id.into()), audio_end_ms: 1000 }).await;
+        self.emit(RealtimeEvent::UserItemCommitted { item_id: item_id.into() }).await;
+        self.emit(RealtimeEvent::UserTranscript { item_id: item_id.into(), text: text.into() }).await;
+    }
+
+    /// A full agent answer: audio (ms of silence-free tone) and transcript, completed.
+    pub async fn agent_says(&self, item_id: &str, text: &str, audio_ms: u64) {
+        let response_id = format!("resp_{item_id}");
+        self.emit(RealtimeEvent::ResponseStarted { response_id: response_id.clone() }).await;
+        self.emit(RealtimeEvent::AgentItemStarted { response_id: Some(response_id.clone()), item_id: item_id.into() }).await;
+        let pcm: Arc<[i16]> = vec![1000i16; (audio_ms * 24) as usize].into();
+        self.emit(RealtimeEvent::AgentAudio { item_id: item_id.into(), pcm }).await;
+        self.emit(RealtimeEvent::AgentTranscriptDelta { item_id: item_id.into(), delta: text.into() }).await;
+        self.emit(RealtimeEvent::AgentTranscriptDone { item_id: item_id.into(), text: text.into() }).await;
+        self.emit(RealtimeEvent::ResponseDone { response_id: Some(response_id), status: ResponseStatus::Completed, reason: None, usage: None }).await;
+    }
+}
+
+/// A realtime connector whose sessions the test drives. Connections can be made to fail.
+#[derive(Default)]
+pub struct ScriptedRealtime {
+    sessions: Mutex<Vec<Arc<ScriptedSession>>>,
+    /// Remaining connect attempts that fail (transient).
+    pub fail_connects: AtomicUsize,
+    /// Every connect fails with a fatal error.
+    pub fatal: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl ScriptedRealtime {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn connections(&self) -> usize {
+        self.sessions.lock().unwrap().len()
+    }
+
+    /// Waits for connection number `n` (1-based) and returns it.
+    pub async fn session(&self, n: usize) -> Arc<ScriptedSession> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let notified = self.notify.notified();
+            if let Some(s) = self.sessions.lock().unwrap().get(n - 1) {
+                return s.clone();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("realtime connection #{n} was never made");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RealtimeConnector for ScriptedRealtime {
+    async fn connect(&self, setup: RealtimeSetup) -> Result<RealtimeConnection, RealtimeFailure> {
+        if self.fatal.load(Ordering::SeqCst) {
+            return Err(RealtimeFailure::Fatal("invalid_api_key".into()));
+        }
+        if self.fail_connects.load(Ordering::SeqCst) > 0 {
+            self.fail_connects.fetch_sub(1, Ordering::SeqCst);
+            return Err(RealtimeFailure::Transient("connection refused".into()));
+        }
+        let (ev_tx, ev_rx) = mpsc::channel(1024);
+        let (cmd_tx, cmd_rx) = mpsc::channel(4096);
+        let session = Arc::new(ScriptedSession { setup, events: ev_tx, commands: Mutex::new(cmd_rx) });
+        self.sessions.lock().unwrap().push(session);
+        self.notify.notify_waiters();
+        Ok(RealtimeConnection { commands: cmd_tx, events: ev_rx })
+    }
+}
+
+/// An extractor that fills `client_name` from the first user message and counts its calls.
+#[derive(Default)]
+pub struct CountingExtractor {
+    pub calls: AtomicUsize,
+    /// Dialogue lengths it was called with.
+    pub seen: Mutex<Vec<usize>>,
+    /// Every call fails.
+    pub failing: AtomicBool,
+}
+
+impl CountingExtractor {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+#[async_trait]
+impl AnketaExtractor for CountingExtractor {
+    async fn extract(&self, dialogue: &[DialogueMessage], _previous: &Anketa) -> Result<Anketa, ExtractError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.seen.lock().unwrap().push(dialogue.len());
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ExtractError::Failed("DeepSeek answered 503 four times".into()));
+        }
+        let mut anketa = Anketa::default();
+        if let Some(first) = dialogue.iter().find(|m| m.role == Role::User) {
+            anketa.0.insert("client_name".into(), serde_json::Value::String(first.text.clone()));
+        }
+        anketa.0.insert("messages_seen".into(), serde_json::json!(dialogue.len()));
+        Ok(anketa)
+    }
+}
+
+/// An audio output that plays instantly unless told the caller is still hearing it.
+#[derive(Default)]
+pub struct RecordingAudio {
+    pub played_samples: AtomicUsize,
+    pub interrupts: AtomicUsize,
+    /// What `interrupt` reports as heard (ms) while `playing` is set.
+    pub heard_ms: AtomicUsize,
+    pub playing: AtomicBool,
+    current: Mutex<Option<String>>,
+}
+
+impl RecordingAudio {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+impl AgentAudioOutput for RecordingAudio {
+    fn play(&self, item_id: &str, pcm: Arc<[i16]>) {
+        self.played_samples.fetch_add(pcm.len(), Ordering::SeqCst);
+        *self.current.lock().unwrap() = Some(item_id.to_owned());
+    }
+
+    fn interrupt(&self) -> Option<PlayedAudio> {
+        if !self.playing.swap(false, Ordering::SeqCst) {
+            return None;
+        }
+        self.interrupts.fetch_add(1, Ordering::SeqCst);
+        let item_id = self.current.lock().unwrap().take()?;
+        Some(PlayedAudio { item_id, played_ms: self.heard_ms.load(Ordering::SeqCst) as u64 })
+    }
+
+    fn is_playing(&self) -> bool {
+        self.playing.load(Ordering::SeqCst)
+    }
+}
