@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod deepseek;
 pub mod logging;
 pub mod secret;
 pub mod store;

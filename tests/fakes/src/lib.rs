@@ -2,3 +2,4 @@
 //! They are as strict and as quirky as the services they stand for (see
 //! ../shared/notes/realtime.md): a fake kinder than the real service hides bugs.
 pub mod memory;
+pub mod deepseek;
