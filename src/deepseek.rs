@@ -376,7 +376,7 @@ impl DeepSeekExtractor {
             500 => AttemptError::retry(format!("DeepSeek server error (500): {detail}")),
             503 => AttemptError::Retryable { reason: format!("DeepSeek overloaded (503): {detail}"), retry_after },
             // Gateways in front of the service (502, 504) fail transiently too.
-            500..=599 => AttemptError::retry(format!("DeepSeek answered {status}: {detail}")),
+            other if (500..600).contains(&other) => AttemptError::retry(format!("DeepSeek answered {status}: {detail}")),
             _ => fatal(format!("DeepSeek answered {status}: {detail}")),
         }
     }

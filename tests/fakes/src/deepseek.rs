@@ -238,9 +238,9 @@ fn record(shared: &Shared, path: &str, authorized: bool, body: Option<Value>, st
     shared.requests.lock().unwrap().push(RecordedRequest { path: path.to_owned(), authorized, body, status });
 }
 
-/// Checks the request as strictly as the real API; Err is the rejection to send.
-fn check_request(body: &Value) -> Result<(), Response> {
-    let reject = |status: u16, message: String| Err(error_response(status, &message, "invalid_request_error"));
+/// Checks the request as strictly as the real API; Err is the status and message to refuse with.
+fn check_request(body: &Value) -> Result<(), (u16, String)> {
+    let reject = |status: u16, message: String| Err((status, message));
     let Some(object) = body.as_object() else {
         return reject(422, "Failed to deserialize the JSON body into the target type: expected a JSON object".into());
     };
@@ -366,9 +366,9 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, uri: Uri, headers: 
             "invalid_request_error",
         );
     };
-    if let Err(rejection) = check_request(&request) {
-        record(&shared, &path, true, Some(request), rejection.status().as_u16());
-        return rejection;
+    if let Err((status, message)) = check_request(&request) {
+        record(&shared, &path, true, Some(request), status);
+        return error_response(status, &message, "invalid_request_error");
     }
     let behaviour = shared.script.lock().unwrap().pop_front().unwrap_or(Behaviour::Answer);
     let model = request["model"].as_str().unwrap_or_default().to_owned();
