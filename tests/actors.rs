@@ -400,3 +400,68 @@ async fn sigkill_mid_dialogue_loses_no_logged_message() {
     // Running recovery again finds nothing left open.
     assert!(handler.recover_interrupted().await.unwrap().is_empty());
 }
+
+/// A store whose writes fail while `broken` is set (a full disk), delegating to SQLite.
+struct FlakyStore {
+    inner: Arc<SqliteStore>,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl DialogueStore for FlakyStore {
+    async fn open_session(&self, r: &consultant_actors::ports::SessionRecord) -> Result<(), consultant_actors::ports::StoreError> {
+        self.inner.open_session(r).await
+    }
+    async fn append_message(&self, id: &SessionId, m: &DialogueMessage) -> Result<(), consultant_actors::ports::StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(consultant_actors::ports::StoreError::Io("database or disk is full".into()));
+        }
+        self.inner.append_message(id, m).await
+    }
+    async fn set_status(&self, id: &SessionId, s: SessionStatus, f: Option<&str>, e: Option<chrono::DateTime<chrono::Utc>>) -> Result<(), consultant_actors::ports::StoreError> {
+        self.inner.set_status(id, s, f, e).await
+    }
+    async fn save_anketa(&self, id: &SessionId, r: &consultant_actors::ports::AnketaRecord) -> Result<(), consultant_actors::ports::StoreError> {
+        self.inner.save_anketa(id, r).await
+    }
+    async fn sessions_with_status(&self, s: SessionStatus) -> Result<Vec<consultant_actors::ports::SessionRecord>, consultant_actors::ports::StoreError> {
+        self.inner.sessions_with_status(s).await
+    }
+    async fn load_messages(&self, id: &SessionId) -> Result<Vec<DialogueMessage>, consultant_actors::ports::StoreError> {
+        self.inner.load_messages(id).await
+    }
+    async fn latest_anketa(&self, id: &SessionId) -> Result<Option<consultant_actors::ports::AnketaRecord>, consultant_actors::ports::StoreError> {
+        self.inner.latest_anketa(id).await
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_loses_no_message_and_does_not_end_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap());
+    let store = Arc::new(FlakyStore { inner: sqlite.clone(), broken: false.into() });
+    let realtime = ScriptedRealtime::new();
+    let mut s = settings();
+    s.restart.max_restarts = 2;
+    s.restart.backoff_max = Duration::from_millis(100);
+    let ports = Ports { connector: realtime.clone(), store: store.clone(), extractor: CountingExtractor::new() };
+    let handler = VoiceHandler::start(Arc::new(s), ports, Telemetry::new()).await.unwrap();
+    let id = sid("diskfull");
+    let handle = handler.create_session(id.clone(), "consultation-diskfull".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let rt = realtime.session(1).await;
+    rt.user_says("u1", "Первое").await;
+    wait_messages(&sqlite, &id, 1).await;
+    store.broken.store(true, Ordering::SeqCst);
+    for i in 2..=5 {
+        rt.user_says(&format!("u{i}"), &format!("Сообщение {i}")).await;
+    }
+    // Well past the restart intensity: the call is still going.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(handler.get(&id).await.is_some(), "the consultation survived a failing disk");
+    store.broken.store(false, Ordering::SeqCst);
+    let stored = wait_messages(&sqlite, &id, 5).await;
+    assert_eq!(stored.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Первое", "Сообщение 2", "Сообщение 3", "Сообщение 4", "Сообщение 5"]);
+    let outcome = handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Completed);
+}

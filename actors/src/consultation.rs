@@ -444,6 +444,14 @@ impl ConsultationActor {
                     tracing::error!(session_id = %state.session.session_id, %reason, "extraction keeps failing; periodic extraction disabled");
                     return;
                 }
+                if kind == ChildKind::Persistence {
+                    // A full or failing disk must not cut the call: the dialogue is kept in
+                    // memory, re-sent when storage works again, and written by finalize.
+                    let retry = policy.backoff_max;
+                    tracing::error!(session_id = %state.session.session_id, %reason, ?retry, unsaved = state.session.dialogue.len() as u32 - state.persisted_upto, "storage keeps failing; dialogue kept in memory, retrying");
+                    myself.send_after(retry, move || ConsultationMsg::RestartChild(kind));
+                    return;
+                }
                 if kind == ChildKind::Realtime {
                     state.set_link(RealtimeLinkState::Down);
                 }
