@@ -73,6 +73,7 @@ pub mod agent;
 pub mod auth;
 pub mod rooms;
 pub mod rtc;
+mod sfu;
 pub mod state;
 mod twirp;
 
@@ -151,16 +152,21 @@ impl LoopbackServer {
         let addr = listener.local_addr()?;
         let (events_tx, _) = broadcast::channel(4096);
         let (shutdown, _) = watch::channel(false);
-        let sh = Arc::new(Shared {
+        let udp = std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let sh = Arc::new_cyclic(|weak| Shared {
             cfg,
             inner: Default::default(),
             events_tx,
             dispatch_kick: Notify::new(),
             shutdown,
+            media: sfu::start(udp, weak.clone()),
         });
         let app = axum::Router::new()
             .route("/agent", any(agent::agent_ws))
             .route("/twirp/{service}/{method}", post(twirp::twirp))
+            .route("/rtc", any(rtc::rtc_ws))
+            .route("/rtc/validate", any(rtc::rtc_validate))
+            .route("/rtc/v1", any(rtc::rtc_v1_not_found))
             .route("/", get(|| async { "OK" }))
             .with_state(sh.clone());
         let mut stop = sh.shutdown.subscribe();
@@ -186,6 +192,10 @@ impl LoopbackServer {
     /// `ws://127.0.0.1:PORT`
     pub fn ws_url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+    /// The UDP address of the SFU (ICE host candidate).
+    pub fn media_addr(&self) -> SocketAddr {
+        self.sh.media.addr
     }
     pub fn api_key(&self) -> &str {
         &self.sh.cfg.api_key

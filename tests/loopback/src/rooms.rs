@@ -102,13 +102,13 @@ pub(crate) fn close_room_locked(sh: &SharedRef, g: &mut Inner, name: &str, reaso
 
 /// A participant left (leave request, socket gone, replaced). Terminates the jobs whose agent
 /// it was, tells the others, and closes the room when it is empty.
-pub(crate) fn participant_left_locked(sh: &SharedRef, g: &mut Inner, room: &str, identity: &str, conn_id: u64, reason: &str) {
+pub(crate) fn participant_left_locked(sh: &SharedRef, g: &mut Inner, room: &str, conn_id: u64, reason: &str) {
     let Some(r) = g.rooms.get_mut(room) else { return };
-    match r.participant(identity) {
-        Some(p) if p.conn_id == conn_id => {}
-        _ => return, // already gone or replaced by a newer connection
-    }
-    let p = r.remove_participant(identity).expect("checked above");
+    let Some(key) = r.participants.iter().find(|(_, p)| p.conn_id == conn_id).map(|(k, _)| *k) else {
+        return; // already gone
+    };
+    let p = r.participants.remove(&key).expect("found above");
+    let identity = p.identity.as_str();
     let empty = r.participants.is_empty();
     let mut gone = p.info();
     gone.state = proto::participant_info::State::Disconnected as i32;

@@ -1,12 +1,477 @@
-//! `/rtc`: participant signalling (protocol v0, two peer connections).
+//! `/rtc`: participant signalling, protocol v0 (two peer connections).
+//!
+//! - `/rtc/v1` answers HTTP/1.1 404 so the official SDKs fall back to v0.
+//! - `/rtc/validate` answers 200 for a valid join token, 401 (with the reason) otherwise.
+//! - `/rtc` (WebSocket, token as Bearer header or `access_token` query): `join` first
+//!   (subscriber_primary, ping_interval 5, ping_timeout 15), then the server offers the
+//!   subscriber PC (data channels `_reliable` / `_lossy` and the tracks of the others when
+//!   auto_subscribe), the client offers the publisher PC, trickle both ways, `add_track` ->
+//!   `track_published`, participant updates (kind AGENT vs STANDARD), ping_req -> pong_resp,
+//!   leave. Frames are protobuf (binary) or protojson (text, answered in JSON).
+//! - Not implemented: resume (`reconnect=1`) is treated as a fresh join, simulcast/video,
+//!   selective subscription, data packet relaying.
 
+#![allow(deprecated)] // ParticipantPermission.agent and disable_dtx are still what clients read
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use livekit_api::access_token::Claims;
 use livekit_protocol as proto;
+use prost::Message as _;
+use proto::signal_request::Message as Req;
+use proto::signal_response::Message as Resp;
+use tokio::sync::mpsc;
 
-/// What the room side pushes to a participant's signalling connection.
+use crate::agent::{now_millis, reject};
+use crate::auth::{self, AuthError};
+use crate::rooms;
+use crate::sfu::{MediaCmd, OutTrackSpec, Target};
+use crate::state::*;
+
+/// What the room side and the media side push to a participant's signalling connection.
 #[derive(Debug)]
 pub enum SignalOut {
     /// Other participants changed (joined, published, left).
     Update(Vec<proto::ParticipantInfo>),
     /// The server ends the session (room closed, replaced).
     Leave(String),
+    /// Subscriber PC offer from the SFU.
+    Offer { sdp: String, id: u32 },
+    /// Publisher PC answer from the SFU.
+    Answer { sdp: String, id: u32 },
+    /// A server ICE candidate.
+    Trickle { candidate_init: String, target: Target },
+    /// The media side cannot go on (bad SDP, PC closed): the participant is disconnected.
+    MediaFailed(String),
+}
+
+pub(crate) async fn rtc_v1_not_found() -> Response {
+    (StatusCode::NOT_FOUND, "signalling v1 is not supported by the loopback server").into_response()
+}
+
+fn check_join(sh: &SharedRef, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Claims, AuthError> {
+    let token = auth::token_from(headers, q.get("access_token").map(String::as_str));
+    let c = auth::verify(&sh.cfg.api_key, &sh.cfg.api_secret, token.as_deref())?;
+    if !c.video.room_join || c.video.room.is_empty() {
+        return Err(AuthError::Denied("token lacks roomJoin for a room".into()));
+    }
+    if c.sub.is_empty() {
+        return Err(AuthError::Denied("token has no identity".into()));
+    }
+    Ok(c)
+}
+
+pub(crate) async fn rtc_validate(
+    State(sh): State<SharedRef>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match check_join(&sh, &headers, &q) {
+        Ok(_) => (StatusCode::OK, "success").into_response(),
+        Err(e) => reject(&sh, "/rtc/validate", e),
+    }
+}
+
+pub(crate) async fn rtc_ws(
+    State(sh): State<SharedRef>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let claims = match check_join(&sh, &headers, &q) {
+        Ok(c) => c,
+        Err(e) => return reject(&sh, "/rtc", e),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return e.into_response(),
+    };
+    let auto_subscribe = q.get("auto_subscribe").map(|v| v != "0" && v != "false").unwrap_or(true);
+    ws.on_upgrade(move |sock| participant_conn(sh, sock, claims, auto_subscribe))
+}
+
+fn encode(r: Resp, json: bool) -> Message {
+    let m = proto::SignalResponse { message: Some(r) };
+    if json {
+        Message::Text(serde_json::to_string(&m).unwrap_or_default().into())
+    } else {
+        Message::Binary(m.encode_to_vec().into())
+    }
+}
+
+fn leave_msg(reason: proto::DisconnectReason) -> Resp {
+    Resp::Leave(proto::LeaveRequest {
+        can_reconnect: false,
+        reason: reason as i32,
+        action: proto::leave_request::Action::Disconnect as i32,
+        regions: None,
+    })
+}
+
+fn server_info(sh: &SharedRef) -> proto::ServerInfo {
+    proto::ServerInfo {
+        edition: proto::server_info::Edition::Standard as i32,
+        version: sh.cfg.server_version.clone(),
+        protocol: 16,
+        node_id: "ND_loopback".into(),
+        agent_protocol: 1,
+        ..Default::default()
+    }
+}
+
+struct Session {
+    sh: SharedRef,
+    room: String,
+    identity: String,
+    conn_id: u64,
+    pub_pc: u64,
+    sub_pc: u64,
+    json: bool,
+}
+
+async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_subscribe: bool) {
+    let (mut sink, mut stream) = sock.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<SignalOut>();
+    let room_name = claims.video.room.clone();
+    let identity = claims.sub.clone();
+    let kind = ParticipantKind::from_claim(&claims.kind);
+    let permission = proto::ParticipantPermission {
+        can_subscribe: claims.video.can_subscribe(),
+        can_publish: claims.video.can_publish(),
+        can_publish_data: claims.video.can_publish_data(),
+        hidden: claims.video.hidden,
+        agent: claims.video.agent,
+        can_update_metadata: claims.video.can_update_own_metadata(),
+        ..Default::default()
+    };
+
+    // Join: room (created on demand with the token's room_config agents), participant, others.
+    let joined = {
+        let mut g = sh.lock();
+        let agents = claims.room_config.as_ref().map(|c| c.agents.clone()).unwrap_or_default();
+        rooms::create_room_locked(&sh, &mut g, rooms::RoomOptions::named(&room_name), &agents);
+        g.next_conn_id += 1;
+        let conn_id = g.next_conn_id;
+        let room = g.rooms.get_mut(&room_name).expect("created above");
+        let full = room.max_participants > 0 && room.participants.len() as u32 >= room.max_participants;
+        if full {
+            Err("room is full")
+        } else {
+            let old = room.participant(&identity).map(|p| p.conn_id);
+            let sid = new_id("PA_");
+            let seq = room.next_seq;
+            room.next_seq += 1;
+            let p = Participant {
+                identity: identity.clone(),
+                sid: sid.clone(),
+                name: claims.name.clone(),
+                metadata: claims.metadata.clone(),
+                kind,
+                attributes: claims.attributes.clone(),
+                permission: permission.clone(),
+                joined_at: now_secs(),
+                tracks: Vec::new(),
+                signal: Some(tx.clone()),
+                conn_id,
+                pcs: (conn_id * 2, conn_id * 2 + 1),
+                auto_subscribe,
+            };
+            let me = p.info();
+            room.participants.insert(seq, p);
+            let others: Vec<&Participant> = room.participants.values().filter(|o| o.conn_id != conn_id).collect();
+            let other_infos: Vec<proto::ParticipantInfo> =
+                others.iter().filter(|o| o.conn_id != old.unwrap_or(0)).map(|o| o.info()).collect();
+            let mut tracks = Vec::new();
+            if auto_subscribe && permission.can_subscribe {
+                for o in others.iter().filter(|o| Some(o.conn_id) != old) {
+                    for t in &o.tracks {
+                        tracks.push(OutTrackSpec {
+                            track_sid: t.sid.clone(),
+                            participant_sid: o.sid.clone(),
+                            publisher_identity: o.identity.clone(),
+                        });
+                    }
+                }
+            }
+            let sinks: Vec<_> =
+                others.iter().filter(|o| Some(o.conn_id) != old).filter_map(|o| o.signal.clone()).collect();
+            for s in sinks {
+                let _ = s.send(SignalOut::Update(vec![me.clone()]));
+            }
+            let join = proto::JoinResponse {
+                room: Some(room.proto()),
+                participant: Some(me),
+                other_participants: other_infos,
+                server_version: sh.cfg.server_version.clone(),
+                subscriber_primary: true,
+                ping_timeout: 15,
+                ping_interval: 5,
+                server_info: Some(server_info(&sh)),
+                enabled_publish_codecs: vec![proto::Codec { mime: "audio/opus".into(), fmtp_line: String::new() }],
+                ..Default::default()
+            };
+            sh.emit(&mut g, ServerEvent::ParticipantJoined {
+                room: room_name.clone(),
+                identity: identity.clone(),
+                sid,
+                kind,
+            });
+            // A second connection with the same identity replaces the first.
+            if let Some(old_conn) = old {
+                if let Some(old_tx) = g
+                    .rooms
+                    .get(&room_name)
+                    .and_then(|r| r.participants.values().find(|p| p.conn_id == old_conn))
+                    .and_then(|p| p.signal.clone())
+                {
+                    let _ = old_tx.send(SignalOut::Leave("duplicate identity".into()));
+                }
+                rooms::participant_left_locked(&sh, &mut g, &room_name, old_conn, "replaced by a new connection");
+            }
+            Ok((join, conn_id, tracks))
+        }
+    };
+    let (join, conn_id, tracks) = match joined {
+        Ok(j) => j,
+        Err(why) => {
+            sh.emit_now(ServerEvent::ProtocolError { peer: identity.clone(), detail: format!("join refused: {why}") });
+            let _ = sink.send(encode(leave_msg(proto::DisconnectReason::JoinFailure), false)).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
+    tracing::info!(room = %room_name, %identity, ?kind, "participant joined");
+    let mut s = Session {
+        sh: sh.clone(),
+        room: room_name.clone(),
+        identity: identity.clone(),
+        conn_id,
+        pub_pc: conn_id * 2,
+        sub_pc: conn_id * 2 + 1,
+        json: false,
+    };
+    if sink.send(encode(Resp::Join(join), false)).await.is_err() {
+        s.cleanup("signal send failed");
+        return;
+    }
+    sh.media.send(MediaCmd::AddParticipant {
+        room: room_name.clone(),
+        identity: identity.clone(),
+        pub_pc: s.pub_pc,
+        sub_pc: s.sub_pc,
+        signal: tx.clone(),
+        tracks,
+    });
+
+    let mut shutdown = sh.shutdown.subscribe();
+    let reason = loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = sink.send(encode(leave_msg(proto::DisconnectReason::ServerShutdown), s.json)).await;
+                let _ = sink.close().await;
+                break "server shutdown".to_string();
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break "signal channel closed".into() };
+                let (msg, end) = match out {
+                    SignalOut::Update(ps) => (Resp::Update(proto::ParticipantUpdate { participants: ps }), None),
+                    SignalOut::Offer { sdp, id } => (Resp::Offer(sd("offer", sdp, id)), None),
+                    SignalOut::Answer { sdp, id } => (Resp::Answer(sd("answer", sdp, id)), None),
+                    SignalOut::Trickle { candidate_init, target } => (Resp::Trickle(proto::TrickleRequest {
+                        candidate_init, target: target.proto(), r#final: false,
+                    }), None),
+                    SignalOut::Leave(reason) => {
+                        let r = if reason.contains("duplicate") { proto::DisconnectReason::DuplicateIdentity } else { proto::DisconnectReason::RoomDeleted };
+                        (leave_msg(r), Some(reason))
+                    }
+                    SignalOut::MediaFailed(reason) => {
+                        tracing::warn!(room = %s.room, identity = %s.identity, %reason, "media failure, disconnecting participant");
+                        sh.emit_now(ServerEvent::ProtocolError { peer: s.identity.clone(), detail: reason.clone() });
+                        (leave_msg(proto::DisconnectReason::StateMismatch), Some(reason))
+                    }
+                };
+                if sink.send(encode(msg, s.json)).await.is_err() { break "signal send failed".into(); }
+                if let Some(reason) = end {
+                    let _ = sink.close().await;
+                    break reason;
+                }
+            }
+            frame = stream.next() => {
+                let frame = match frame {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => break format!("connection lost: {e}"),
+                    None => break "connection lost without leave".into(),
+                };
+                let req = match &frame {
+                    Message::Binary(b) => proto::SignalRequest::decode(b.as_ref()).map_err(|e| format!("undecodable SignalRequest: {e}")),
+                    Message::Text(t) => {
+                        s.json = true;
+                        serde_json::from_str::<proto::SignalRequest>(t.as_str()).map_err(|e| format!("unparsable JSON SignalRequest: {e}"))
+                    }
+                    Message::Close(_) => break "connection closed without leave".into(),
+                    _ => continue,
+                };
+                let req = match req {
+                    Ok(proto::SignalRequest { message: Some(m) }) => m,
+                    Ok(_) => { sh.emit_now(ServerEvent::ProtocolError { peer: s.identity.clone(), detail: "empty SignalRequest".into() }); continue; }
+                    Err(detail) => {
+                        tracing::warn!(identity = %s.identity, %detail, "garbage signalling frame");
+                        sh.emit_now(ServerEvent::ProtocolError { peer: s.identity.clone(), detail });
+                        continue;
+                    }
+                };
+                match s.handle(req) {
+                    Handled::Reply(r) => if sink.send(encode(r, s.json)).await.is_err() { break "signal send failed".into(); },
+                    Handled::None => {}
+                    Handled::Leave => { let _ = sink.close().await; break "leave requested".into(); }
+                }
+            }
+        }
+    };
+    s.cleanup(&reason);
+}
+
+fn sd(kind: &str, sdp: String, id: u32) -> proto::SessionDescription {
+    proto::SessionDescription { r#type: kind.into(), sdp, id, ..Default::default() }
+}
+
+enum Handled {
+    Reply(Resp),
+    None,
+    Leave,
+}
+
+impl Session {
+    fn handle(&mut self, req: Req) -> Handled {
+        let sh = self.sh.clone();
+        match req {
+            Req::Offer(o) => {
+                sh.media.send(MediaCmd::PublisherOffer { pc: self.pub_pc, sdp: o.sdp, id: o.id });
+                Handled::None
+            }
+            Req::Answer(a) => {
+                sh.media.send(MediaCmd::SubscriberAnswer { pc: self.sub_pc, sdp: a.sdp });
+                Handled::None
+            }
+            Req::Trickle(t) => {
+                let pc = if t.target == proto::SignalTarget::Subscriber as i32 { self.sub_pc } else { self.pub_pc };
+                let cand = serde_json::from_str::<serde_json::Value>(&t.candidate_init)
+                    .ok()
+                    .and_then(|v| v.get("candidate").and_then(|c| c.as_str()).map(str::to_string));
+                match cand {
+                    Some(c) => sh.media.send(MediaCmd::RemoteCandidate { pc, candidate: c }),
+                    None => sh.emit_now(ServerEvent::ProtocolError {
+                        peer: self.identity.clone(),
+                        detail: "trickle candidateInit is not JSON with a candidate".into(),
+                    }),
+                }
+                Handled::None
+            }
+            Req::AddTrack(a) => self.add_track(a),
+            Req::Mute(m) => {
+                let mut g = sh.lock();
+                let Some(room) = g.rooms.get_mut(&self.room) else { return Handled::None };
+                let Some(p) = room.participants.values_mut().find(|p| p.conn_id == self.conn_id) else { return Handled::None };
+                if let Some(t) = p.tracks.iter_mut().find(|t| t.sid == m.sid) {
+                    t.muted = m.muted;
+                }
+                let me = p.info();
+                for o in room.participants.values().filter(|o| o.conn_id != self.conn_id) {
+                    if let Some(tx) = &o.signal {
+                        let _ = tx.send(SignalOut::Update(vec![me.clone()]));
+                    }
+                }
+                Handled::None
+            }
+            Req::Leave(_) => Handled::Leave,
+            Req::Ping(ts) => Handled::Reply(Resp::Pong(ts)),
+            Req::PingReq(p) => {
+                Handled::Reply(Resp::PongResp(proto::Pong { last_ping_timestamp: p.timestamp, timestamp: now_millis() }))
+            }
+            other => {
+                tracing::debug!(identity = %self.identity, request = ?std::mem::discriminant(&other), "signal request ignored");
+                Handled::None
+            }
+        }
+    }
+
+    fn add_track(&mut self, a: proto::AddTrackRequest) -> Handled {
+        let sh = self.sh.clone();
+        let mut g = sh.lock();
+        let Some(room) = g.rooms.get_mut(&self.room) else { return Handled::None };
+        let Some(p) = room.participants.values_mut().find(|p| p.conn_id == self.conn_id) else { return Handled::None };
+        if !p.permission.can_publish {
+            drop(g);
+            sh.emit_now(ServerEvent::ProtocolError { peer: self.identity.clone(), detail: "add_track without canPublish".into() });
+            return Handled::None;
+        }
+        if a.r#type != proto::TrackType::Audio as i32 {
+            drop(g);
+            sh.emit_now(ServerEvent::ProtocolError {
+                peer: self.identity.clone(),
+                detail: format!("add_track of type {} refused: the loopback SFU forwards audio only", a.r#type),
+            });
+            return Handled::None;
+        }
+        let track_sid = new_id("TR_");
+        let info = proto::TrackInfo {
+            sid: track_sid.clone(),
+            r#type: a.r#type,
+            name: a.name.clone(),
+            muted: a.muted,
+            source: a.source,
+            mime_type: "audio/opus".into(),
+            disable_dtx: a.disable_dtx,
+            stream: a.stream.clone(),
+            ..Default::default()
+        };
+        p.tracks.push(info.clone());
+        let me = p.info();
+        let psid = p.sid.clone();
+        sh.media.send(MediaCmd::PendingTrack { pub_pc: self.pub_pc, cid: a.cid.clone(), track_sid: track_sid.clone() });
+        for o in room.participants.values().filter(|o| o.conn_id != self.conn_id) {
+            if let Some(tx) = &o.signal {
+                let _ = tx.send(SignalOut::Update(vec![me.clone()]));
+            }
+            if o.auto_subscribe && o.permission.can_subscribe {
+                sh.media.send(MediaCmd::Subscribe {
+                    sub_pc: o.pcs.1,
+                    track: OutTrackSpec {
+                        track_sid: track_sid.clone(),
+                        participant_sid: psid.clone(),
+                        publisher_identity: self.identity.clone(),
+                    },
+                });
+            }
+        }
+        tracing::info!(room = %self.room, identity = %self.identity, %track_sid, cid = %a.cid, "track published");
+        sh.emit(&mut g, ServerEvent::TrackPublished {
+            room: self.room.clone(),
+            identity: self.identity.clone(),
+            track_sid,
+            cid: a.cid.clone(),
+        });
+        Handled::Reply(Resp::TrackPublished(proto::TrackPublishedResponse { cid: a.cid, track: Some(info) }))
+    }
+
+    fn cleanup(&self, reason: &str) {
+        let sh = &self.sh;
+        sh.media.send(MediaCmd::RemoveParticipant { pub_pc: self.pub_pc, sub_pc: self.sub_pc });
+        let mut g = sh.lock();
+        let tracks: Vec<String> = g
+            .rooms
+            .get(&self.room)
+            .and_then(|r| r.participants.values().find(|p| p.conn_id == self.conn_id))
+            .map(|p| p.tracks.iter().map(|t| t.sid.clone()).collect())
+            .unwrap_or_default();
+        if !tracks.is_empty() {
+            sh.media.send(MediaCmd::TracksGone { track_sids: tracks });
+        }
+        rooms::participant_left_locked(sh, &mut g, &self.room, self.conn_id, reason);
+    }
 }

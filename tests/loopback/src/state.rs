@@ -243,6 +243,9 @@ pub(crate) struct Participant {
     pub signal: Option<mpsc::UnboundedSender<crate::rtc::SignalOut>>,
     /// Per-connection token; a newer connection with the same identity replaces it.
     pub conn_id: u64,
+    /// (publisher PC id, subscriber PC id) in the media engine.
+    pub pcs: (u64, u64),
+    pub auto_subscribe: bool,
 }
 
 impl Participant {
@@ -330,6 +333,7 @@ pub(crate) struct Shared {
     /// Pinged whenever a pending job might now find a worker.
     pub dispatch_kick: Notify,
     pub shutdown: watch::Sender<bool>,
+    pub media: crate::sfu::MediaHandle,
 }
 
 pub(crate) type SharedRef = Arc<Shared>;

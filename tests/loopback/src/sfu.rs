@@ -1,0 +1,570 @@
+//! The media side: one str0m `Rtc` per peer connection, all driven by one task that owns one
+//! UDP socket on 127.0.0.1 (ICE-lite, a host candidate we add ourselves). Opus frames that a
+//! publisher PC receives are written to every subscriber PC that has the track open.
+//!
+//! str0m is sans-IO: every wake-up feeds `Input::Timeout(now)` to each `Rtc` before draining
+//! `poll_output`. str0m allows one pending offer per `Rtc`, so subscriber renegotiations are
+//! queued and sent one at a time (next offer after the previous answer was accepted).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, Reliability};
+use str0m::media::{Direction, MediaData, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::rtc::SignalOut;
+use crate::state::{ServerEvent, Shared};
+
+pub(crate) type PcId = u64;
+
+/// Which side of LiveKit's two-PC model a peer connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Publisher,
+    Subscriber,
+}
+
+impl Target {
+    pub fn proto(self) -> i32 {
+        match self {
+            Target::Publisher => livekit_protocol::SignalTarget::Publisher as i32,
+            Target::Subscriber => livekit_protocol::SignalTarget::Subscriber as i32,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Target::Publisher => "publisher",
+            Target::Subscriber => "subscriber",
+        }
+    }
+}
+
+/// A published track to be sent on a subscriber PC.
+#[derive(Debug, Clone)]
+pub(crate) struct OutTrackSpec {
+    pub track_sid: String,
+    pub participant_sid: String,
+    pub publisher_identity: String,
+}
+
+#[derive(Debug)]
+pub(crate) enum MediaCmd {
+    /// Create the two PCs of a participant; the subscriber PC offers at once (data channels
+    /// plus `tracks`).
+    AddParticipant {
+        room: String,
+        identity: String,
+        pub_pc: PcId,
+        sub_pc: PcId,
+        signal: mpsc::UnboundedSender<SignalOut>,
+        tracks: Vec<OutTrackSpec>,
+    },
+    /// AddTrackRequest accepted: the track with this cid will appear in a publisher offer.
+    PendingTrack { pub_pc: PcId, cid: String, track_sid: String },
+    PublisherOffer { pc: PcId, sdp: String, id: u32 },
+    SubscriberAnswer { pc: PcId, sdp: String },
+    RemoteCandidate { pc: PcId, candidate: String },
+    Subscribe { sub_pc: PcId, track: OutTrackSpec },
+    RemoveParticipant { pub_pc: PcId, sub_pc: PcId },
+    /// Stop forwarding these tracks (their publisher left).
+    TracksGone { track_sids: Vec<String> },
+}
+
+/// Handle to the media task.
+#[derive(Clone, Debug)]
+pub(crate) struct MediaHandle {
+    pub tx: mpsc::UnboundedSender<MediaCmd>,
+    pub addr: SocketAddr,
+}
+
+impl MediaHandle {
+    pub fn send(&self, cmd: MediaCmd) {
+        let _ = self.tx.send(cmd);
+    }
+}
+
+struct OutTrack {
+    spec: OutTrackSpec,
+    mid: Option<Mid>,
+    open: bool,
+}
+
+struct Pc {
+    target: Target,
+    room: String,
+    identity: String,
+    signal: mpsc::UnboundedSender<SignalOut>,
+    rtc: Rtc,
+    connected: bool,
+    // publisher side
+    in_tracks: HashMap<Mid, String>,
+    flowing: HashSet<Mid>,
+    pending_cids: HashMap<String, String>,
+    // subscriber side
+    pending_offer: Option<(SdpPendingOffer, Vec<(usize, Mid)>)>,
+    out: Vec<OutTrack>,
+    offer_id: u32,
+    candidate_sent: bool,
+}
+
+static CRYPTO: std::sync::Once = std::sync::Once::new();
+
+/// Start the media task on `socket` (bound to 127.0.0.1). Needs a tokio runtime.
+pub(crate) fn start(socket: std::net::UdpSocket, shared: std::sync::Weak<Shared>) -> MediaHandle {
+    CRYPTO.call_once(|| {
+        str0m::crypto::from_feature_flags().install_process_default();
+    });
+    let addr = socket.local_addr().expect("bound socket has an address");
+    let (tx, rx) = mpsc::unbounded_channel();
+    socket.set_nonblocking(true).expect("nonblocking udp");
+    let socket = UdpSocket::from_std(socket).expect("tokio udp socket");
+    tokio::spawn(run(socket, addr, rx, shared));
+    MediaHandle { tx, addr }
+}
+
+fn new_rtc(addr: SocketAddr) -> Rtc {
+    let mut rtc = Rtc::builder()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .build(Instant::now());
+    if let Ok(c) = Candidate::host(addr, "udp") {
+        rtc.add_local_candidate(c);
+    }
+    rtc
+}
+
+struct Engine {
+    addr: SocketAddr,
+    socket: Arc<UdpSocket>,
+    pcs: HashMap<PcId, Pc>,
+    shared: std::sync::Weak<Shared>,
+}
+
+async fn run(
+    socket: UdpSocket,
+    addr: SocketAddr,
+    mut rx: mpsc::UnboundedReceiver<MediaCmd>,
+    shared: std::sync::Weak<Shared>,
+) {
+    let socket = Arc::new(socket);
+    let mut e = Engine { addr, socket: socket.clone(), pcs: HashMap::new(), shared };
+    let mut buf = vec![0u8; 2000];
+    loop {
+        let next = e.drive();
+        let sleep_for = next.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(c) => e.command(c),
+                None => return,
+            },
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, source)) => e.receive(&buf[..n], source),
+                Err(err) => tracing::debug!(error = %err, "udp recv"),
+            },
+            _ = tokio::time::sleep(sleep_for) => {}
+        }
+    }
+}
+
+impl Engine {
+    fn emit(&self, ev: ServerEvent) {
+        if let Some(sh) = self.shared.upgrade() {
+            sh.emit_now(ev);
+        }
+    }
+
+    fn receive(&mut self, data: &[u8], source: SockAddrIn) {
+        let Ok(contents) = data.try_into() else { return };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive { proto: Protocol::Udp, source, destination: self.addr, contents },
+        );
+        let Some((_, pc)) = self.pcs.iter_mut().find(|(_, pc)| pc.rtc.accepts(&input)) else {
+            tracing::trace!(%source, "udp packet no PC accepts");
+            return;
+        };
+        if let Err(err) = pc.rtc.handle_input(input) {
+            tracing::warn!(identity = %pc.identity, target = pc.target.name(), error = %err, "rtc input failed");
+            pc.rtc.disconnect();
+        }
+    }
+
+    /// Feed timeouts, drain outputs, act on events; repeat while forwarding produced work.
+    /// Returns when the next timeout is due.
+    fn drive(&mut self) -> Instant {
+        let mut next = Instant::now() + Duration::from_millis(100);
+        for _ in 0..4 {
+            let now = Instant::now();
+            let mut events: Vec<(PcId, Event)> = Vec::new();
+            for (id, pc) in self.pcs.iter_mut() {
+                if !pc.rtc.is_alive() {
+                    continue;
+                }
+                if let Err(err) = pc.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::warn!(error = %err, "rtc timeout handling failed");
+                    pc.rtc.disconnect();
+                    continue;
+                }
+                loop {
+                    match pc.rtc.poll_output() {
+                        Ok(Output::Timeout(t)) => {
+                            next = next.min(t);
+                            break;
+                        }
+                        Ok(Output::Transmit(t)) => {
+                            let _ = self.socket.try_send_to(&t.contents, t.destination);
+                        }
+                        Ok(Output::Event(ev)) => events.push((*id, ev)),
+                        Err(err) => {
+                            tracing::warn!(identity = %pc.identity, error = %err, "rtc poll failed");
+                            pc.rtc.disconnect();
+                            break;
+                        }
+                    }
+                }
+            }
+            self.reap_dead();
+            if events.is_empty() {
+                break;
+            }
+            for (id, ev) in events {
+                self.event(id, ev);
+            }
+        }
+        next
+    }
+
+    /// Forget closed PCs. A PC closing is not by itself a reason to drop the participant: a
+    /// client that leaves closes its PCs before (or after) its `leave`, and a vanished client
+    /// is noticed by its signalling socket ending.
+    fn reap_dead(&mut self) {
+        let dead: Vec<PcId> = self.pcs.iter().filter(|(_, pc)| !pc.rtc.is_alive()).map(|(id, _)| *id).collect();
+        for id in dead {
+            if let Some(pc) = self.pcs.remove(&id) {
+                tracing::info!(identity = %pc.identity, target = pc.target.name(), "peer connection closed");
+            }
+        }
+    }
+
+    fn event(&mut self, id: PcId, ev: Event) {
+        match ev {
+            Event::Connected => {
+                let Some(pc) = self.pcs.get_mut(&id) else { return };
+                pc.connected = true;
+                let ev = ServerEvent::PeerConnected {
+                    room: pc.room.clone(),
+                    identity: pc.identity.clone(),
+                    target: pc.target.name().into(),
+                };
+                tracing::info!(identity = %pc.identity, target = pc.target.name(), "peer connection connected");
+                self.emit(ev);
+            }
+            Event::IceConnectionStateChange(s) => {
+                if let Some(pc) = self.pcs.get(&id) {
+                    tracing::debug!(identity = %pc.identity, target = pc.target.name(), state = ?s, "ice state");
+                }
+            }
+            Event::MediaData(data) => self.forward(id, data),
+            Event::ChannelOpen(_, label) => {
+                if let Some(pc) = self.pcs.get(&id) {
+                    tracing::debug!(identity = %pc.identity, target = pc.target.name(), %label, "data channel open");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn forward(&mut self, from: PcId, data: MediaData) {
+        let (track_sid, first, room, identity) = {
+            let Some(pc) = self.pcs.get_mut(&from) else { return };
+            let Some(sid) = pc.in_tracks.get(&data.mid).cloned() else { return };
+            let first = pc.flowing.insert(data.mid);
+            (sid, first, pc.room.clone(), pc.identity.clone())
+        };
+        if first {
+            tracing::info!(%room, %identity, %track_sid, "media flowing");
+            self.emit(ServerEvent::MediaFlowing { room, identity, track_sid: track_sid.clone() });
+        }
+        for pc in self.pcs.values_mut() {
+            if pc.target != Target::Subscriber {
+                continue;
+            }
+            let Some(mid) = pc.out.iter().find(|o| o.open && o.spec.track_sid == track_sid).and_then(|o| o.mid) else {
+                continue;
+            };
+            let Some(w) = pc.rtc.writer(mid) else { continue };
+            let Some(pt) = w.match_params(data.params) else { continue };
+            if let Err(err) = w.write(pt, data.network_time, data.time, data.data.clone()) {
+                tracing::debug!(error = %err, "forward write failed");
+            }
+        }
+    }
+
+    fn command(&mut self, c: MediaCmd) {
+        match c {
+            MediaCmd::AddParticipant { room, identity, pub_pc, sub_pc, signal, tracks } => {
+                for (id, target) in [(pub_pc, Target::Publisher), (sub_pc, Target::Subscriber)] {
+                    self.pcs.insert(
+                        id,
+                        Pc {
+                            target,
+                            room: room.clone(),
+                            identity: identity.clone(),
+                            signal: signal.clone(),
+                            rtc: new_rtc(self.addr),
+                            connected: false,
+                            in_tracks: HashMap::new(),
+                            flowing: HashSet::new(),
+                            pending_cids: HashMap::new(),
+                            pending_offer: None,
+                            out: Vec::new(),
+                            offer_id: 0,
+                            candidate_sent: false,
+                        },
+                    );
+                }
+                let pc = self.pcs.get_mut(&sub_pc).expect("just inserted");
+                pc.out.extend(tracks.into_iter().map(|spec| OutTrack { spec, mid: None, open: false }));
+                self.offer_subscriber(sub_pc, true);
+            }
+            MediaCmd::PendingTrack { pub_pc, cid, track_sid } => {
+                if let Some(pc) = self.pcs.get_mut(&pub_pc) {
+                    pc.pending_cids.insert(cid, track_sid);
+                }
+            }
+            MediaCmd::PublisherOffer { pc: id, sdp, id: offer_id } => {
+                let addr = self.addr;
+                let Some(pc) = self.pcs.get_mut(&id) else { return };
+                let offer = match SdpOffer::from_sdp_string(&sdp) {
+                    Ok(o) => o,
+                    Err(err) => {
+                        let _ = pc.signal.send(SignalOut::MediaFailed(format!("unparsable publisher offer: {err}")));
+                        return;
+                    }
+                };
+                let answer = match pc.rtc.sdp_api().accept_offer(offer) {
+                    Ok(a) => a,
+                    Err(err) => {
+                        let _ = pc.signal.send(SignalOut::MediaFailed(format!("publisher offer refused: {err}")));
+                        return;
+                    }
+                };
+                // Map the offer's audio mids to published tracks by msid track id == cid.
+                let mut unmatched = Vec::new();
+                for (mid, track_id, kind) in sdp_sections(&sdp) {
+                    if kind != "audio" {
+                        continue;
+                    }
+                    let m = Mid::from(mid.as_str());
+                    if pc.in_tracks.contains_key(&m) {
+                        continue;
+                    }
+                    match track_id.and_then(|t| pc.pending_cids.remove(&t)) {
+                        Some(sid) => {
+                            pc.in_tracks.insert(m, sid);
+                        }
+                        None => unmatched.push(m),
+                    }
+                }
+                // A client whose msid does not carry the cid: fall back to AddTrack order.
+                for m in unmatched {
+                    let Some(cid) = pc.pending_cids.keys().next().cloned() else { break };
+                    tracing::warn!(identity = %pc.identity, %cid, "publisher track matched by order, not by msid");
+                    let sid = pc.pending_cids.remove(&cid).expect("key exists");
+                    pc.in_tracks.insert(m, sid);
+                }
+                let answer_sdp = answer.to_sdp_string();
+                let _ = pc.signal.send(SignalOut::Answer { sdp: answer_sdp.clone(), id: offer_id });
+                send_candidate(pc, addr, &answer_sdp);
+            }
+            MediaCmd::SubscriberAnswer { pc: id, sdp } => {
+                let Some(pc) = self.pcs.get_mut(&id) else { return };
+                let Some((pending, mids)) = pc.pending_offer.take() else {
+                    tracing::warn!(identity = %pc.identity, "subscriber answer without a pending offer ignored");
+                    return;
+                };
+                let answer = match SdpAnswer::from_sdp_string(&sdp) {
+                    Ok(a) => a,
+                    Err(err) => {
+                        let _ = pc.signal.send(SignalOut::MediaFailed(format!("unparsable subscriber answer: {err}")));
+                        return;
+                    }
+                };
+                if let Err(err) = pc.rtc.sdp_api().accept_answer(pending, answer) {
+                    let _ = pc.signal.send(SignalOut::MediaFailed(format!("subscriber answer refused: {err}")));
+                    return;
+                }
+                let mut subscribed = Vec::new();
+                for (idx, mid) in mids {
+                    if let Some(o) = pc.out.get_mut(idx) {
+                        o.mid = Some(mid);
+                        o.open = true;
+                        subscribed.push(o.spec.track_sid.clone());
+                    }
+                }
+                let (room, identity) = (pc.room.clone(), pc.identity.clone());
+                for track_sid in subscribed {
+                    self.emit(ServerEvent::TrackSubscribed { room: room.clone(), subscriber: identity.clone(), track_sid });
+                }
+                // Tracks queued while that offer was pending.
+                self.offer_subscriber(id, false);
+            }
+            MediaCmd::RemoteCandidate { pc: id, candidate } => {
+                let Some(pc) = self.pcs.get_mut(&id) else { return };
+                let line = candidate.trim();
+                let line = line.strip_prefix("a=").unwrap_or(line);
+                if line.is_empty() {
+                    return; // end of candidates
+                }
+                match Candidate::from_sdp_string(line) {
+                    Ok(c) => pc.rtc.add_remote_candidate(c),
+                    Err(err) => tracing::debug!(error = %err, "remote candidate ignored"),
+                }
+            }
+            MediaCmd::Subscribe { sub_pc, track } => {
+                let Some(pc) = self.pcs.get_mut(&sub_pc) else { return };
+                if pc.out.iter().any(|o| o.spec.track_sid == track.track_sid) {
+                    return;
+                }
+                pc.out.push(OutTrack { spec: track, mid: None, open: false });
+                self.offer_subscriber(sub_pc, false);
+            }
+            MediaCmd::RemoveParticipant { pub_pc, sub_pc } => {
+                for id in [pub_pc, sub_pc] {
+                    if let Some(mut pc) = self.pcs.remove(&id) {
+                        pc.rtc.disconnect();
+                    }
+                }
+            }
+            MediaCmd::TracksGone { track_sids } => {
+                for pc in self.pcs.values_mut() {
+                    for o in pc.out.iter_mut() {
+                        if track_sids.contains(&o.spec.track_sid) {
+                            o.open = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send a subscriber offer with every track not yet offered (and the data channels on
+    /// the first one), unless an offer is already pending.
+    fn offer_subscriber(&mut self, id: PcId, initial: bool) {
+        let addr = self.addr;
+        let Some(pc) = self.pcs.get_mut(&id) else { return };
+        if pc.pending_offer.is_some() {
+            return;
+        }
+        let todo: Vec<usize> =
+            pc.out.iter().enumerate().filter(|(_, o)| o.mid.is_none() && !o.open).map(|(i, _)| i).collect();
+        if todo.is_empty() && !initial {
+            return;
+        }
+        let mut api = pc.rtc.sdp_api();
+        if initial {
+            api.add_channel_with_config(ChannelConfig {
+                label: "_reliable".into(),
+                ordered: true,
+                reliability: Reliability::Reliable,
+                negotiated: None,
+                protocol: String::new(),
+            });
+            api.add_channel_with_config(ChannelConfig {
+                label: "_lossy".into(),
+                ordered: false,
+                reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                negotiated: None,
+                protocol: String::new(),
+            });
+        }
+        let mut mids = Vec::new();
+        for idx in todo {
+            let spec = &pc.out[idx].spec;
+            let stream_id = format!("{}|{}", spec.participant_sid, spec.track_sid);
+            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(stream_id), Some(spec.track_sid.clone()), None);
+            mids.push((idx, mid));
+        }
+        let Some((offer, pending)) = api.apply() else { return };
+        pc.pending_offer = Some((pending, mids));
+        pc.offer_id += 1;
+        let sdp = offer.to_sdp_string();
+        let _ = pc.signal.send(SignalOut::Offer { sdp: sdp.clone(), id: pc.offer_id });
+        send_candidate(pc, addr, &sdp);
+    }
+}
+
+type SockAddrIn = SocketAddr;
+
+/// Trickle our host candidate once per PC (it is also in the SDP).
+fn send_candidate(pc: &mut Pc, addr: SocketAddr, sdp: &str) {
+    if pc.candidate_sent {
+        return;
+    }
+    let Ok(c) = Candidate::host(addr, "udp") else { return };
+    let mid = sdp_sections(sdp).into_iter().next().map(|(m, _, _)| m).unwrap_or_else(|| "0".into());
+    let init = serde_json::json!({
+        "candidate": c.to_sdp_string(),
+        "sdpMid": mid,
+        "sdpMLineIndex": 0,
+    });
+    pc.candidate_sent = true;
+    let _ = pc.signal.send(SignalOut::Trickle { candidate_init: init.to_string(), target: pc.target });
+}
+
+/// (mid, msid track id, media kind) of every m-section of an SDP.
+pub(crate) fn sdp_sections(sdp: &str) -> Vec<(String, Option<String>, String)> {
+    let mut out: Vec<(String, Option<String>, String)> = Vec::new();
+    let mut cur: Option<(Option<String>, Option<String>, String)> = None;
+    let flush = |cur: &mut Option<(Option<String>, Option<String>, String)>, out: &mut Vec<_>| {
+        if let Some((Some(mid), track, kind)) = cur.take() {
+            out.push((mid, track, kind));
+        }
+    };
+    for line in sdp.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("m=") {
+            flush(&mut cur, &mut out);
+            cur = Some((None, None, rest.split_whitespace().next().unwrap_or("").to_string()));
+        } else if let Some((mid, track, _)) = cur.as_mut() {
+            if let Some(v) = line.strip_prefix("a=mid:") {
+                *mid = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("a=msid:") {
+                *track = v.split_whitespace().nth(1).map(str::to_string);
+            } else if track.is_none() {
+                if let Some(idx) = line.find(" msid:") {
+                    if line.starts_with("a=ssrc:") {
+                        *track = line[idx + 6..].split_whitespace().nth(1).map(str::to_string);
+                    }
+                }
+            }
+        }
+    }
+    flush(&mut cur, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sdp_sections;
+
+    #[test]
+    fn msid_track_ids_are_found_per_mid() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:stream TR_cid1\r\n\
+                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=ssrc:1 msid:s2 cid2\r\n";
+        let s = sdp_sections(sdp);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0], ("0".into(), Some("TR_cid1".into()), "audio".into()));
+        assert_eq!(s[1], ("1".into(), None, "application".into()));
+        assert_eq!(s[2], ("2".into(), Some("cid2".into()), "audio".into()));
+    }
+}

@@ -1,0 +1,177 @@
+"""A LiveKit room participant built on the official `livekit` Python SDK (libwebrtc inside).
+
+Used by the loopback server's integration tests as a peer we did not write.
+
+  participant.py publish --url URL --token TOKEN --wav speech.wav [--linger 1.0]
+      joins, publishes the WAV as a microphone track in real time, waits, leaves.
+  participant.py record --url URL --token TOKEN --out rec.wav --seconds N
+                 [--from-identity ID] [--until-silent-after S]
+      joins, records the first remote audio track (of ID if given) as 48 kHz mono PCM16
+      for at most N seconds or until its publisher leaves, writes the WAV.
+
+Prints one JSON line per milestone on stdout (`{"event": ...}`) so the Rust test can follow
+it; exits non-zero on failure with the reason on stderr.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+import wave
+
+import numpy as np
+from livekit import rtc
+
+SAMPLE_RATE = 48000
+FRAME = 480  # 10 ms
+
+
+def say(event, **kw):
+    print(json.dumps({"event": event, "t": round(time.monotonic(), 3), **kw}), flush=True)
+
+
+def read_wav_48k_mono(path):
+    with wave.open(path, "rb") as w:
+        if w.getsampwidth() != 2:
+            raise SystemExit(f"{path}: need 16-bit PCM")
+        rate, ch = w.getframerate(), w.getnchannels()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    if ch > 1:
+        pcm = pcm.reshape(-1, ch).mean(axis=1).astype(np.int16)
+    if rate != SAMPLE_RATE:
+        n = int(round(len(pcm) * SAMPLE_RATE / rate))
+        x = np.linspace(0, len(pcm) - 1, n)
+        pcm = np.interp(x, np.arange(len(pcm)), pcm.astype(np.float64)).astype(np.int16)
+    return pcm
+
+
+async def publish(args):
+    pcm = read_wav_48k_mono(args.wav)
+    room = rtc.Room()
+    await room.connect(args.url, args.token)
+    say("connected", identity=room.local_participant.identity, room=room.name)
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+    track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+    opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    pub = await room.local_participant.publish_track(track, opts)
+    say("published", track_sid=pub.sid)
+    if args.wait_for_subscriber:
+        deadline = time.monotonic() + 10
+        while not room.remote_participants and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        # Give the subscriber's PC a moment to open the new track.
+        await asyncio.sleep(args.wait_for_subscriber)
+    # Lead-in silence, then the speech, paced by the source's queue (real time).
+    silence = np.zeros(FRAME, dtype=np.int16)
+    for _ in range(int(args.lead_in * 100)):
+        await push(source, silence)
+    say("speech_start")
+    for i in range(0, len(pcm), FRAME):
+        chunk = pcm[i : i + FRAME]
+        if len(chunk) < FRAME:
+            chunk = np.pad(chunk, (0, FRAME - len(chunk)))
+        await push(source, chunk)
+    await source.wait_for_playout()
+    say("speech_end", seconds=round(len(pcm) / SAMPLE_RATE, 3))
+    for _ in range(int(args.linger * 100)):
+        await push(source, silence)
+    await source.wait_for_playout()
+    await room.disconnect()
+    say("left")
+
+
+async def push(source, samples):
+    frame = rtc.AudioFrame.create(SAMPLE_RATE, 1, FRAME)
+    np.frombuffer(frame.data, dtype=np.int16)[:] = samples
+    await source.capture_frame(frame)
+
+
+async def record(args):
+    room = rtc.Room()
+    chunks = []
+    done = asyncio.Event()
+    started = asyncio.Event()
+    target = {}
+
+    async def read(track, participant):
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        say("recording", from_identity=participant.identity, kind=int(participant.kind))
+        started.set()
+        async for ev in stream:
+            chunks.append(np.frombuffer(ev.frame.data, dtype=np.int16).copy())
+            if done.is_set():
+                break
+        await stream.aclose()
+
+    @room.on("track_subscribed")
+    def on_track(track, publication, participant):
+        if track.kind != rtc.TrackKind.KIND_AUDIO or target:
+            return
+        if args.from_identity and participant.identity != args.from_identity:
+            return
+        target["identity"] = participant.identity
+        say("subscribed", track_sid=publication.sid, from_identity=participant.identity)
+        asyncio.ensure_future(read(track, participant))
+
+    @room.on("participant_connected")
+    def on_join(p):
+        say("participant_connected", identity=p.identity, kind=int(p.kind))
+
+    @room.on("participant_disconnected")
+    def on_leave(p):
+        say("participant_disconnected", identity=p.identity)
+        if target.get("identity") == p.identity:
+            done.set()
+
+    await room.connect(args.url, args.token)
+    say("connected", identity=room.local_participant.identity, room=room.name,
+        others=[p.identity for p in room.remote_participants.values()])
+    try:
+        await asyncio.wait_for(done.wait(), timeout=args.seconds)
+    except asyncio.TimeoutError:
+        pass
+    done.set()
+    await asyncio.sleep(0.1)
+    await room.disconnect()
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    with wave.open(args.out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+    say("saved", seconds=round(len(pcm) / SAMPLE_RATE, 3), path=args.out)
+    if not started.is_set():
+        print("no remote audio track was received", file=sys.stderr)
+        sys.exit(2)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("publish")
+    p.add_argument("--url", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--wav", required=True)
+    p.add_argument("--lead-in", type=float, default=0.5)
+    p.add_argument("--linger", type=float, default=1.0)
+    p.add_argument("--wait-for-subscriber", type=float, default=0.0)
+    r = sub.add_parser("record")
+    r.add_argument("--url", required=True)
+    r.add_argument("--token", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--seconds", type=float, default=20)
+    r.add_argument("--from-identity", default="")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(publish(args) if args.cmd == "publish" else record(args))
+    except Exception as e:  # report, do not hide
+        print(f"{args.cmd} failed: {e!r}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
