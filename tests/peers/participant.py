@@ -7,7 +7,7 @@ Used by the loopback server's integration tests as a peer we did not write.
   participant.py record --url URL --token TOKEN --out rec.wav --seconds N
                  [--from-identity ID] [--until-silent-after S]
       joins, records the first remote audio track (of ID if given) as 48 kHz mono PCM16
-      for at most N seconds or until its publisher leaves, writes the WAV.
+      for at most N seconds from its arrival or until its publisher leaves, writes the WAV.
 
 Prints one JSON line per milestone on stdout (`{"event": ...}`) so the Rust test can follow
 it; exits non-zero on failure with the reason on stderr.
@@ -129,6 +129,7 @@ async def record(args):
     say("connected", identity=room.local_participant.identity, room=room.name,
         others=[p.identity for p in room.remote_participants.values()])
     try:
+        await asyncio.wait_for(started.wait(), timeout=args.max_wait)
         await asyncio.wait_for(done.wait(), timeout=args.seconds)
     except asyncio.TimeoutError:
         pass
@@ -161,7 +162,8 @@ def main():
     r.add_argument("--url", required=True)
     r.add_argument("--token", required=True)
     r.add_argument("--out", required=True)
-    r.add_argument("--seconds", type=float, default=20)
+    r.add_argument("--seconds", type=float, default=20, help="longest recording")
+    r.add_argument("--max-wait", type=float, default=20, help="longest wait for a track")
     r.add_argument("--from-identity", default="")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

@@ -401,7 +401,6 @@ pub(crate) fn create_dispatch_locked(
             assigned: false,
             terminated: false,
             refused_by: Vec::new(),
-            created_at: now,
             updated_at: now,
             started_at: 0,
             ended_at: 0,

@@ -9,7 +9,14 @@
 //! - `POST /twirp/livekit.RoomService/{CreateRoom,DeleteRoom,ListRooms}` and
 //!   `POST /twirp/livekit.AgentDispatchService/{CreateDispatch,DeleteDispatch,ListDispatch}`,
 //!   protobuf or JSON bodies, grants checked (roomCreate, roomList, roomAdmin for the room).
-//! - `GET /rtc` (participant signalling, v0) — see the `rtc` module docs for its state.
+//! - `GET /rtc` (participant signalling, protocol v0, two peer connections), `/rtc/validate`,
+//!   and `/rtc/v1` answering HTTP/1.1 404 so the official SDKs fall back to v0. Details and
+//!   what is not implemented: the [`rtc`] module docs.
+//! - Media: an SFU on str0m (one UDP socket on 127.0.0.1, ICE-lite, host candidate) that
+//!   forwards Opus frames from each published audio track to every subscriber.
+//!
+//! Proven against the official Python SDK (`livekit` 1.1.21) and worker (`livekit-agents`
+//! 1.8.9): see `tests/official_peers.rs` and `tests/loopback/INTEROP.md`.
 //!
 //! Tokens are HS256 JWTs signed with `api_secret`, issuer `api_key`; a missing or bad token,
 //! or one lacking the grant, gets HTTP 401 on `/agent` and `/rtc` (Twirp: `unauthenticated`
@@ -61,6 +68,11 @@
 //! waits for new events (no race with things that already happened);
 //! [`wait_for`](LoopbackServer::wait_for) re-evaluates a predicate over the server state
 //! after every event; [`subscribe`](LoopbackServer::subscribe) gives the raw broadcast.
+//! Rooms and media: [`ServerEvent::ParticipantJoined`] (with [`ParticipantKind`]),
+//! [`ServerEvent::TrackPublished`], [`ServerEvent::PeerConnected`],
+//! [`ServerEvent::MediaFlowing`] (first RTP of a track reached the SFU),
+//! [`ServerEvent::TrackSubscribed`]; tokens for clients: [`LoopbackServer::participant_token`],
+//! [`LoopbackServer::admin_token`], [`LoopbackServer::worker_token`].
 //! Faults: [`drop_worker_connections`](LoopbackServer::drop_worker_connections) (TCP dropped,
 //! no close frame), [`send_raw_to_worker`](LoopbackServer::send_raw_to_worker) (garbage
 //! frames), [`delete_dispatch`](LoopbackServer::delete_dispatch),

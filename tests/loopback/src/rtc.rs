@@ -193,7 +193,6 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                         tracks.push(OutTrackSpec {
                             track_sid: t.sid.clone(),
                             participant_sid: o.sid.clone(),
-                            publisher_identity: o.identity.clone(),
                         });
                     }
                 }
@@ -310,8 +309,10 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                 let req = match &frame {
                     Message::Binary(b) => proto::SignalRequest::decode(b.as_ref()).map_err(|e| format!("undecodable SignalRequest: {e}")),
                     Message::Text(t) => {
-                        s.json = true;
-                        serde_json::from_str::<proto::SignalRequest>(t.as_str()).map_err(|e| format!("unparsable JSON SignalRequest: {e}"))
+                        // A client that speaks protojson gets JSON answers (garbage text does not switch).
+                        let r = serde_json::from_str::<proto::SignalRequest>(t.as_str()).map_err(|e| format!("unparsable JSON SignalRequest: {e}"));
+                        if r.is_ok() { s.json = true; }
+                        r
                     }
                     Message::Close(_) => break "connection closed without leave".into(),
                     _ => continue,
@@ -444,7 +445,6 @@ impl Session {
                     track: OutTrackSpec {
                         track_sid: track_sid.clone(),
                         participant_sid: psid.clone(),
-                        publisher_identity: self.identity.clone(),
                     },
                 });
             }

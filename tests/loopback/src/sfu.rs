@@ -51,7 +51,6 @@ impl Target {
 pub(crate) struct OutTrackSpec {
     pub track_sid: String,
     pub participant_sid: String,
-    pub publisher_identity: String,
 }
 
 #[derive(Debug)]

@@ -207,7 +207,6 @@ pub(crate) struct Job {
     pub terminated: bool,
     /// Workers that refused it (or timed out), not asked again.
     pub refused_by: Vec<String>,
-    pub created_at: i64,
     pub updated_at: i64,
     pub started_at: i64,
     pub ended_at: i64,
@@ -303,13 +302,6 @@ impl Room {
     }
     pub fn participant(&self, identity: &str) -> Option<&Participant> {
         self.participants.values().find(|p| p.identity == identity)
-    }
-    pub fn participant_mut(&mut self, identity: &str) -> Option<&mut Participant> {
-        self.participants.values_mut().find(|p| p.identity == identity)
-    }
-    pub fn remove_participant(&mut self, identity: &str) -> Option<Participant> {
-        let key = self.participants.iter().find(|(_, p)| p.identity == identity).map(|(k, _)| *k)?;
-        self.participants.remove(&key)
     }
 }
 

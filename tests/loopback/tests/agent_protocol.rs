@@ -1,6 +1,8 @@
 //! The /agent worker protocol and the Twirp APIs, driven by a hand-written worker over a real
 //! WebSocket, and by the official Rust Twirp client (livekit-api).
 
+#![allow(deprecated)] // ParticipantPermission.agent is what workers still send
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

@@ -1,0 +1,334 @@
+//! Shared helpers of the loopback integration tests: the Python peers (official SDKs) as
+//! subprocesses, a hand-written signalling client, and the audio checks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use livekit_loopback::proto;
+use prost::Message as _;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+pub fn peers_dir() -> PathBuf {
+    workspace_root().join("tests/peers")
+}
+
+/// The interpreter of the Python peers venv: `$CONSULTANT_PEERS_PYTHON`, else
+/// `<workspace>/.venv-peers/bin/python`. Missing = test failure (never a skip).
+pub fn peers_python() -> PathBuf {
+    let p = std::env::var_os("CONSULTANT_PEERS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv-peers/bin/python"));
+    assert!(
+        p.exists(),
+        "the Python peers interpreter {} does not exist: run scripts/install-test-deps.sh \
+         (or set CONSULTANT_PEERS_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+/// A Python peer process whose stdout JSON lines are collected as events.
+pub struct Peer {
+    pub name: String,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    seen: Vec<Value>,
+    stderr_path: PathBuf,
+}
+
+impl Peer {
+    pub fn spawn(name: &str, script: &str, args: &[&str], envs: &[(&str, &str)], dir: &Path) -> Peer {
+        let stderr_path = dir.join(format!("{name}.stderr.log"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut cmd = Command::new(peers_python());
+        cmd.arg(peers_dir().join(script))
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONWARNINGS", "ignore")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pname = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                match serde_json::from_str::<Value>(&l) {
+                    Ok(v) => {
+                        eprintln!("[{pname}] {l}");
+                        let _ = tx.send(v);
+                    }
+                    Err(_) => eprintln!("[{pname}] (stdout) {l}"),
+                }
+            }
+        });
+        Peer { name: name.into(), child, lines: rx, seen: Vec::new(), stderr_path }
+    }
+
+    /// The first event named `event` (already seen or coming), or panic with the peer's log.
+    pub async fn event(&mut self, event: &str, timeout: Duration) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| v["event"] == event) {
+            return v.clone();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == event {
+                        return v;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    panic!("peer {} gave no {event:?} event in {timeout:?}; stderr tail:\n{}", self.name, self.stderr_tail())
+                }
+            }
+        }
+    }
+
+    pub fn events(&mut self) -> Vec<Value> {
+        while let Ok(v) = self.lines.try_recv() {
+            self.seen.push(v);
+        }
+        self.seen.clone()
+    }
+
+    pub async fn wait_success(&mut self, timeout: Duration) {
+        let status = tokio::time::timeout(timeout, self.child.wait()).await;
+        match status {
+            Ok(Ok(s)) if s.success() => {}
+            Ok(Ok(s)) => panic!("peer {} exited with {s}; stderr tail:\n{}", self.name, self.stderr_tail()),
+            Ok(Err(e)) => panic!("peer {} wait failed: {e}", self.name),
+            Err(_) => panic!("peer {} still running after {timeout:?}; stderr tail:\n{}", self.name, self.stderr_tail()),
+        }
+        // Drain remaining stdout lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.events();
+    }
+
+    /// SIGTERM, then wait for the exit (kill after `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        if tokio::time::timeout(timeout, self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+        self.events();
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+/// A fresh scratch directory `target/loopback-tests/<name>` (kept after the test for
+/// post-mortems: peer logs and recorded WAVs).
+pub fn scratch(name: &str) -> PathBuf {
+    let d = workspace_root().join("target/loopback-tests").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Russian speech from espeak-ng as a WAV (22.05 kHz mono).
+pub fn espeak(text: &str, out: &Path) {
+    let st = std::process::Command::new("espeak-ng")
+        .args(["-v", "ru", "-s", "150", "-w"])
+        .arg(out)
+        .arg(text)
+        .status()
+        .expect("espeak-ng runs (scripts/install-test-deps.sh installs it)");
+    assert!(st.success(), "espeak-ng failed");
+}
+
+// ---------------- audio checks ----------------
+
+pub fn read_wav(path: &Path) -> (u32, Vec<f32>) {
+    let mut r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let spec = r.spec();
+    assert_eq!(spec.bits_per_sample, 16, "{}: 16-bit PCM expected", path.display());
+    let ch = spec.channels as usize;
+    let s: Vec<i16> = r.samples::<i16>().map(|x| x.unwrap()).collect();
+    let mono = s.chunks(ch).map(|c| c.iter().map(|&x| x as f32 / 32768.0).sum::<f32>() / ch as f32).collect();
+    (spec.sample_rate, mono)
+}
+
+/// RMS per `win_ms` window.
+pub fn envelope(rate: u32, x: &[f32], win_ms: u32) -> Vec<f32> {
+    let w = (rate * win_ms / 1000) as usize;
+    x.chunks(w).filter(|c| c.len() == w).map(|c| (c.iter().map(|v| v * v).sum::<f32>() / w as f32).sqrt()).collect()
+}
+
+fn pearson(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len() as f32;
+    let (ma, mb) = (a.iter().sum::<f32>() / n, b.iter().sum::<f32>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    if saa <= 0.0 || sbb <= 0.0 {
+        return 0.0;
+    }
+    sab / (saa.sqrt() * sbb.sqrt())
+}
+
+#[derive(Debug)]
+pub struct SpeechMatch {
+    pub correlation: f32,
+    pub lag_s: f32,
+    pub source_active_s: f32,
+    pub recorded_active_s: f32,
+    pub recorded_s: f32,
+    pub source_s: f32,
+}
+
+/// Compare the recorded audio with the source speech: best envelope correlation over all
+/// alignments where at least 90% of the source overlaps the recording, and the duration
+/// of activity (windows above 10% of the peak) on both sides.
+pub fn match_speech(src: &Path, rec: &Path) -> SpeechMatch {
+    const WIN: u32 = 20;
+    let (sr, s) = read_wav(src);
+    let (rr, r) = read_wav(rec);
+    let es = envelope(sr, &s, WIN);
+    let er = envelope(rr, &r, WIN);
+    let min_overlap = es.len() * 9 / 10;
+    let mut best = (0.0f32, 0isize);
+    for lag in -(es.len() as isize)..(er.len() as isize) {
+        // recorded index = source index + lag
+        let s0 = (-lag).max(0) as usize;
+        let r0 = lag.max(0) as usize;
+        let n = (es.len() - s0).min(er.len().saturating_sub(r0));
+        if n < min_overlap || n == 0 {
+            continue;
+        }
+        let c = pearson(&es[s0..s0 + n], &er[r0..r0 + n]);
+        if c > best.0 {
+            best = (c, lag);
+        }
+    }
+    let active = |e: &[f32]| {
+        let peak = e.iter().cloned().fold(0.0f32, f32::max);
+        e.iter().filter(|v| **v > peak * 0.1 && **v > 1e-3).count() as f32 * WIN as f32 / 1000.0
+    };
+    SpeechMatch {
+        correlation: best.0,
+        lag_s: best.1 as f32 * WIN as f32 / 1000.0,
+        source_active_s: active(&es),
+        recorded_active_s: active(&er),
+        recorded_s: r.len() as f32 / rr as f32,
+        source_s: s.len() as f32 / sr as f32,
+    }
+}
+
+/// Assert that `rec` carries the speech of `src`.
+pub fn assert_speech_heard(src: &Path, rec: &Path) -> SpeechMatch {
+    let m = match_speech(src, rec);
+    eprintln!("speech match: {m:?}");
+    assert!(m.recorded_s >= m.source_s, "recording shorter than the speech: {m:?}");
+    assert!(m.correlation >= 0.8, "recorded envelope does not follow the speech: {m:?}");
+    let ratio = m.recorded_active_s / m.source_active_s.max(1e-3);
+    assert!((0.8..=1.25).contains(&ratio), "active speech duration differs: {m:?}");
+    m
+}
+
+/// Seconds of audio in which `freq` clearly dominates (Goertzel, 100 ms blocks): power at
+/// `freq` above 10x that at half and double the frequency, and level above -30 dBFS.
+pub fn tone_seconds(path: &Path, freq: f32) -> f32 {
+    let (rate, x) = read_wav(path);
+    let block = (rate / 10) as usize;
+    let goertzel = |c: &[f32], f: f32| {
+        let w = 2.0 * std::f32::consts::PI * f / rate as f32;
+        let k = 2.0 * w.cos();
+        let (mut s1, mut s2) = (0.0f32, 0.0f32);
+        for &v in c {
+            let s0 = v + k * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        s1 * s1 + s2 * s2 - k * s1 * s2
+    };
+    let mut n = 0;
+    for c in x.chunks(block).filter(|c| c.len() == block) {
+        let rms = (c.iter().map(|v| v * v).sum::<f32>() / block as f32).sqrt();
+        let p = goertzel(c, freq);
+        if rms > 0.0316 && p > 10.0 * goertzel(c, freq / 2.0) && p > 10.0 * goertzel(c, freq * 2.0) {
+            n += 1;
+        }
+    }
+    n as f32 / 10.0
+}
+
+/// Write a WAV (16-bit mono).
+pub fn write_wav(path: &Path, rate: u32, x: &[f32]) {
+    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for v in x {
+        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+// ---------------- hand-written signalling client ----------------
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn rtc_connect(ws_url: &str, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("{ws_url}/rtc?protocol=16&auto_subscribe=1").into_client_request().unwrap();
+    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+pub async fn rtc_send(ws: &mut Ws, m: proto::signal_request::Message) {
+    let req = proto::SignalRequest { message: Some(m) };
+    ws.send(Message::Binary(req.encode_to_vec().into())).await.unwrap();
+}
+
+/// Next SignalResponse, `None` when the socket ended.
+pub async fn rtc_recv(ws: &mut Ws, timeout: Duration) -> Option<proto::signal_response::Message> {
+    loop {
+        match tokio::time::timeout(timeout, ws.next()).await.expect("signal message in time") {
+            Some(Ok(Message::Binary(b))) => {
+                return Some(proto::SignalResponse::decode(b.as_ref()).unwrap().message.expect("set"))
+            }
+            Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Receive until `f` matches (other messages are dropped).
+pub async fn rtc_until<T>(
+    ws: &mut Ws,
+    timeout: Duration,
+    mut f: impl FnMut(&proto::signal_response::Message) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = rtc_recv(ws, left).await.expect("socket open");
+        if let Some(t) = f(&m) {
+            return t;
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Proof with peers we did not write: the official `livekit` Python SDK (libwebrtc inside)
+//! and the official `livekit-agents` worker, against the loopback server in this process.
+//! Needs the venv from scripts/install-test-deps.sh (a missing venv fails the test).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use livekit_loopback::proto;
+use livekit_loopback::{JobStatus, LoopbackConfig, LoopbackServer, ParticipantKind, ServerEvent};
+use prost::Message as _;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn server() -> LoopbackServer {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    LoopbackServer::start(LoopbackConfig::default()).await.expect("server starts")
+}
+
+#[test]
+fn the_audio_checks_can_fail() {
+    let dir = scratch("checks");
+    let src = dir.join("speech.wav");
+    espeak("Проверка связи. Раз, два, три.", &src);
+    let (rate, s) = read_wav(&src);
+    // Same speech delayed by 0.7 s with silence around: accepted.
+    let mut shifted = vec![0.0; (rate as f32 * 0.7) as usize];
+    shifted.extend(&s);
+    shifted.extend(vec![0.0; rate as usize]);
+    write_wav(&dir.join("shifted.wav"), rate, &shifted);
+    assert_speech_heard(&src, &dir.join("shifted.wav"));
+    // Reversed speech: same energy and duration, wrong envelope.
+    let rev: Vec<f32> = s.iter().rev().cloned().collect();
+    write_wav(&dir.join("reversed.wav"), rate, &rev);
+    assert!(match_speech(&src, &dir.join("reversed.wav")).correlation < 0.8);
+    // Silence and a steady tone are not speech.
+    write_wav(&dir.join("silence.wav"), rate, &vec![0.0; s.len() + rate as usize]);
+    assert!(match_speech(&src, &dir.join("silence.wav")).correlation < 0.8);
+    let tone: Vec<f32> = (0..s.len() + rate as usize)
+        .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate as f32).sin())
+        .collect();
+    write_wav(&dir.join("tone.wav"), rate, &tone);
+    assert!(match_speech(&src, &dir.join("tone.wav")).correlation < 0.8);
+    // And the tone detector tells a tone from speech.
+    assert!(tone_seconds(&dir.join("tone.wav"), 440.0) > 2.0);
+    assert!(tone_seconds(&src, 440.0) < 0.5);
+}
+
+/// Two SDK participants: one publishes espeak speech, the other records it. Meanwhile, in
+/// other rooms, clients misbehave (garbage frames, an unparsable SDP, a vanishing client):
+/// the server reports and cleans those up and the audio room is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
+    let s = server().await;
+    let dir = scratch("two-participants");
+    let src = dir.join("speech.wav");
+    espeak("Здравствуйте. Меня зовут Анна. Я хочу открыть небольшое кафе в центре города.", &src);
+    let rec = dir.join("recorded.wav");
+    let ws_url = s.ws_url();
+
+    let t_listener = s.participant_token("audio-room", "listener");
+    let mut listener = Peer::spawn(
+        "listener",
+        "participant.py",
+        &["record", "--url", &ws_url, "--token", &t_listener, "--out", rec.to_str().unwrap(), "--seconds", "15", "--from-identity", "speaker"],
+        &[],
+        &dir,
+    );
+    listener.event("connected", T).await;
+    let t_speaker = s.participant_token("audio-room", "speaker");
+    let mut speaker = Peer::spawn(
+        "speaker",
+        "participant.py",
+        &["publish", "--url", &ws_url, "--token", &t_speaker, "--wav", src.to_str().unwrap(), "--wait-for-subscriber", "0.3"],
+        &[],
+        &dir,
+    );
+    speaker.event("published", T).await;
+    speaker.event("speech_start", T).await;
+
+    // Faults in other rooms while the speech flows.
+    let faults = async {
+        // Garbage then a vanishing client.
+        let mut g = rtc_connect(&ws_url, &s.participant_token("fault-room", "garbler")).await.unwrap();
+        rtc_until(&mut g, T, |m| matches!(m, proto::signal_response::Message::Join(_)).then_some(())).await;
+        use futures_util::SinkExt;
+        g.send(tokio_tungstenite::tungstenite::Message::Binary(vec![0xde, 0xad, 0xbe, 0xef].into())).await.unwrap();
+        // Unparsable SDP from another client.
+        let mut b = rtc_connect(&ws_url, &s.participant_token("sdp-room", "bad-sdp")).await.unwrap();
+        rtc_until(&mut b, T, |m| matches!(m, proto::signal_response::Message::Join(_)).then_some(())).await;
+        rtc_send(&mut b, proto::signal_request::Message::Offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: "this is not an SDP".into(),
+            ..Default::default()
+        }))
+        .await;
+        let left = rtc_until(&mut b, T, |m| match m {
+            proto::signal_response::Message::Leave(l) => Some(l.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(!left.can_reconnect);
+        // The garbler vanishes without leave (TCP dropped).
+        drop(g);
+        s.wait_for_event(T, |e| match e {
+            ServerEvent::ParticipantLeft { room, identity, reason } if room == "fault-room" && identity == "garbler" => Some(reason.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap()
+    };
+    let vanish_reason = faults.await;
+    assert!(vanish_reason.contains("without leave") || vanish_reason.contains("lost"), "{vanish_reason}");
+
+    speaker.wait_success(T).await;
+    listener.wait_success(T).await;
+
+    // The server saw what the peers did.
+    let ev = s.events();
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::ParticipantJoined { identity, kind: ParticipantKind::Standard, .. } if identity == "speaker")));
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::MediaFlowing { identity, .. } if identity == "speaker")));
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::TrackSubscribed { subscriber, .. } if subscriber == "listener")));
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::ProtocolError { peer, detail } if peer == "garbler" && detail.contains("undecodable"))));
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::ProtocolError { peer, detail } if peer == "bad-sdp" && detail.contains("unparsable"))));
+    for room in ["fault-room", "sdp-room", "audio-room"] {
+        s.wait_for_event(T, |e| matches!(e, ServerEvent::RoomClosed { room: r, .. } if r == room).then_some(())).await.unwrap();
+    }
+    assert!(s.rooms().is_empty(), "rooms left over: {:?}", s.rooms());
+
+    let m = assert_speech_heard(&src, &rec);
+    eprintln!(
+        "MEASURED two-participant speech: correlation {:.3}, lag {:.2}s, active {:.2}s of {:.2}s",
+        m.correlation, m.lag_s, m.recorded_active_s, m.source_active_s
+    );
+    s.shutdown().await;
+}
+
+/// The official livekit-agents worker registers, is dispatched by CreateRoom{agents}
+/// (protobuf Twirp), joins as an AGENT participant, publishes a tone the SDK participant
+/// hears; deleting the room terminates the job, which ends with JS_SUCCESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
+    let s = server().await;
+    let dir = scratch("agents-worker");
+    let url = s.url();
+    let started = std::time::Instant::now();
+    let mut agent = Peer::spawn(
+        "tone-agent",
+        "tone_agent.py",
+        &[],
+        &[("LIVEKIT_URL", &url), ("LIVEKIT_API_KEY", "devkey"), ("LIVEKIT_API_SECRET", "secret")],
+        &dir,
+    );
+    let worker_id = s
+        .wait_for_event(T, |e| match e {
+            ServerEvent::WorkerRegistered { worker_id, agent_name } if agent_name == "tone-agent" => Some(worker_id.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    eprintln!("MEASURED python worker start -> registered: {:?}", started.elapsed());
+    agent.event("registered", T).await;
+    // Its periodic update_worker reaches us.
+    s.wait_for(T, |s| s.worker(&worker_id).filter(|w| w.updates > 0)).await.unwrap();
+
+    // Explicit dispatch, the seed's way: CreateRoom with agents, protobuf body.
+    let body = proto::CreateRoomRequest {
+        name: "consultation-tone".into(),
+        agents: vec![proto::RoomAgentDispatch { agent_name: "tone-agent".into(), metadata: "{\"k\":1}".into(), ..Default::default() }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/twirp/livekit.RoomService/CreateRoom"))
+        .bearer_auth(s.admin_token(None))
+        .header("Content-Type", "application/protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let room = proto::Room::decode(resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(room.name, "consultation-tone");
+
+    let dispatched = std::time::Instant::now();
+    let job = s
+        .wait_for(T, |s| s.jobs().into_iter().find(|j| j.room == "consultation-tone" && j.assigned))
+        .await
+        .unwrap();
+    assert_eq!(job.worker_id.as_deref(), Some(worker_id.as_str()));
+    assert_eq!(job.participant_identity, format!("agent-{}", job.id), "python names its agent agent-<job id>");
+    s.wait_for_job_status(&job.id, JobStatus::JsRunning, T).await.unwrap();
+    let joined = s
+        .wait_for_event(T, |e| match e {
+            ServerEvent::ParticipantJoined { identity, kind, .. } if *identity == job.participant_identity => Some(*kind),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(joined, ParticipantKind::Agent);
+    s.wait_for_event(T, |e| matches!(e, ServerEvent::MediaFlowing { identity, .. } if *identity == job.participant_identity).then_some(()))
+        .await
+        .unwrap();
+    eprintln!("MEASURED dispatch -> agent media flowing: {:?}", dispatched.elapsed());
+
+    // A caller joins and records the agent.
+    let rec = dir.join("agent-tone.wav");
+    let token = s.participant_token("consultation-tone", "caller");
+    let mut caller = Peer::spawn(
+        "caller",
+        "participant.py",
+        &["record", "--url", &s.ws_url(), "--token", &token, "--out", rec.to_str().unwrap(), "--seconds", "4", "--from-identity", &job.participant_identity],
+        &[],
+        &dir,
+    );
+    let rec_ev = caller.event("recording", T).await;
+    assert_eq!(rec_ev["kind"], 4, "the SDK sees the agent as ParticipantInfo.Kind.AGENT: {rec_ev}");
+    caller.wait_success(T).await;
+    let heard = tone_seconds(&rec, 440.0);
+    eprintln!("MEASURED agent tone heard: {heard:.1}s of 4s recorded");
+    assert!(heard >= 3.0, "the caller heard only {heard}s of the agent's 440 Hz tone");
+
+    // Deleting the room terminates the job; the worker reports the end.
+    let rc = livekit_api::services::room::RoomClient::with_api_key(&url, "devkey", "secret").with_failover(false);
+    rc.delete_room("consultation-tone").await.unwrap();
+    s.wait_for_event(T, |e| matches!(e, ServerEvent::JobTerminated { job_id, .. } if *job_id == job.id).then_some(()))
+        .await
+        .unwrap();
+    let done = s.wait_for_job_status(&job.id, JobStatus::JsSuccess, T).await.unwrap();
+    assert_eq!(done.history.first(), Some(&JobStatus::JsPending));
+    agent.event("room_left", T).await;
+    agent.terminate(Duration::from_secs(10)).await;
+    s.wait_for(T, |s| s.worker(&worker_id).filter(|w| !w.connected)).await.unwrap();
+    s.shutdown().await;
+}
