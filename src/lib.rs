@@ -2,10 +2,12 @@
 //! over real protocols), configuration, logging and the CLI. The brain lives in the
 //! `consultant-actors` crate.
 
+pub mod audio;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod deepseek;
 pub mod logging;
+pub mod realtime;
 pub mod secret;
 pub mod store;

@@ -872,7 +872,9 @@ impl Actor for ConsultationActor {
                 }
             }
             ConsultationMsg::Realtime { generation, event } => {
-                if generation == state.realtime_generation && !state.finalizing {
+                // Supervision events overtake mailbox messages: once the child is known to have
+                // failed, its events still queued here are stale (the turn was already closed).
+                if generation == state.realtime_generation && state.realtime.is_some() && !state.finalizing {
                     Self::on_realtime_event(&myself, state, event);
                 }
             }

@@ -3,3 +3,4 @@
 //! ../shared/notes/realtime.md): a fake kinder than the real service hides bugs.
 pub mod memory;
 pub mod deepseek;
+pub mod realtime;

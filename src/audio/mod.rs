@@ -1,0 +1,9 @@
+//! Audio helpers: a real-time paced agent-audio recorder, resampling to the realtime rate,
+//! and WAV input/output.
+
+pub mod player;
+
+pub use player::PacedRecorder;
+
+/// The realtime audio rate: PCM16 mono 24 kHz.
+pub const RATE: u64 = 24_000;

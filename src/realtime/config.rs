@@ -1,0 +1,246 @@
+//! Configuration of the realtime client: which provider flavour, where, with which key, and
+//! how the session is configured (voice, server VAD, transcription). `src/config.rs` builds it
+//! from config.toml and the environment; it is self-contained so tests build it directly.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Which realtime service and protocol generation to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RealtimeFlavour {
+    /// Azure preview: `/openai/realtime?api-version=&deployment=`, flat session, beta names.
+    AzurePreview,
+    /// Azure GA: `/openai/v1/realtime?model=<deployment>`, `session.type`, GA names.
+    AzureGa,
+    /// OpenAI direct, GA protocol (no OpenAI-Beta header).
+    OpenAi,
+    /// OpenAI direct, beta protocol (`OpenAI-Beta: realtime=v1`).
+    OpenAiBeta,
+}
+
+/// The two protocol generations: event names and session shape differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Beta,
+    Ga,
+}
+
+impl RealtimeFlavour {
+    pub fn protocol(self) -> Protocol {
+        match self {
+            RealtimeFlavour::AzurePreview | RealtimeFlavour::OpenAiBeta => Protocol::Beta,
+            RealtimeFlavour::AzureGa | RealtimeFlavour::OpenAi => Protocol::Ga,
+        }
+    }
+
+    pub fn is_azure(self) -> bool {
+        matches!(self, RealtimeFlavour::AzurePreview | RealtimeFlavour::AzureGa)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RealtimeFlavour::AzurePreview => "azure_preview",
+            RealtimeFlavour::AzureGa => "azure_ga",
+            RealtimeFlavour::OpenAi => "openai",
+            RealtimeFlavour::OpenAiBeta => "openai_beta",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "azure_preview" | "azure" => Some(RealtimeFlavour::AzurePreview),
+            "azure_ga" => Some(RealtimeFlavour::AzureGa),
+            "openai" | "openai_ga" => Some(RealtimeFlavour::OpenAi),
+            "openai_beta" => Some(RealtimeFlavour::OpenAiBeta),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RealtimeFlavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Server VAD parameters (`turn_detection` of type `server_vad`).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VadSettings {
+    /// Activation threshold 0.0-1.0; higher needs louder speech.
+    pub threshold: f32,
+    /// Audio kept before detected speech, ms.
+    pub prefix_padding_ms: u32,
+    /// Silence that ends a turn, ms.
+    pub silence_duration_ms: u32,
+}
+
+impl Default for VadSettings {
+    fn default() -> Self {
+        Self { threshold: 0.5, prefix_padding_ms: 300, silence_duration_ms: 500 }
+    }
+}
+
+pub const DEFAULT_AZURE_PREVIEW_API_VERSION: &str = "2025-04-01-preview";
+pub const DEFAULT_OPENAI_ENDPOINT: &str = "https://api.openai.com";
+
+/// Everything the realtime client needs.
+#[derive(Clone, Debug)]
+pub struct RealtimeConfig {
+    pub flavour: RealtimeFlavour,
+    /// `https://<resource>.openai.azure.com/` (Azure) or `https://api.openai.com` (OpenAI);
+    /// `http://` maps to `ws://` (loopback fakes).
+    pub endpoint: String,
+    pub api_key: Secret,
+    /// Azure deployment name (AZURE_OPENAI_DEPLOYMENT_NAME).
+    pub deployment: String,
+    /// Azure preview only (AZURE_OPENAI_REALTIME_API_VERSION).
+    pub api_version: String,
+    /// OpenAI direct only: the model name.
+    pub model: String,
+    pub voice: String,
+    pub vad: VadSettings,
+    /// Caller transcription model; whisper-1 is the one Azure supports everywhere.
+    pub transcription_model: String,
+    /// Transcription language hint (ISO-639-1), e.g. "ru".
+    pub transcription_language: Option<String>,
+}
+
+impl RealtimeConfig {
+    /// Defaults for a flavour; endpoint, key and deployment/model still have to be set.
+    pub fn new(flavour: RealtimeFlavour, endpoint: impl Into<String>, api_key: Secret) -> Self {
+        Self {
+            flavour,
+            endpoint: endpoint.into(),
+            api_key,
+            deployment: "gpt-4o-realtime-preview".into(),
+            api_version: DEFAULT_AZURE_PREVIEW_API_VERSION.into(),
+            model: "gpt-realtime".into(),
+            voice: "alloy".into(),
+            vad: VadSettings::default(),
+            transcription_model: "whisper-1".into(),
+            transcription_language: Some("ru".into()),
+        }
+    }
+
+    /// The model/deployment name as the URL carries it.
+    pub fn model_name(&self) -> &str {
+        if self.flavour.is_azure() {
+            &self.deployment
+        } else {
+            &self.model
+        }
+    }
+
+    /// Checks every value and names the setting that is wrong and how to fix it.
+    pub fn validate(&self) -> Result<(), String> {
+        let endpoint = url::Url::parse(self.endpoint.trim())
+            .map_err(|e| format!("realtime endpoint {:?} is not a URL ({e}); use https://<resource>.openai.azure.com/", self.endpoint))?;
+        if !matches!(endpoint.scheme(), "https" | "http" | "wss" | "ws") {
+            return Err(format!("realtime endpoint {:?} must start with https:// (or http:// for a local test server)", self.endpoint));
+        }
+        if endpoint.host_str().is_none_or(str::is_empty) {
+            return Err(format!("realtime endpoint {:?} has no host", self.endpoint));
+        }
+        if self.api_key.is_empty() {
+            let var = if self.flavour.is_azure() { "AZURE_OPENAI_API_KEY" } else { "OPENAI_API_KEY" };
+            return Err(format!("the realtime API key is empty; set {var}"));
+        }
+        if self.flavour.is_azure() && self.deployment.trim().is_empty() {
+            return Err("the Azure realtime deployment name is empty; set AZURE_OPENAI_DEPLOYMENT_NAME".into());
+        }
+        if !self.flavour.is_azure() && self.model.trim().is_empty() {
+            return Err("the OpenAI realtime model is empty; set realtime.model (e.g. gpt-realtime)".into());
+        }
+        if self.flavour == RealtimeFlavour::AzurePreview && self.api_version.trim().is_empty() {
+            return Err(format!(
+                "the Azure preview realtime api-version is empty; set AZURE_OPENAI_REALTIME_API_VERSION (e.g. {DEFAULT_AZURE_PREVIEW_API_VERSION}) or use flavour azure_ga"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.vad.threshold) {
+            return Err(format!("realtime VAD threshold {} is outside 0.0-1.0", self.vad.threshold));
+        }
+        if self.vad.silence_duration_ms == 0 {
+            return Err("realtime VAD silence_duration_ms must be above 0 (typical: 500)".into());
+        }
+        if self.voice.trim().is_empty() {
+            return Err("the realtime voice is empty; use e.g. alloy".into());
+        }
+        if self.transcription_model.trim().is_empty() {
+            return Err("the realtime transcription model is empty; use whisper-1".into());
+        }
+        Ok(())
+    }
+
+    /// The WebSocket URL of this flavour (never contains the key).
+    pub fn websocket_url(&self) -> Result<url::Url, String> {
+        self.validate()?;
+        let mut url = url::Url::parse(self.endpoint.trim()).map_err(|e| e.to_string())?;
+        let scheme = match url.scheme() {
+            "https" | "wss" => "wss",
+            _ => "ws",
+        };
+        url.set_scheme(scheme).map_err(|_| format!("cannot use scheme {scheme} with {:?}", self.endpoint))?;
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_query(None);
+        url.set_fragment(None);
+        match self.flavour {
+            RealtimeFlavour::AzurePreview => {
+                url.set_path(&format!("{base}/openai/realtime"));
+                url.query_pairs_mut().append_pair("api-version", self.api_version.trim()).append_pair("deployment", self.deployment.trim());
+            }
+            RealtimeFlavour::AzureGa => {
+                url.set_path(&format!("{base}/openai/v1/realtime"));
+                url.query_pairs_mut().append_pair("model", self.deployment.trim());
+            }
+            RealtimeFlavour::OpenAi | RealtimeFlavour::OpenAiBeta => {
+                let base = base.trim_end_matches("/v1");
+                url.set_path(&format!("{base}/v1/realtime"));
+                url.query_pairs_mut().append_pair("model", self.model.trim());
+            }
+        }
+        Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flavour: RealtimeFlavour, endpoint: &str) -> RealtimeConfig {
+        let mut c = RealtimeConfig::new(flavour, endpoint, Secret::new("k"));
+        c.deployment = "dep".into();
+        c.api_version = "2025-04-01-preview".into();
+        c.model = "gpt-realtime".into();
+        c
+    }
+
+    #[test]
+    fn urls_per_flavour() {
+        let u = config(RealtimeFlavour::AzurePreview, "https://res.openai.azure.com/").websocket_url().unwrap();
+        assert_eq!(u.as_str(), "wss://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview&deployment=dep");
+        let u = config(RealtimeFlavour::AzureGa, "https://res.openai.azure.com").websocket_url().unwrap();
+        assert_eq!(u.as_str(), "wss://res.openai.azure.com/openai/v1/realtime?model=dep");
+        let u = config(RealtimeFlavour::OpenAi, "https://api.openai.com/v1").websocket_url().unwrap();
+        assert_eq!(u.as_str(), "wss://api.openai.com/v1/realtime?model=gpt-realtime");
+        let u = config(RealtimeFlavour::AzureGa, "http://127.0.0.1:4000").websocket_url().unwrap();
+        assert_eq!(u.as_str(), "ws://127.0.0.1:4000/openai/v1/realtime?model=dep");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = config(RealtimeFlavour::AzurePreview, "res.openai.azure.com");
+        assert!(c.validate().unwrap_err().contains("endpoint"));
+        c.endpoint = "https://res.openai.azure.com".into();
+        c.api_version.clear();
+        assert!(c.validate().unwrap_err().contains("AZURE_OPENAI_REALTIME_API_VERSION"));
+        c.api_version = "v".into();
+        c.api_key = Secret::new("");
+        assert!(c.validate().unwrap_err().contains("AZURE_OPENAI_API_KEY"));
+        assert!(!format!("{:?}", config(RealtimeFlavour::AzureGa, "https://x").api_key).contains('k'));
+    }
+}

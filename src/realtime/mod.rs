@@ -1,0 +1,11 @@
+//! The realtime adapter: Azure OpenAI Realtime (preview and GA) and OpenAI Realtime over
+//! WebSocket, implementing `consultant_actors::ports::RealtimeConnector`.
+
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod stats;
+
+pub use client::AzureRealtimeClient;
+pub use config::{Protocol, RealtimeConfig, RealtimeFlavour, VadSettings};
+pub use stats::{RealtimeStats, RealtimeStatsSnapshot};
