@@ -22,6 +22,24 @@ pub enum Command {
         #[command(subcommand)]
         action: SessionsCommand,
     },
+    /// Attach to a running worker's debug console (interactive, or --once for scripts).
+    Console(ConsoleArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConsoleArgs {
+    /// Console address (default: console.listen from the config, else ws://127.0.0.1:7700).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Console token (prefer the environment variable; default: the config's token_file).
+    #[arg(long, env = "CONSULTANT_CONSOLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print one snapshot and exit: tree | worker | consultation ID | events.
+    #[arg(long, num_args = 1..=2, value_names = ["VIEW", "ID"])]
+    pub once: Option<Vec<String>>,
+    /// With --once: print JSON.
+    #[arg(long, requires = "once")]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,6 +6,7 @@ pub mod audio;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod deepseek;
 pub mod logging;
 pub mod realtime;

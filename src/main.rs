@@ -24,8 +24,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The console client runs without a worker config (it only needs a URL and a token).
+    if let Command::Console(args) = cli.command {
+        return commands::console::run(&cli.config, args).await;
+    }
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Sessions { action } => commands::sessions::run(&config, action).await,
+        Command::Console(_) => unreachable!("handled before the config is loaded"),
     }
 }

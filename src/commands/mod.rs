@@ -1,3 +1,4 @@
 //! One module per CLI command.
 
+pub mod console;
 pub mod sessions;

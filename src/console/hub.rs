@@ -1,0 +1,466 @@
+//! The hub: one task owns what the consoles have been told. Once a tick it diffs the
+//! telemetry board against what it last published and sends one shared delta frame per
+//! changed topic; telemetry events are batched and pushed at once. Frames go to each client
+//! through a small bounded queue; a client whose queue is full is dropped and counted, so a
+//! stuck console never grows memory and never slows an actor.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use consultant_actors::telemetry::{Telemetry, TelemetryEvent, TelemetrySnapshot};
+use serde::Serialize;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::protocol::{ConsoleStats, PROTOCOL_VERSION};
+
+/// A serialized server frame, shared by every client it goes to.
+pub type Frame = Arc<str>;
+
+/// Most events put in one `events` frame.
+const EVENT_BATCH: usize = 64;
+
+/// Topics one client follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Topics {
+    pub worker: bool,
+    pub tree: bool,
+    pub consultations: bool,
+    pub events: bool,
+}
+
+impl Topics {
+    pub const ALL: Topics = Topics { worker: true, tree: true, consultations: true, events: true };
+
+    /// Parses topic names; an unknown one is an error naming the known ones.
+    pub fn parse(names: Option<&[String]>) -> Result<Topics, String> {
+        let Some(names) = names else { return Ok(Topics::ALL) };
+        let mut t = Topics { worker: false, tree: false, consultations: false, events: false };
+        for name in names {
+            match name.as_str() {
+                "worker" => t.worker = true,
+                "tree" => t.tree = true,
+                "consultations" => t.consultations = true,
+                "events" => t.events = true,
+                other => {
+                    return Err(format!(
+                        "unknown topic `{other}`; topics: {}",
+                        super::protocol::TOPICS.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The console's counters (shared with connections and the server handle).
+#[derive(Default)]
+pub struct Counters {
+    pub clients: AtomicUsize,
+    pub max_clients: AtomicUsize,
+    pub connections_total: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub rejected_full: AtomicU64,
+    pub slow_clients_dropped: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub events_lost: AtomicU64,
+    pub actions: AtomicU64,
+    /// Time the hub spent building and sending frames (for the benchmark).
+    pub publish_nanos: AtomicU64,
+    pub deltas_sent: AtomicU64,
+}
+
+impl Counters {
+    pub fn stats(&self) -> ConsoleStats {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ConsoleStats {
+            clients: self.clients.load(Ordering::Relaxed),
+            max_clients: self.max_clients.load(Ordering::Relaxed),
+            connections_total: n(&self.connections_total),
+            auth_failures: n(&self.auth_failures),
+            rejected_full: n(&self.rejected_full),
+            slow_clients_dropped: n(&self.slow_clients_dropped),
+            bad_frames: n(&self.bad_frames),
+            events_lost: n(&self.events_lost),
+            actions: n(&self.actions),
+        }
+    }
+}
+
+pub enum HubRequest {
+    /// Live updates for a client: the hub queues a snapshot first, then deltas and events.
+    Join { client: u64, topics: Topics, tx: mpsc::Sender<Frame>, dropped: Arc<AtomicBool> },
+    Leave { client: u64 },
+    /// One snapshot frame.
+    Snapshot { reply: oneshot::Sender<Frame> },
+}
+
+struct Client {
+    topics: Topics,
+    tx: mpsc::Sender<Frame>,
+    /// Set when the hub drops the client for falling behind.
+    dropped: Arc<AtomicBool>,
+}
+
+/// What clients were last told, as serialized JSON per item. An empty string marks an item
+/// whose value a late joiner saw and that must be re-sent on the next tick.
+#[derive(Default)]
+struct Published {
+    worker: String,
+    actors: HashMap<String, String>,
+    consultations: HashMap<String, String>,
+}
+
+/// The board serialized item by item.
+struct Serialized {
+    worker: String,
+    actors: Vec<(String, String)>,
+    consultations: Vec<(String, String)>,
+    events: String,
+    events_dropped: u64,
+}
+
+pub struct Hub {
+    telemetry: Telemetry,
+    counters: Arc<Counters>,
+    clients: HashMap<u64, Client>,
+    published: Published,
+    events_lost_pending: u64,
+    process: ProcessSampler,
+}
+
+impl Hub {
+    pub fn new(telemetry: Telemetry, counters: Arc<Counters>) -> Self {
+        Self {
+            telemetry,
+            counters,
+            clients: HashMap::new(),
+            published: Published::default(),
+            events_lost_pending: 0,
+            process: ProcessSampler::new(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut requests: mpsc::Receiver<HubRequest>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut events = self.telemetry.subscribe();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+                _ = tick.tick() => self.publish(),
+                received = events.recv() => match received {
+                    Ok(first) => {
+                        let mut batch = vec![first];
+                        while batch.len() < EVENT_BATCH {
+                            match events.try_recv() {
+                                Ok(e) => batch.push(e),
+                                Err(TryRecvError::Lagged(n)) => self.events_lost_pending += n,
+                                Err(_) => break,
+                            }
+                        }
+                        self.push_events(&batch);
+                    }
+                    Err(RecvError::Lagged(n)) => self.events_lost_pending += n,
+                    Err(RecvError::Closed) => return,
+                },
+                Some(request) = requests.recv() => self.on_request(request),
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: HubRequest) {
+        match request {
+            HubRequest::Join { client, topics, tx, dropped } => {
+                let started = Instant::now();
+                let snapshot = self.snapshot_frame();
+                if tx.try_send(snapshot).is_ok() {
+                    self.clients.insert(client, Client { topics, tx, dropped });
+                }
+                self.account(started);
+            }
+            HubRequest::Leave { client } => {
+                self.clients.remove(&client);
+            }
+            HubRequest::Snapshot { reply } => {
+                let started = Instant::now();
+                let _ = reply.send(self.snapshot_frame());
+                self.account(started);
+            }
+        }
+    }
+
+    fn account(&self, started: Instant) {
+        self.counters.publish_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn serialize(&mut self) -> Serialized {
+        let (rss, cpu) = self.process.sample();
+        if let Some(rss) = rss {
+            self.telemetry.worker_update(|w| {
+                w.rss_bytes = rss;
+                w.cpu_percent = cpu;
+            });
+        }
+        let TelemetrySnapshot { worker, actors, consultations, events, events_dropped } = self.telemetry.snapshot();
+        let worker = to_json(&WorkerTopic { worker: &worker, console: self.counters.stats() });
+        Serialized {
+            worker,
+            actors: actors.iter().map(|a| (a.path.clone(), to_json(a))).collect(),
+            consultations: consultations.iter().map(|c| (c.session_id.to_string(), to_json(c))).collect(),
+            events: to_json(&events),
+            events_dropped,
+        }
+    }
+
+    /// A full snapshot frame. Items the published state does not match are marked so the
+    /// next tick re-sends them: a late joiner's snapshot and the shared deltas then agree.
+    fn snapshot_frame(&mut self) -> Frame {
+        let s = self.serialize();
+        if self.clients.is_empty() {
+            // Nobody holds older state: what this client sees is what is published.
+            self.published.worker = s.worker.clone();
+            self.published.actors = s.actors.iter().cloned().collect();
+            self.published.consultations = s.consultations.iter().cloned().collect();
+        } else {
+            if self.published.worker != s.worker {
+                self.published.worker.clear();
+            }
+            mark_stale(&mut self.published.actors, &s.actors);
+            mark_stale(&mut self.published.consultations, &s.consultations);
+        }
+        let mut out = String::with_capacity(s.worker.len() + 64 + s.events.len() + 512 * (s.actors.len() + s.consultations.len()));
+        // `worker` holds {"worker":..,"console":..}: splice its fields in.
+        let _ = write!(out, "{{\"v\":{PROTOCOL_VERSION},\"type\":\"snapshot\",{}", &s.worker[1..s.worker.len() - 1]);
+        out.push_str(",\"actors\":");
+        join_array(&mut out, s.actors.iter().map(|(_, j)| j.as_str()));
+        out.push_str(",\"consultations\":");
+        join_array(&mut out, s.consultations.iter().map(|(_, j)| j.as_str()));
+        let _ = write!(out, ",\"events\":{},\"events_dropped\":{}}}", s.events, s.events_dropped);
+        out.into()
+    }
+
+    /// Once a tick: one delta frame per changed topic, shared by every subscriber.
+    fn publish(&mut self) {
+        if self.clients.is_empty() {
+            // Nothing to tell; the next joiner gets a fresh snapshot anyway.
+            return;
+        }
+        let started = Instant::now();
+        let s = self.serialize();
+        if s.worker != self.published.worker {
+            let body = &s.worker[1..s.worker.len() - 1];
+            let frame: Frame = format!("{{\"v\":{PROTOCOL_VERSION},\"type\":\"delta\",\"topic\":\"worker\",{body}}}").into();
+            self.published.worker = s.worker;
+            self.fan_out(|t| t.worker, &frame);
+        }
+        if let Some(frame) = diff_topic("tree", &mut self.published.actors, s.actors) {
+            self.fan_out(|t| t.tree, &frame);
+        }
+        if let Some(frame) = diff_topic("consultations", &mut self.published.consultations, s.consultations) {
+            self.fan_out(|t| t.consultations, &frame);
+        }
+        self.account(started);
+    }
+
+    fn push_events(&mut self, batch: &[TelemetryEvent]) {
+        if self.clients.is_empty() {
+            self.events_lost_pending = 0;
+            return;
+        }
+        let started = Instant::now();
+        let lost = std::mem::take(&mut self.events_lost_pending);
+        if lost > 0 {
+            self.counters.events_lost.fetch_add(lost, Ordering::Relaxed);
+        }
+        let frame: Frame =
+            format!("{{\"v\":{PROTOCOL_VERSION},\"type\":\"events\",\"events\":{},\"lost\":{lost}}}", to_json(&batch)).into();
+        self.fan_out(|t| t.events, &frame);
+        self.account(started);
+    }
+
+    fn fan_out(&mut self, wants: impl Fn(&Topics) -> bool, frame: &Frame) {
+        let mut gone = Vec::new();
+        for (id, client) in &self.clients {
+            if !wants(&client.topics) {
+                continue;
+            }
+            match client.tx.try_send(frame.clone()) {
+                Ok(()) => {
+                    self.counters.deltas_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    client.dropped.store(true, Ordering::Relaxed);
+                    self.counters.slow_clients_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(client = id, "console client fell behind; dropping it");
+                    gone.push(*id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(*id),
+            }
+        }
+        for id in gone {
+            // Dropping the sender closes the client's queue: its connection ends.
+            self.clients.remove(&id);
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WorkerTopic<'a> {
+    worker: &'a consultant_actors::telemetry::WorkerView,
+    console: ConsoleStats,
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("telemetry views serialize")
+}
+
+fn join_array<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
+    out.push('[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push(']');
+}
+
+fn mark_stale(published: &mut HashMap<String, String>, current: &[(String, String)]) {
+    for (key, json) in current {
+        match published.get_mut(key) {
+            Some(old) if old == json => {}
+            Some(old) => old.clear(),
+            None => {
+                published.insert(key.clone(), String::new());
+            }
+        }
+    }
+}
+
+/// Diffs one keyed topic against what was published; None when nothing changed.
+fn diff_topic(topic: &str, published: &mut HashMap<String, String>, current: Vec<(String, String)>) -> Option<Frame> {
+    let mut upserts: Vec<&str> = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::with_capacity(current.len());
+    for (key, json) in &current {
+        seen.insert(key);
+        if published.get(key) != Some(json) {
+            upserts.push(json);
+        }
+    }
+    let removed: Vec<String> = published.keys().filter(|k| !seen.contains(k.as_str())).cloned().collect();
+    if upserts.is_empty() && removed.is_empty() {
+        return None;
+    }
+    let mut out = format!("{{\"v\":{PROTOCOL_VERSION},\"type\":\"delta\",\"topic\":\"{topic}\",\"upsert\":");
+    join_array(&mut out, upserts.into_iter());
+    let _ = write!(out, ",\"remove\":{}}}", to_json(&removed));
+    for key in &removed {
+        published.remove(key);
+    }
+    for (key, json) in current {
+        published.insert(key, json);
+    }
+    Some(out.into())
+}
+
+/// Resident memory and CPU use of this process, from /proc (Linux; None elsewhere).
+pub struct ProcessSampler {
+    last: Option<(Instant, u64)>,
+}
+
+/// Clock ticks per second of /proc/self/stat times (USER_HZ, 100 on Linux).
+const USER_HZ: u64 = 100;
+
+impl ProcessSampler {
+    pub fn new() -> Self {
+        Self { last: None }
+    }
+
+    /// (RSS bytes, CPU % of one core since the previous sample).
+    pub fn sample(&mut self) -> (Option<u64>, f64) {
+        let rss = rss_bytes();
+        let Some(ticks) = cpu_ticks() else { return (rss, 0.0) };
+        let now = Instant::now();
+        let percent = match self.last {
+            Some((at, before)) => {
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.0 {
+                    (ticks.saturating_sub(before) as f64 / USER_HZ as f64) / wall * 100.0
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, ticks));
+        (rss, percent)
+    }
+}
+
+impl Default for ProcessSampler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// VmRSS of this process in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// utime + stime of this process, in clock ticks.
+pub fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_sends_changes_and_removals_only() {
+        let mut published = HashMap::new();
+        let first = vec![("a".to_owned(), "{\"x\":1}".to_owned()), ("b".to_owned(), "{\"x\":2}".to_owned())];
+        let f = diff_topic("tree", &mut published, first.clone()).unwrap();
+        assert!(f.contains("\"upsert\":[{\"x\":1},{\"x\":2}]") && f.contains("\"remove\":[]"), "{f}");
+        assert!(diff_topic("tree", &mut published, first).is_none());
+        let second = vec![("a".to_owned(), "{\"x\":3}".to_owned())];
+        let f = diff_topic("tree", &mut published, second).unwrap();
+        assert!(f.contains("\"upsert\":[{\"x\":3}]") && f.contains("\"remove\":[\"b\"]"), "{f}");
+    }
+
+    #[test]
+    fn a_late_joiners_view_is_resent() {
+        let mut published: HashMap<String, String> = [("a".to_owned(), "1".to_owned())].into();
+        mark_stale(&mut published, &[("a".to_owned(), "2".to_owned()), ("c".to_owned(), "3".to_owned())]);
+        // The value went back to what was published before the tick: still re-sent.
+        let f = diff_topic("tree", &mut published, vec![("a".to_owned(), "1".to_owned())]).unwrap();
+        assert!(f.contains("\"upsert\":[1]") && f.contains("\"remove\":[\"c\"]"), "{f}");
+    }
+
+    #[test]
+    fn process_sampler_reads_proc() {
+        let mut s = ProcessSampler::new();
+        let (rss, _) = s.sample();
+        assert!(rss.unwrap() > 1_000_000);
+        assert!(cpu_ticks().is_some());
+    }
+}

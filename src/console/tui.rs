@@ -1,0 +1,630 @@
+//! The interactive console (ratatui): supervision tree on the left, detail of the selected
+//! actor or consultation on the right, event log below. Keys: arrows/j/k move, `/` filters,
+//! `e` end, `r` reconnect, `x` extract, `d` drain, `l` log level (each asks y/n), `q` quits.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::Frame;
+use tokio::sync::mpsc;
+
+use super::client::{ClientError, ConsoleClient};
+use super::protocol::{Action, Command, ConsoleModel, ServerFrame, WireActor, WireConsultation};
+
+/// One line of the tree.
+#[derive(Clone, Debug)]
+struct Row {
+    path: String,
+    depth: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Mode {
+    Normal,
+    /// Typing a filter.
+    Filter(String),
+    /// Typing a log filter for the log-level action.
+    LevelInput(String),
+    /// Waiting for y/n.
+    Confirm(Action),
+}
+
+/// What the UI shows and does (no terminal code here, so tests can drive it).
+pub struct App {
+    pub url: String,
+    pub scope: String,
+    pub model: ConsoleModel,
+    rows: Vec<Row>,
+    list: ListState,
+    filter: String,
+    mode: Mode,
+    status: String,
+    next_id: u64,
+    pub quit: bool,
+    pub connected: bool,
+}
+
+impl App {
+    pub fn new(url: String) -> Self {
+        Self {
+            url,
+            scope: String::new(),
+            model: ConsoleModel::default(),
+            rows: Vec::new(),
+            list: ListState::default(),
+            filter: String::new(),
+            mode: Mode::Normal,
+            status: "connecting...".into(),
+            next_id: 1,
+            quit: false,
+            connected: false,
+        }
+    }
+
+    fn rebuild_rows(&mut self) {
+        let selected = self.selected_path();
+        let needle = self.filter.to_lowercase();
+        self.rows = self
+            .model
+            .actors
+            .values()
+            .filter(|a| needle.is_empty() || self.matches(a, &needle))
+            .map(|a| Row { path: a.path.clone(), depth: a.path.matches('/').count().saturating_sub(1).min(2) })
+            .collect();
+        let index = selected.and_then(|p| self.rows.iter().position(|r| r.path == p));
+        self.list.select(match (index, self.rows.is_empty()) {
+            (_, true) => None,
+            (Some(i), _) => Some(i),
+            (None, _) => Some(0),
+        });
+    }
+
+    fn matches(&self, actor: &WireActor, needle: &str) -> bool {
+        let c = consultation_of(&actor.path).and_then(|id| self.model.consultations.get(id));
+        actor.path.to_lowercase().contains(needle)
+            || actor.status.contains(needle)
+            || c.is_some_and(|c| c.room.to_lowercase().contains(needle) || c.status.contains(needle))
+    }
+
+    fn selected_path(&self) -> Option<String> {
+        self.list.selected().and_then(|i| self.rows.get(i)).map(|r| r.path.clone())
+    }
+
+    fn selected_consultation(&self) -> Option<String> {
+        self.selected_path().and_then(|p| consultation_of(&p).map(str::to_owned))
+    }
+
+    /// Applies a frame from the server.
+    pub fn on_frame(&mut self, frame: ServerFrame) {
+        match &frame {
+            ServerFrame::Hello { scope, .. } => self.scope = scope.clone(),
+            ServerFrame::Result { ok, message, .. } => self.status = format!("{} {message}", if *ok { "OK:" } else { "FAILED:" }),
+            ServerFrame::Ack { message, .. } => self.status = format!("accepted: {message}"),
+            ServerFrame::Error { code, message, .. } => self.status = format!("error {code}: {message}"),
+            _ => {}
+        }
+        if self.model.apply(&frame) {
+            if matches!(frame, ServerFrame::Snapshot(_)) {
+                self.connected = true;
+                self.status = format!("connected ({} scope)", if self.scope.is_empty() { "?" } else { &self.scope });
+            }
+            self.rebuild_rows();
+        }
+    }
+
+    /// Handles a key; returns a command to send, if any.
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Command> {
+        if key.kind != KeyEventKind::Press {
+            return None;
+        }
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return None;
+        }
+        match std::mem::replace(&mut self.mode, Mode::Normal) {
+            Mode::Filter(mut text) => {
+                match key.code {
+                    KeyCode::Enter => {
+                        self.filter = text;
+                        self.rebuild_rows();
+                    }
+                    KeyCode::Esc => {}
+                    KeyCode::Backspace => {
+                        text.pop();
+                        self.mode = Mode::Filter(text);
+                    }
+                    KeyCode::Char(c) => {
+                        text.push(c);
+                        self.mode = Mode::Filter(text);
+                    }
+                    _ => self.mode = Mode::Filter(text),
+                }
+                None
+            }
+            Mode::LevelInput(mut text) => {
+                match key.code {
+                    KeyCode::Enter if !text.trim().is_empty() => self.mode = Mode::Confirm(Action::LogLevel { filter: text.trim().to_owned() }),
+                    KeyCode::Esc | KeyCode::Enter => {}
+                    KeyCode::Backspace => {
+                        text.pop();
+                        self.mode = Mode::LevelInput(text);
+                    }
+                    KeyCode::Char(c) => {
+                        text.push(c);
+                        self.mode = Mode::LevelInput(text);
+                    }
+                    _ => self.mode = Mode::LevelInput(text),
+                }
+                None
+            }
+            Mode::Confirm(action) => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.status = format!("sent: {}", action.describe());
+                    Some(Command::Action { id: Some(id), action })
+                }
+                _ => {
+                    self.status = "cancelled".into();
+                    None
+                }
+            },
+            Mode::Normal => {
+                match key.code {
+                    KeyCode::Char('q') | KeyCode::Esc => self.quit = true,
+                    KeyCode::Down | KeyCode::Char('j') => self.move_by(1),
+                    KeyCode::Up | KeyCode::Char('k') => self.move_by(-1),
+                    KeyCode::PageDown => self.move_by(10),
+                    KeyCode::PageUp => self.move_by(-10),
+                    KeyCode::Home => self.move_by(i64::MIN / 2),
+                    KeyCode::End => self.move_by(i64::MAX / 2),
+                    KeyCode::Char('/') => self.mode = Mode::Filter(self.filter.clone()),
+                    KeyCode::Char('d') => self.mode = Mode::Confirm(Action::Drain),
+                    KeyCode::Char('l') => self.mode = Mode::LevelInput(String::new()),
+                    KeyCode::Char(c @ ('e' | 'r' | 'x')) => match self.selected_consultation() {
+                        Some(session_id) => {
+                            self.mode = Mode::Confirm(match c {
+                                'e' => Action::EndConsultation { session_id },
+                                'r' => Action::ForceReconnect { session_id },
+                                _ => Action::ExtractNow { session_id },
+                            })
+                        }
+                        None => self.status = "select a consultation (or one of its actors) first".into(),
+                    },
+                    _ => {}
+                }
+                None
+            }
+        }
+    }
+
+    fn move_by(&mut self, delta: i64) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let current = self.list.selected().unwrap_or(0) as i64;
+        let next = current.saturating_add(delta).clamp(0, self.rows.len() as i64 - 1);
+        self.list.select(Some(next as usize));
+    }
+
+    pub fn draw(&mut self, frame: &mut Frame) {
+        let outer = Layout::default()
+            .direction(Direction::Vertical)
+            .constraints([Constraint::Length(2), Constraint::Min(8), Constraint::Length(9), Constraint::Length(1)])
+            .split(frame.area());
+        frame.render_widget(Paragraph::new(self.header()), outer[0]);
+        let middle = Layout::default()
+            .direction(Direction::Horizontal)
+            .constraints([Constraint::Percentage(42), Constraint::Percentage(58)])
+            .split(outer[1]);
+        self.draw_tree(frame, middle[0]);
+        let detail = Paragraph::new(self.detail())
+            .block(Block::default().borders(Borders::ALL).title(" Detail "))
+            .wrap(Wrap { trim: false });
+        frame.render_widget(detail, middle[1]);
+        self.draw_events(frame, outer[2]);
+        frame.render_widget(Paragraph::new(self.footer()), outer[3]);
+    }
+
+    fn header(&self) -> Vec<Line<'static>> {
+        let w = &self.model.worker;
+        let c = &self.model.console;
+        vec![
+            Line::from(vec![
+                Span::styled("consultant console ", Style::default().add_modifier(Modifier::BOLD)),
+                Span::raw(format!("{}  scope: {}  ", self.url, if self.scope.is_empty() { "-" } else { &self.scope })),
+                Span::raw(format!("consoles: {}/{}  dropped slow: {}", c.clients, c.max_clients, c.slow_clients_dropped)),
+            ]),
+            Line::from(format!(
+                "worker [{}] {} registration: {}  status: {}  load: {:.2}  jobs: {}  draining: {}  rss: {} MB  cpu: {:.1}%  consultations: {}",
+                or_dash(&w.mode),
+                or_dash(&w.agent_name),
+                or_dash(&w.registration),
+                or_dash(&w.status),
+                w.load,
+                w.jobs.len(),
+                if w.draining { "YES" } else { "no" },
+                w.rss_bytes / 1_000_000,
+                w.cpu_percent,
+                self.model.consultations.len()
+            )),
+        ]
+    }
+
+    fn draw_tree(&mut self, frame: &mut Frame, area: Rect) {
+        let items: Vec<ListItem> = self
+            .rows
+            .iter()
+            .filter_map(|r| self.model.actors.get(&r.path).map(|a| (r, a)))
+            .map(|(r, a)| {
+                let name = a.path.rsplit('/').next().unwrap_or(&a.path);
+                let name = if a.kind == "consultation" { format!("consultation {name}") } else { name.to_owned() };
+                let failure = a.last_failure.as_deref().map(|f| format!("  last: {f}")).unwrap_or_default();
+                let text = format!(
+                    "{}{} [{}] restarts {}/{}{}",
+                    "  ".repeat(r.depth),
+                    name,
+                    a.status,
+                    a.restarts_in_window,
+                    a.total_restarts,
+                    failure
+                );
+                ListItem::new(text).style(Style::default().fg(status_color(&a.status)))
+            })
+            .collect();
+        let title = if self.filter.is_empty() { " Supervision tree ".to_owned() } else { format!(" Supervision tree (filter: {}) ", self.filter) };
+        let list = List::new(items)
+            .block(Block::default().borders(Borders::ALL).title(title))
+            .highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+            .highlight_symbol("> ");
+        frame.render_stateful_widget(list, area, &mut self.list);
+    }
+
+    fn draw_events(&self, frame: &mut Frame, area: Rect) {
+        let rows = area.height.saturating_sub(2) as usize;
+        let start = self.model.events.len().saturating_sub(rows);
+        let items: Vec<ListItem> = self
+            .model
+            .events
+            .iter()
+            .skip(start)
+            .map(|e| {
+                let at = e.at.get(11..19).unwrap_or(&e.at);
+                let color = match e.kind.as_str() {
+                    "failure" => Color::Red,
+                    "restart" | "realtime_error" => Color::Yellow,
+                    "audit" => Color::Cyan,
+                    _ => Color::Reset,
+                };
+                ListItem::new(format!("{at} {:<10} {} {}", e.kind, e.path, e.message)).style(Style::default().fg(color))
+            })
+            .collect();
+        let title = format!(" Events ({} lost) ", self.model.events_dropped);
+        frame.render_widget(List::new(items).block(Block::default().borders(Borders::ALL).title(title)), area);
+    }
+
+    fn footer(&self) -> Line<'static> {
+        match &self.mode {
+            Mode::Filter(text) => Line::from(format!("filter: {text}_   (Enter apply, Esc cancel)")),
+            Mode::LevelInput(text) => Line::from(format!("log filter (e.g. debug, consultant=debug,info): {text}_   (Enter, Esc)")),
+            Mode::Confirm(action) => Line::from(Span::styled(
+                format!("{}? press y to confirm, any other key to cancel", action.describe()),
+                Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+            )),
+            Mode::Normal => Line::from(format!(
+                "q quit  j/k move  / filter  e end  r reconnect  x extract  d drain  l log level | {}",
+                self.status
+            )),
+        }
+    }
+
+    fn detail(&self) -> Vec<Line<'static>> {
+        let Some(path) = self.selected_path() else { return vec![Line::from("nothing selected")] };
+        let actor = self.model.actors.get(&path);
+        let mut lines = Vec::new();
+        if let Some(c) = consultation_of(&path).and_then(|id| self.model.consultations.get(id)) {
+            lines.extend(consultation_lines(c));
+            lines.push(Line::from(""));
+            lines.push(Line::from("actors:"));
+            let prefix = format!("worker/consultation/{}", c.session_id);
+            for a in self.model.actors.values().filter(|a| a.path.starts_with(&prefix)) {
+                lines.push(Line::from(format!(
+                    "  {:<12} {:<10} restarts {}/{}  up since {}  last failure: {}",
+                    a.kind,
+                    a.status,
+                    a.restarts_in_window,
+                    a.total_restarts,
+                    short_time(&a.started_at),
+                    a.last_failure.as_deref().unwrap_or("-")
+                )));
+            }
+        } else if let Some(a) = actor {
+            lines.push(Line::from(Span::styled(a.path.clone(), Style::default().add_modifier(Modifier::BOLD))));
+            lines.push(Line::from(format!("kind: {}  status: {}", a.kind, a.status)));
+            lines.push(Line::from(format!("up: {}", since(&a.started_at))));
+            lines.push(Line::from(format!("restarts: {} in window, {} total", a.restarts_in_window, a.total_restarts)));
+            lines.push(Line::from(format!("last failure: {}", a.last_failure.as_deref().unwrap_or("-"))));
+            if a.kind == "supervisor" {
+                let w = &self.model.worker;
+                lines.push(Line::from(""));
+                lines.push(Line::from(format!("worker id: {}  reconnect attempt: {}", w.worker_id.as_deref().unwrap_or("-"), w.reconnect_attempt)));
+                lines.push(Line::from(format!("capacity: {}  jobs: {}", w.capacity, w.jobs.len())));
+                for job in &w.jobs {
+                    lines.push(Line::from(format!("  job {}", job)));
+                }
+            }
+            if a.kind == "console" {
+                let c = &self.model.console;
+                lines.push(Line::from(format!(
+                    "clients {}/{}  connections {}  auth failures {}  refused (full) {}  slow dropped {}  bad frames {}  actions {}",
+                    c.clients, c.max_clients, c.connections_total, c.auth_failures, c.rejected_full, c.slow_clients_dropped, c.bad_frames, c.actions
+                )));
+            }
+        }
+        lines
+    }
+}
+
+fn consultation_lines(c: &WireConsultation) -> Vec<Line<'static>> {
+    let elapsed = parse_time(&c.started_at).map(|t| (Utc::now() - t).num_seconds().max(0) as u64).unwrap_or(0);
+    let rt = &c.realtime;
+    let age = rt.connected_at.as_deref().map(since).unwrap_or_else(|| "-".into());
+    let recycle = rt.recycle_after_secs.map(|s| format!("{}", mmss(s))).unwrap_or_else(|| "off".into());
+    let latency = if c.turn_latency_ms.is_empty() {
+        "-".to_owned()
+    } else {
+        let mut sorted = c.turn_latency_ms.clone();
+        sorted.sort_unstable();
+        let recent: Vec<String> = c.turn_latency_ms.iter().rev().take(6).map(|v| v.to_string()).collect();
+        format!("p50 {} ms, max {} ms; recent {}", sorted[sorted.len() / 2], sorted[sorted.len() - 1], recent.join(" "))
+    };
+    let mut lines = vec![
+        Line::from(Span::styled(format!("Consultation {}", c.session_id), Style::default().add_modifier(Modifier::BOLD))),
+        Line::from(format!("room: {}  status: {}", c.room, c.status)),
+        Line::from(format!(
+            "timer: {} / {} (remaining {})",
+            mmss(elapsed),
+            mmss(c.max_duration_secs),
+            mmss(c.max_duration_secs.saturating_sub(elapsed))
+        )),
+        Line::from(format!("realtime: {}  session age {} (recycle after {})", rt.link_state(), age, recycle)),
+        Line::from(format!("  reconnects {}  last close: {}", rt.reconnects, rt.last_close_cause.as_deref().unwrap_or("-"))),
+        Line::from(format!("turn latency: {latency}")),
+        Line::from(format!("tokens: in {}  out {}", c.usage.input_tokens, c.usage.output_tokens)),
+        Line::from(format!(
+            "anketa: {}/{} fields, last extraction at message {} ({} runs, {} failed)",
+            c.anketa_filled,
+            c.anketa_fields,
+            c.last_extraction_at_message.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            c.extractions,
+            c.extraction_failures
+        )),
+        Line::from(format!("messages: {}  persistence backlog: {}", c.messages, c.persistence_backlog)),
+        Line::from(format!("audio: caller buffer {} ms, dropped {} ms", c.caller_buffer_ms, c.caller_dropped_ms)),
+    ];
+    if let Some(f) = &c.failure {
+        lines.push(Line::from(Span::styled(format!("failure: {f}"), Style::default().fg(Color::Red))));
+    }
+    lines.push(Line::from("transcript:"));
+    for line in &c.transcript_tail {
+        lines.push(Line::from(format!("  [{}] {}: {}", line.seq, line.role, line.text)));
+    }
+    lines
+}
+
+/// The session id when `path` is a consultation or one of its children.
+fn consultation_of(path: &str) -> Option<&str> {
+    path.strip_prefix("worker/consultation/").map(|rest| rest.split('/').next().unwrap_or(rest))
+}
+
+fn status_color(status: &str) -> Color {
+    match status {
+        "running" => Color::Green,
+        "restarting" | "starting" => Color::Yellow,
+        "failed" => Color::Red,
+        _ => Color::Reset,
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+}
+
+fn since(s: &str) -> String {
+    parse_time(s).map(|t| mmss((Utc::now() - t).num_seconds().max(0) as u64)).unwrap_or_else(|| "-".into())
+}
+
+fn short_time(s: &str) -> String {
+    s.get(11..19).unwrap_or(s).to_owned()
+}
+
+fn mmss(secs: u64) -> String {
+    if secs >= 3600 {
+        format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    } else {
+        format!("{:02}:{:02}", secs / 60, secs % 60)
+    }
+}
+
+/// What the UI loop waits on.
+enum Input {
+    Key(KeyEvent),
+    Resize,
+    Frame(Result<ServerFrame, ClientError>),
+}
+
+/// Runs the interactive console until `q`. The terminal is restored on every exit path.
+pub async fn run(url: String, client: ConsoleClient) -> anyhow::Result<()> {
+    let (input_tx, mut input_rx) = mpsc::channel::<Input>(256);
+    let (command_tx, mut command_rx) = mpsc::channel::<Command>(16);
+    // The network: frames in, commands out.
+    let net_tx = input_tx.clone();
+    let network = tokio::spawn(async move {
+        let mut client = client;
+        if client.send(&Command::Subscribe { topics: None }).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                frame = client.next_frame() => {
+                    let end = frame.is_err();
+                    if net_tx.send(Input::Frame(frame)).await.is_err() || end {
+                        return;
+                    }
+                }
+                Some(command) = command_rx.recv() => {
+                    if client.send(&command).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    // The keyboard: crossterm reads block, so they live on their own thread.
+    let key_tx = input_tx.clone();
+    let keyboard = std::thread::spawn(move || loop {
+        match event::poll(Duration::from_millis(200)) {
+            Ok(true) => match event::read() {
+                Ok(Event::Key(k)) => {
+                    if key_tx.blocking_send(Input::Key(k)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Resize(..)) => {
+                    if key_tx.blocking_send(Input::Resize).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            },
+            Ok(false) => {
+                if key_tx.is_closed() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    });
+    drop(input_tx);
+    let mut terminal = ratatui::try_init()?;
+    let mut app = App::new(url);
+    let mut redraw = tokio::time::interval(Duration::from_secs(1));
+    let result: anyhow::Result<()> = loop {
+        if let Err(e) = terminal.draw(|f| app.draw(f)) {
+            break Err(e.into());
+        }
+        if app.quit {
+            break Ok(());
+        }
+        tokio::select! {
+            _ = redraw.tick() => {}
+            input = input_rx.recv() => match input {
+                None => break Ok(()),
+                Some(Input::Key(key)) => {
+                    if let Some(command) = app.on_key(key) {
+                        let _ = command_tx.try_send(command);
+                    }
+                }
+                Some(Input::Resize) => {}
+                Some(Input::Frame(Ok(frame))) => app.on_frame(frame),
+                Some(Input::Frame(Err(e))) => {
+                    app.connected = false;
+                    app.status = format!("DISCONNECTED: {e} (q to quit)");
+                }
+            },
+        }
+    };
+    ratatui::restore();
+    network.abort();
+    drop(input_rx);
+    let _ = keyboard.join();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::protocol::{WireSnapshot, WireWorker};
+    use ratatui::backend::TestBackend;
+    use ratatui::crossterm::event::KeyEventState;
+
+    fn key(c: KeyCode) -> KeyEvent {
+        KeyEvent { code: c, modifiers: KeyModifiers::NONE, kind: KeyEventKind::Press, state: KeyEventState::NONE }
+    }
+
+    fn app() -> App {
+        let mut app = App::new("ws://test".into());
+        let actor = |path: &str, kind: &str, status: &str| WireActor {
+            path: path.into(),
+            kind: kind.into(),
+            status: status.into(),
+            started_at: Utc::now().to_rfc3339(),
+            ..Default::default()
+        };
+        let snap = WireSnapshot {
+            worker: WireWorker { mode: "dev".into(), ..Default::default() },
+            actors: vec![
+                actor("worker", "supervisor", "running"),
+                actor("worker/consultation/abc", "consultation", "running"),
+                actor("worker/consultation/abc/realtime", "realtime", "restarting"),
+            ],
+            consultations: vec![WireConsultation {
+                session_id: "abc".into(),
+                room: "consultation-abc".into(),
+                status: "active".into(),
+                started_at: Utc::now().to_rfc3339(),
+                max_duration_secs: 1800,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        app.on_frame(ServerFrame::Snapshot(Box::new(snap)));
+        app
+    }
+
+    #[test]
+    fn navigates_filters_and_confirms_actions() {
+        let mut app = app();
+        assert_eq!(app.selected_path().as_deref(), Some("worker"));
+        assert!(app.on_key(key(KeyCode::Char('e'))).is_none());
+        assert!(app.status.contains("select a consultation"));
+        app.on_key(key(KeyCode::Down));
+        assert!(app.on_key(key(KeyCode::Char('e'))).is_none());
+        let cmd = app.on_key(key(KeyCode::Char('y'))).unwrap();
+        assert!(matches!(cmd, Command::Action { action: Action::EndConsultation { ref session_id }, .. } if session_id == "abc"));
+        app.on_key(key(KeyCode::Char('d')));
+        assert!(app.on_key(key(KeyCode::Char('n'))).is_none());
+        for c in "/realtime".chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(app.rows.len(), 1);
+        assert_eq!(app.selected_consultation().as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn draws_tree_and_consultation_detail() {
+        let mut app = app();
+        app.on_key(key(KeyCode::Down));
+        let mut terminal = ratatui::Terminal::new(TestBackend::new(160, 40)).unwrap();
+        terminal.draw(|f| app.draw(f)).unwrap();
+        let text: String = terminal.backend().buffer().content().iter().map(|c| c.symbol()).collect();
+        assert!(text.contains("consultation abc [running]"), "{text}");
+        assert!(text.contains("realtime [restarting]"));
+        assert!(text.contains("room: consultation-abc"));
+    }
+}
