@@ -45,6 +45,7 @@ impl ClientError {
 
 pub struct ConsoleClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    scope: String,
 }
 
 /// The `message` of a JSON error body, or the body itself.
@@ -85,12 +86,20 @@ impl ConsoleClient {
             Ok(Err(WsError::Url(e))) => return Err(ClientError::Url(url.to_owned(), e.to_string())),
             Ok(Err(e)) => return Err(ClientError::Transport(e.to_string())),
         };
-        let mut client = Self { ws };
+        let mut client = Self { ws, scope: String::new() };
         match client.next_frame().await? {
-            ServerFrame::Hello { .. } => Ok(client),
+            ServerFrame::Hello { scope, .. } => {
+                client.scope = scope;
+                Ok(client)
+            }
             ServerFrame::Error { code, message, .. } => Err(ClientError::Server { code, message }),
             other => Err(ClientError::Protocol(format!("expected hello, got {other:?}"))),
         }
+    }
+
+    /// The scope the server granted: `read-only` or `operator`.
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 
     pub async fn send(&mut self, command: &Command) -> Result<(), ClientError> {

@@ -468,6 +468,7 @@ enum Input {
 
 /// Runs the interactive console until `q`. The terminal is restored on every exit path.
 pub async fn run(url: String, client: ConsoleClient) -> anyhow::Result<()> {
+    let client_scope = client.scope().to_owned();
     let (input_tx, mut input_rx) = mpsc::channel::<Input>(256);
     let (command_tx, mut command_rx) = mpsc::channel::<Command>(16);
     // The network: frames in, commands out.
@@ -522,6 +523,7 @@ pub async fn run(url: String, client: ConsoleClient) -> anyhow::Result<()> {
     drop(input_tx);
     let mut terminal = ratatui::try_init()?;
     let mut app = App::new(url);
+    app.scope = client_scope;
     let mut redraw = tokio::time::interval(Duration::from_secs(1));
     let result: anyhow::Result<()> = loop {
         if let Err(e) = terminal.draw(|f| app.draw(f)) {
