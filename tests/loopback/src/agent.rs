@@ -290,12 +290,12 @@ fn handle_worker_msg(sh: &SharedRef, worker_id: &str, m: proto::WorkerMessage) {
         }
         WrkMsg::Ping(p) => {
             if let Some(w) = g.workers.get(worker_id) {
-                let _ = w.tx.send(WorkerOut::Msg(proto::ServerMessage {
+                let _ = w.tx.send(WorkerOut::Msg(Box::new(proto::ServerMessage {
                     message: Some(SrvMsg::Pong(proto::WorkerPong {
                         last_timestamp: p.timestamp,
                         timestamp: now_millis(),
                     })),
-                }));
+                })));
             }
         }
         WrkMsg::MigrateJob(mj) => {
@@ -470,9 +470,9 @@ pub(crate) fn terminate_job_locked(sh: &SharedRef, g: &mut Inner, job_id: &str, 
     if let (true, Some(wid)) = (assigned, worker_id) {
         if let Some(w) = g.workers.get(&wid) {
             if w.connected {
-                let _ = w.tx.send(WorkerOut::Msg(proto::ServerMessage {
+                let _ = w.tx.send(WorkerOut::Msg(Box::new(proto::ServerMessage {
                     message: Some(SrvMsg::Termination(proto::JobTermination { job_id: job_id.into() })),
-                }));
+                })));
             }
         }
         tracing::info!(%job_id, worker_id = %wid, reason, "job terminated");
@@ -575,7 +575,7 @@ async fn run_dispatch(sh: SharedRef, job_id: String) {
                 message: Some(SrvMsg::Availability(proto::AvailabilityRequest { job: Some(jp), resuming: false })),
             }
         };
-        let _ = wtx.send(WorkerOut::Msg(req));
+        let _ = wtx.send(WorkerOut::Msg(Box::new(req)));
         let answer = tokio::time::timeout(sh.cfg.availability_timeout, rx).await;
         let mut g = sh.lock();
         let resp = match answer {
@@ -623,9 +623,7 @@ async fn run_dispatch(sh: SharedRef, job_id: String) {
             &sh.cfg.api_secret,
             &room,
             &identity,
-            &resp.participant_name,
-            &resp.participant_metadata,
-            &resp.participant_attributes,
+            &resp,
             perms.as_ref(),
         ) {
             Ok(t) => t,
@@ -647,7 +645,7 @@ async fn run_dispatch(sh: SharedRef, job_id: String) {
                 token,
             })),
         };
-        let _ = wtx.send(WorkerOut::Msg(msg));
+        let _ = wtx.send(WorkerOut::Msg(Box::new(msg)));
         tracing::info!(%job_id, %worker_id, %identity, "job assigned");
         sh.emit(&mut g, ServerEvent::JobAssigned { job_id: job_id.clone(), worker_id, participant_identity: identity });
         return;

@@ -43,11 +43,11 @@ pub(crate) fn mint_agent_token(
     secret: &str,
     room: &str,
     identity: &str,
-    name: &str,
-    metadata: &str,
-    attributes: &std::collections::HashMap<String, String>,
+    answer: &livekit_protocol::AvailabilityResponse,
     perms: Option<&livekit_protocol::ParticipantPermission>,
 ) -> Result<String, AuthError> {
+    let (name, metadata, attributes) =
+        (&answer.participant_name, &answer.participant_metadata, &answer.participant_attributes);
     let (can_publish, can_subscribe, can_publish_data, hidden) = match perms {
         // A worker that sent no permissions gets the usual agent defaults.
         None => (true, true, true, false),

@@ -121,6 +121,9 @@ pub struct LoopbackConfig {
     pub assignment_url: Option<String>,
     /// Version string in ServerInfo.
     pub server_version: String,
+    /// How long a participant whose signalling socket was lost (no leave) stays in the room
+    /// waiting for a resume (`/rtc?reconnect=1&sid=`) before it is removed.
+    pub reconnect_grace: Duration,
 }
 
 impl Default for LoopbackConfig {
@@ -134,6 +137,7 @@ impl Default for LoopbackConfig {
             register_timeout: Duration::from_secs(10),
             assignment_url: None,
             server_version: "1.9.0-loopback".into(),
+            reconnect_grace: Duration::from_secs(2),
         }
     }
 }
@@ -486,6 +490,17 @@ impl LoopbackServer {
         rooms::close_room(&self.sh, name, "closed by test")
     }
 
+    /// Drop the signalling socket of a participant (no close frame, no leave), like a network
+    /// cut: it may resume within [`LoopbackConfig::reconnect_grace`]. False if not connected.
+    pub fn drop_participant_signal(&self, room: &str, identity: &str) -> bool {
+        let g = self.sh.lock();
+        g.rooms
+            .get(room)
+            .and_then(|r| r.participant(identity))
+            .and_then(|p| p.signal.as_ref())
+            .is_some_and(|tx| tx.send(rtc::SignalOut::DropSocket).is_ok())
+    }
+
     /// Drop the TCP connection of every connected worker (no close frame). Returns how many.
     pub fn drop_worker_connections(&self) -> usize {
         let g = self.sh.lock();
@@ -501,7 +516,7 @@ impl LoopbackServer {
     /// Send any ServerMessage to a connected worker (e.g. an unsolicited termination).
     pub fn send_to_worker(&self, worker_id: &str, msg: proto::ServerMessage) -> bool {
         let g = self.sh.lock();
-        g.workers.get(worker_id).is_some_and(|w| w.connected && w.tx.send(WorkerOut::Msg(msg)).is_ok())
+        g.workers.get(worker_id).is_some_and(|w| w.connected && w.tx.send(WorkerOut::Msg(Box::new(msg))).is_ok())
     }
 
     /// Stop serving: connections are closed, background tasks end.

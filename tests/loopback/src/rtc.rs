@@ -8,8 +8,11 @@
 //!   auto_subscribe), the client offers the publisher PC, trickle both ways, `add_track` ->
 //!   `track_published`, participant updates (kind AGENT vs STANDARD), ping_req -> pong_resp,
 //!   leave. Frames are protobuf (binary) or protojson (text, answered in JSON).
-//! - Not implemented: resume (`reconnect=1`) is treated as a fresh join, simulcast/video,
-//!   selective subscription, data packet relaying.
+//! - Resume: a socket lost without `leave` keeps the participant (and its PCs) for
+//!   [`crate::LoopbackConfig::reconnect_grace`]; `/rtc?reconnect=1&sid=PA_..` within it gets
+//!   `reconnect` (ReconnectResponse) and the same participant; after it, the participant is
+//!   removed ("agent left the room" for an agent). Unknown sid: `leave` with action RECONNECT.
+//! - Not implemented: simulcast/video, selective subscription, data packet relaying.
 
 #![allow(deprecated)] // ParticipantPermission.agent and disable_dtx are still what clients read
 
@@ -48,6 +51,8 @@ pub enum SignalOut {
     Trickle { candidate_init: String, target: Target },
     /// The media side cannot go on (bad SDP, PC closed): the participant is disconnected.
     MediaFailed(String),
+    /// Drop the socket without leave (fault hook, or replaced by a resume).
+    DropSocket,
 }
 
 pub(crate) async fn rtc_v1_not_found() -> Response {
@@ -92,7 +97,11 @@ pub(crate) async fn rtc_ws(
         Err(e) => return e.into_response(),
     };
     let auto_subscribe = q.get("auto_subscribe").map(|v| v != "0" && v != "false").unwrap_or(true);
-    ws.on_upgrade(move |sock| participant_conn(sh, sock, claims, auto_subscribe))
+    let resume = matches!(q.get("reconnect").map(String::as_str), Some("1") | Some("true"));
+    match (resume, q.get("sid").cloned()) {
+        (true, Some(sid)) => ws.on_upgrade(move |sock| resume_conn(sh, sock, claims, sid)),
+        _ => ws.on_upgrade(move |sock| participant_conn(sh, sock, claims, auto_subscribe)),
+    }
 }
 
 fn encode(r: Resp, json: bool) -> Message {
@@ -132,11 +141,13 @@ struct Session {
     pub_pc: u64,
     sub_pc: u64,
     json: bool,
+    /// The participant's signal generation this connection serves.
+    gen: u64,
 }
 
 async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_subscribe: bool) {
-    let (mut sink, mut stream) = sock.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<SignalOut>();
+    let (mut sink, stream) = sock.split();
+    let (tx, rx) = mpsc::unbounded_channel::<SignalOut>();
     let room_name = claims.video.room.clone();
     let identity = claims.sub.clone();
     let kind = ParticipantKind::from_claim(&claims.kind);
@@ -180,6 +191,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                 conn_id,
                 pcs: (conn_id * 2, conn_id * 2 + 1),
                 auto_subscribe,
+                signal_gen: 0,
             };
             let me = p.info();
             room.participants.insert(seq, p);
@@ -253,6 +265,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
         pub_pc: conn_id * 2,
         sub_pc: conn_id * 2 + 1,
         json: false,
+        gen: 0,
     };
     if sink.send(encode(Resp::Join(join), false)).await.is_err() {
         s.cleanup("signal send failed");
@@ -267,16 +280,33 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
         tracks,
     });
 
+    let exit = serve(&mut s, sink, stream, rx).await;
+    s.finish(exit);
+}
+
+/// How a signalling connection ended.
+enum Exit {
+    /// Leave (either side), refused media, shutdown: the participant is gone now.
+    Gone(String),
+    /// The socket was lost without leave: the participant may resume within the grace.
+    Lost(String),
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc::UnboundedReceiver<SignalOut>) -> Exit {
+    let sh = s.sh.clone();
     let mut shutdown = sh.shutdown.subscribe();
-    let reason = loop {
+    loop {
         tokio::select! {
             _ = shutdown.changed() => {
                 let _ = sink.send(encode(leave_msg(proto::DisconnectReason::ServerShutdown), s.json)).await;
                 let _ = sink.close().await;
-                break "server shutdown".to_string();
+                return Exit::Gone("server shutdown".into());
             }
             out = rx.recv() => {
-                let Some(out) = out else { break "signal channel closed".into() };
+                let Some(out) = out else { return Exit::Lost("signal channel closed".into()) };
                 let (msg, end) = match out {
                     SignalOut::Update(ps) => (Resp::Update(proto::ParticipantUpdate { participants: ps }), None),
                     SignalOut::Offer { sdp, id } => (Resp::Offer(sd("offer", sdp, id)), None),
@@ -293,18 +323,22 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                         sh.emit_now(ServerEvent::ProtocolError { peer: s.identity.clone(), detail: reason.clone() });
                         (leave_msg(proto::DisconnectReason::StateMismatch), Some(reason))
                     }
+                    SignalOut::DropSocket => {
+                        // Fault hook: vanish like a broken network (no close frame, no leave).
+                        return Exit::Lost("signalling dropped by test hook".into());
+                    }
                 };
-                if sink.send(encode(msg, s.json)).await.is_err() { break "signal send failed".into(); }
+                if sink.send(encode(msg, s.json)).await.is_err() { return Exit::Lost("signal send failed".into()); }
                 if let Some(reason) = end {
                     let _ = sink.close().await;
-                    break reason;
+                    return Exit::Gone(reason);
                 }
             }
             frame = stream.next() => {
                 let frame = match frame {
                     Some(Ok(f)) => f,
-                    Some(Err(e)) => break format!("connection lost: {e}"),
-                    None => break "connection lost without leave".into(),
+                    Some(Err(e)) => return Exit::Lost(format!("connection lost without leave: {e}")),
+                    None => return Exit::Lost("connection lost without leave".into()),
                 };
                 let req = match &frame {
                     Message::Binary(b) => proto::SignalRequest::decode(b.as_ref()).map_err(|e| format!("undecodable SignalRequest: {e}")),
@@ -314,7 +348,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                         if r.is_ok() { s.json = true; }
                         r
                     }
-                    Message::Close(_) => break "connection closed without leave".into(),
+                    Message::Close(_) => return Exit::Lost("connection closed without leave".into()),
                     _ => continue,
                 };
                 let req = match req {
@@ -327,14 +361,94 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                     }
                 };
                 match s.handle(req) {
-                    Handled::Reply(r) => if sink.send(encode(r, s.json)).await.is_err() { break "signal send failed".into(); },
+                    Handled::Reply(r) => if sink.send(encode(*r, s.json)).await.is_err() { return Exit::Lost("signal send failed".into()); },
                     Handled::None => {}
-                    Handled::Leave => { let _ = sink.close().await; break "leave requested".into(); }
+                    Handled::Leave => { let _ = sink.close().await; return Exit::Gone("leave requested".into()); }
                 }
             }
         }
+    }
+}
+
+/// `/rtc?reconnect=1&sid=PA_..`: re-attach a new socket to a participant that lost its
+/// signalling (or whose old socket is still half-open). Answers `reconnect`; the peer
+/// connections are kept. Unknown sid: `leave` with action RECONNECT (do a full join).
+async fn resume_conn(sh: SharedRef, sock: WebSocket, claims: Claims, sid: String) {
+    let (mut sink, stream) = sock.split();
+    let (tx, rx) = mpsc::unbounded_channel::<SignalOut>();
+    let found = {
+        let mut g = sh.lock();
+        let room_name = claims.video.room.clone();
+        let hit = g.rooms.get_mut(&room_name).and_then(|r| {
+            r.participants.values_mut().find(|p| p.sid == sid && p.identity == claims.sub)
+        });
+        match hit {
+            None => None,
+            Some(p) => {
+                if let Some(old) = p.signal.replace(tx.clone()) {
+                    let _ = old.send(SignalOut::DropSocket);
+                }
+                p.signal_gen += 1;
+                let found = (p.conn_id, p.pcs, p.signal_gen);
+                sh.emit(&mut g, ServerEvent::ParticipantResumed { room: room_name, identity: claims.sub.clone() });
+                Some(found)
+            }
+        }
     };
-    s.cleanup(&reason);
+    let Some((conn_id, (pub_pc, sub_pc), gen)) = found else {
+        tracing::info!(identity = %claims.sub, %sid, "resume for an unknown participant: asking for a full reconnect");
+        let _ = sink
+            .send(encode(
+                Resp::Leave(proto::LeaveRequest {
+                    can_reconnect: true,
+                    reason: proto::DisconnectReason::StateMismatch as i32,
+                    action: proto::leave_request::Action::Reconnect as i32,
+                    regions: None,
+                }),
+                false,
+            ))
+            .await;
+        let _ = sink.close().await;
+        return;
+    };
+    tracing::info!(room = %claims.video.room, identity = %claims.sub, "participant resumed");
+    let resp = Resp::Reconnect(proto::ReconnectResponse {
+        server_info: Some(server_info(&sh)),
+        ..Default::default()
+    });
+    let mut s = Session {
+        sh: sh.clone(),
+        room: claims.video.room.clone(),
+        identity: claims.sub.clone(),
+        conn_id,
+        pub_pc,
+        sub_pc,
+        json: false,
+        gen,
+    };
+    // As the real server: the reconnect answer, then the full participant list (self
+    // included) so the client can reconcile what it missed, then the room.
+    let (everyone, room) = {
+        let g = sh.lock();
+        match g.rooms.get(&s.room) {
+            Some(r) => (r.participants.values().map(|p| p.info()).collect::<Vec<_>>(), Some(r.proto())),
+            None => (Vec::new(), None),
+        }
+    };
+    let mut msgs = vec![resp, Resp::Update(proto::ParticipantUpdate { participants: everyone })];
+    if let Some(room) = room {
+        msgs.push(Resp::RoomUpdate(proto::RoomUpdate { room: Some(room) }));
+    }
+    for m in msgs {
+        if sink.send(encode(m, false)).await.is_err() {
+            s.finish(Exit::Lost("signal send failed".into()));
+            return;
+        }
+    }
+    // Offers sent while the socket was gone are re-sent on the new one.
+    sh.media.send(MediaCmd::ReplaceSignal { pub_pc, sub_pc, signal: tx });
+    let exit = serve(&mut s, sink, stream, rx).await;
+    s.finish(exit);
 }
 
 fn sd(kind: &str, sdp: String, id: u32) -> proto::SessionDescription {
@@ -342,7 +456,7 @@ fn sd(kind: &str, sdp: String, id: u32) -> proto::SessionDescription {
 }
 
 enum Handled {
-    Reply(Resp),
+    Reply(Box<Resp>),
     None,
     Leave,
 }
@@ -390,9 +504,9 @@ impl Session {
                 Handled::None
             }
             Req::Leave(_) => Handled::Leave,
-            Req::Ping(ts) => Handled::Reply(Resp::Pong(ts)),
+            Req::Ping(ts) => Handled::Reply(Box::new(Resp::Pong(ts))),
             Req::PingReq(p) => {
-                Handled::Reply(Resp::PongResp(proto::Pong { last_ping_timestamp: p.timestamp, timestamp: now_millis() }))
+                Handled::Reply(Box::new(Resp::PongResp(proto::Pong { last_ping_timestamp: p.timestamp, timestamp: now_millis() })))
             }
             other => {
                 tracing::debug!(identity = %self.identity, request = ?std::mem::discriminant(&other), "signal request ignored");
@@ -456,7 +570,53 @@ impl Session {
             track_sid,
             cid: a.cid.clone(),
         });
-        Handled::Reply(Resp::TrackPublished(proto::TrackPublishedResponse { cid: a.cid, track: Some(info) }))
+        Handled::Reply(Box::new(Resp::TrackPublished(proto::TrackPublishedResponse { cid: a.cid, track: Some(info) })))
+    }
+
+    /// End of one signalling connection: gone now, or after the resume grace.
+    fn finish(&self, exit: Exit) {
+        match exit {
+            Exit::Gone(reason) => self.cleanup(&reason),
+            Exit::Lost(reason) => {
+                let sh = self.sh.clone();
+                let gen = {
+                    let mut g = sh.lock();
+                    let Some(p) = g
+                        .rooms
+                        .get_mut(&self.room)
+                        .and_then(|r| r.participants.values_mut().find(|p| p.conn_id == self.conn_id))
+                    else {
+                        return;
+                    };
+                    if p.signal_gen != self.gen {
+                        return; // a resume already replaced this connection
+                    }
+                    p.signal = None;
+                    let gen = p.signal_gen;
+                    sh.emit(&mut g, ServerEvent::SignalLost {
+                        room: self.room.clone(),
+                        identity: self.identity.clone(),
+                        reason: reason.clone(),
+                    });
+                    gen
+                };
+                tracing::info!(room = %self.room, identity = %self.identity, %reason, "signalling lost; waiting for a resume");
+                let me = Session { sh: sh.clone(), room: self.room.clone(), identity: self.identity.clone(), json: false, ..*self };
+                tokio::spawn(async move {
+                    tokio::time::sleep(me.sh.cfg.reconnect_grace).await;
+                    let still_lost = {
+                        let g = me.sh.lock();
+                        g.rooms
+                            .get(&me.room)
+                            .and_then(|r| r.participants.values().find(|p| p.conn_id == me.conn_id))
+                            .is_some_and(|p| p.signal.is_none() && p.signal_gen == gen)
+                    };
+                    if still_lost {
+                        me.cleanup(&reason);
+                    }
+                });
+            }
+        }
     }
 
     fn cleanup(&self, reason: &str) {

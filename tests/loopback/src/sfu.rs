@@ -72,6 +72,8 @@ pub(crate) enum MediaCmd {
     RemoteCandidate { pc: PcId, candidate: String },
     Subscribe { sub_pc: PcId, track: OutTrackSpec },
     RemoveParticipant { pub_pc: PcId, sub_pc: PcId },
+    /// A resumed participant's new signalling sink; a pending subscriber offer is re-sent.
+    ReplaceSignal { pub_pc: PcId, sub_pc: PcId, signal: mpsc::UnboundedSender<SignalOut> },
     /// Stop forwarding these tracks (their publisher left).
     TracksGone { track_sids: Vec<String> },
 }
@@ -110,6 +112,8 @@ struct Pc {
     pending_offer: Option<(SdpPendingOffer, Vec<(usize, Mid)>)>,
     out: Vec<OutTrack>,
     offer_id: u32,
+    /// The last offer sent (re-sent after a resume if still unanswered).
+    last_offer: Option<String>,
     candidate_sent: bool,
 }
 
@@ -326,13 +330,14 @@ impl Engine {
                             pending_offer: None,
                             out: Vec::new(),
                             offer_id: 0,
+                            last_offer: None,
                             candidate_sent: false,
                         },
                     );
                 }
                 let pc = self.pcs.get_mut(&sub_pc).expect("just inserted");
                 pc.out.extend(tracks.into_iter().map(|spec| OutTrack { spec, mid: None, open: false }));
-                self.offer_subscriber(sub_pc, true);
+                self.offer_subscriber(sub_pc, true, false);
             }
             MediaCmd::PendingTrack { pub_pc, cid, track_sid } => {
                 if let Some(pc) = self.pcs.get_mut(&pub_pc) {
@@ -414,7 +419,7 @@ impl Engine {
                     self.emit(ServerEvent::TrackSubscribed { room: room.clone(), subscriber: identity.clone(), track_sid });
                 }
                 // Tracks queued while that offer was pending.
-                self.offer_subscriber(id, false);
+                self.offer_subscriber(id, false, false);
             }
             MediaCmd::RemoteCandidate { pc: id, candidate } => {
                 let Some(pc) = self.pcs.get_mut(&id) else { return };
@@ -434,13 +439,34 @@ impl Engine {
                     return;
                 }
                 pc.out.push(OutTrack { spec: track, mid: None, open: false });
-                self.offer_subscriber(sub_pc, false);
+                self.offer_subscriber(sub_pc, false, false);
             }
             MediaCmd::RemoveParticipant { pub_pc, sub_pc } => {
                 for id in [pub_pc, sub_pc] {
                     if let Some(mut pc) = self.pcs.remove(&id) {
                         pc.rtc.disconnect();
                     }
+                }
+            }
+            MediaCmd::ReplaceSignal { pub_pc, sub_pc, signal } => {
+                let mut restart = false;
+                for id in [pub_pc, sub_pc] {
+                    if let Some(pc) = self.pcs.get_mut(&id) {
+                        pc.signal = signal.clone();
+                        if pc.target != Target::Subscriber {
+                            continue;
+                        }
+                        match (&pc.pending_offer, &pc.last_offer) {
+                            (Some(_), Some(sdp)) => {
+                                let _ = pc.signal.send(SignalOut::Offer { sdp: sdp.clone(), id: pc.offer_id });
+                            }
+                            _ => restart = true,
+                        }
+                    }
+                }
+                // As the real server does after a resume: an ICE restart offer on the subscriber.
+                if restart {
+                    self.offer_subscriber(sub_pc, false, true);
                 }
             }
             MediaCmd::TracksGone { track_sids } => {
@@ -457,7 +483,7 @@ impl Engine {
 
     /// Send a subscriber offer with every track not yet offered (and the data channels on
     /// the first one), unless an offer is already pending.
-    fn offer_subscriber(&mut self, id: PcId, initial: bool) {
+    fn offer_subscriber(&mut self, id: PcId, initial: bool, ice_restart: bool) {
         let addr = self.addr;
         let Some(pc) = self.pcs.get_mut(&id) else { return };
         if pc.pending_offer.is_some() {
@@ -465,10 +491,13 @@ impl Engine {
         }
         let todo: Vec<usize> =
             pc.out.iter().enumerate().filter(|(_, o)| o.mid.is_none() && !o.open).map(|(i, _)| i).collect();
-        if todo.is_empty() && !initial {
+        if todo.is_empty() && !initial && !ice_restart {
             return;
         }
         let mut api = pc.rtc.sdp_api();
+        if ice_restart {
+            api.ice_restart(true);
+        }
         if initial {
             api.add_channel_with_config(ChannelConfig {
                 label: "_reliable".into(),
@@ -496,6 +525,7 @@ impl Engine {
         pc.pending_offer = Some((pending, mids));
         pc.offer_id += 1;
         let sdp = offer.to_sdp_string();
+        pc.last_offer = Some(sdp.clone());
         let _ = pc.signal.send(SignalOut::Offer { sdp: sdp.clone(), id: pc.offer_id });
         send_candidate(pc, addr, &sdp);
     }

@@ -58,6 +58,10 @@ pub enum ServerEvent {
     TrackSubscribed { room: String, subscriber: String, track_sid: String },
     /// The first RTP packet of a published track reached the SFU.
     MediaFlowing { room: String, identity: String, track_sid: String },
+    /// A participant's signalling socket ended without leave; it may resume within the grace.
+    SignalLost { room: String, identity: String, reason: String },
+    /// A participant re-attached its signalling with `reconnect=1&sid=`.
+    ParticipantResumed { room: String, identity: String },
     /// A peer connection reached ICE connected (`target` is "publisher"/"subscriber").
     PeerConnected { room: String, identity: String, target: String },
 }
@@ -162,7 +166,7 @@ pub struct DispatchSnapshot {
 /// What the connection task of a worker can be asked to do.
 #[derive(Debug)]
 pub enum WorkerOut {
-    Msg(proto::ServerMessage),
+    Msg(Box<proto::ServerMessage>),
     /// Send this frame as is (fault injection).
     Raw(RawFrame),
     /// Drop the TCP connection without a close frame.
@@ -245,6 +249,8 @@ pub(crate) struct Participant {
     /// (publisher PC id, subscriber PC id) in the media engine.
     pub pcs: (u64, u64),
     pub auto_subscribe: bool,
+    /// Bumped by every resume; a grace timer only removes the participant of its generation.
+    pub signal_gen: u64,
 }
 
 impl Participant {

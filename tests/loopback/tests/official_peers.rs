@@ -14,6 +14,7 @@ use prost::Message as _;
 const T: Duration = Duration::from_secs(30);
 
 async fn server() -> LoopbackServer {
+    init_tracing();
     let _ = rustls::crypto::ring::default_provider().install_default();
     LoopbackServer::start(LoopbackConfig::default()).await.expect("server starts")
 }
@@ -232,5 +233,54 @@ async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
     agent.event("room_left", T).await;
     agent.terminate(Duration::from_secs(10)).await;
     s.wait_for(T, |s| s.worker(&worker_id).filter(|w| !w.connected)).await.unwrap();
+    s.shutdown().await;
+}
+
+/// The SDK's signalling socket is cut mid-speech (no close frame): the SDK resumes with
+/// `reconnect=1&sid=` within the grace, stays the same participant, and keeps hearing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_participant_resumes_after_a_signalling_cut_and_keeps_hearing() {
+    let s = server().await;
+    let dir = scratch("resume");
+    let src = dir.join("speech.wav");
+    espeak("Раз, два, три, четыре, пять. Вышел зайчик погулять. Вдруг охотник выбегает.", &src);
+    let rec = dir.join("recorded.wav");
+    let ws_url = s.ws_url();
+    let t_listener = s.participant_token("resume-room", "listener");
+    let mut listener = Peer::spawn(
+        "listener",
+        "participant.py",
+        &["record", "--url", &ws_url, "--token", &t_listener, "--out", rec.to_str().unwrap(), "--seconds", "15", "--from-identity", "speaker"],
+        &[],
+        &dir,
+    );
+    listener.event("connected", T).await;
+    let t_speaker = s.participant_token("resume-room", "speaker");
+    let mut speaker = Peer::spawn(
+        "speaker",
+        "participant.py",
+        &["publish", "--url", &ws_url, "--token", &t_speaker, "--wav", src.to_str().unwrap(), "--wait-for-subscriber", "0.3"],
+        &[],
+        &dir,
+    );
+    speaker.event("speech_start", T).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sid_before = s.room("resume-room").unwrap().participants.iter().find(|p| p.identity == "listener").unwrap().sid.clone();
+    assert!(s.drop_participant_signal("resume-room", "listener"));
+    s.wait_for_event(T, |e| matches!(e, ServerEvent::ParticipantResumed { identity, .. } if identity == "listener").then_some(()))
+        .await
+        .unwrap();
+    speaker.wait_success(T).await;
+    listener.wait_success(T).await;
+    let ev = s.events();
+    assert!(
+        !ev.iter().any(|e| matches!(e, ServerEvent::ParticipantLeft { identity, reason, .. } if identity == "listener" && !reason.contains("leave"))),
+        "the listener was removed instead of resumed: {ev:?}"
+    );
+    let joins = ev.iter().filter(|e| matches!(e, ServerEvent::ParticipantJoined { identity, .. } if identity == "listener")).count();
+    assert_eq!(joins, 1, "a resume is not a new join");
+    let _ = sid_before;
+    let m = assert_speech_heard(&src, &rec);
+    eprintln!("MEASURED speech across a signalling cut: correlation {:.3}", m.correlation);
     s.shutdown().await;
 }

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 const T: Duration = Duration::from_secs(5);
 
 async fn server() -> LoopbackServer {
+    init_tracing();
     let _ = rustls::crypto::ring::default_provider().install_default();
     LoopbackServer::start(LoopbackConfig::default()).await.expect("server starts")
 }
@@ -306,5 +307,52 @@ async fn the_agent_leaving_the_room_terminates_its_job() {
         .await
         .unwrap();
     assert_eq!(reason, "agent left the room");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lost_socket_may_resume_within_the_grace_and_is_removed_after_it() {
+    init_tracing();
+    let s = LoopbackServer::start(LoopbackConfig { reconnect_grace: Duration::from_millis(400), ..Default::default() })
+        .await
+        .unwrap();
+    let (_other, _) = join(&s, "grace", "other").await;
+    let (a, ja) = join(&s, "grace", "alice").await;
+    let sid = ja.participant.unwrap().sid;
+    let token = s.participant_token("grace", "alice");
+    // Cut (TCP dropped): alice stays in the room, then resumes with reconnect=1&sid.
+    drop(a);
+    s.wait_for_event(T, |e| matches!(e, ServerEvent::SignalLost { identity, .. } if identity == "alice").then_some(())).await.unwrap();
+    assert_eq!(s.room("grace").unwrap().participants.len(), 2);
+    let mut r = rtc_connect_query(&s.ws_url(), &token, &format!("reconnect=1&sid={sid}&protocol=16")).await.unwrap();
+    assert!(matches!(rtc_recv(&mut r, T).await, Some(Resp::Reconnect(_))), "reconnect answer first");
+    let update = rtc_until(&mut r, T, |m| match m {
+        Resp::Update(u) => Some(u.participants.clone()),
+        _ => None,
+    })
+    .await;
+    let mut ids: Vec<_> = update.iter().map(|p| p.identity.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["alice", "other"], "full participant list after a resume");
+    // Past the grace, the resumed alice is still there and served.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.room("grace").unwrap().participants.len(), 2);
+    rtc_send(&mut r, Req::PingReq(proto::Ping { timestamp: 9, rtt: 0 })).await;
+    rtc_until(&mut r, T, |m| matches!(m, Resp::PongResp(_)).then_some(())).await;
+
+    // A resume for an unknown sid is told to do a full reconnect.
+    let mut bad = rtc_connect_query(&s.ws_url(), &token, "reconnect=1&sid=PA_nope").await.unwrap();
+    match rtc_recv(&mut bad, T).await {
+        Some(Resp::Leave(l)) => assert_eq!(l.action, proto::leave_request::Action::Reconnect as i32),
+        other => panic!("expected leave/RECONNECT, got {other:?}"),
+    }
+
+    // Cut again and do not come back: removed after the grace.
+    let cut_at = std::time::Instant::now();
+    assert!(s.drop_participant_signal("grace", "alice"));
+    s.wait_for_event(T, |e| matches!(e, ServerEvent::ParticipantLeft { identity, .. } if identity == "alice").then_some(())).await.unwrap();
+    let waited = cut_at.elapsed();
+    assert!(waited >= Duration::from_millis(350), "removed before the grace: {waited:?}");
+    assert_eq!(s.room("grace").unwrap().participants.len(), 1);
     s.shutdown().await;
 }

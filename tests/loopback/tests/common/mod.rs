@@ -15,6 +15,16 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
+/// Server logs in the test output when RUST_LOG is set (e.g. `RUST_LOG=livekit_loopback=debug`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
@@ -293,7 +303,11 @@ pub fn write_wav(path: &Path, rate: u32, x: &[f32]) {
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn rtc_connect(ws_url: &str, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let mut req = format!("{ws_url}/rtc?protocol=16&auto_subscribe=1").into_client_request().unwrap();
+    rtc_connect_query(ws_url, token, "protocol=16&auto_subscribe=1").await
+}
+
+pub async fn rtc_connect_query(ws_url: &str, token: &str, query: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("{ws_url}/rtc?{query}").into_client_request().unwrap();
     req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
     tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
 }
