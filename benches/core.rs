@@ -37,7 +37,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn append_benchmark(consultations: usize, messages_each: usize) {
+/// `pace`: None = every consultation appends as fast as it can (saturation); Some(d) = one
+/// message every `d` per consultation (a steady offered load).
+async fn append_benchmark(consultations: usize, messages_each: usize, pace: Option<Duration>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("bench.db"), "normal").unwrap());
     for i in 0..consultations {
@@ -58,7 +60,15 @@ async fn append_benchmark(consultations: usize, messages_each: usize) {
         tasks.push(tokio::spawn(async move {
             let id = SessionId::parse(&format!("bench-{i}")).unwrap();
             let mut latencies = Vec::with_capacity(messages_each);
+            let mut ticker = pace.map(|d| {
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d.mul_f64(i as f64 / consultations as f64), d);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             for seq in 1..=messages_each as u32 {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
                 let message = DialogueMessage {
                     seq,
                     role: if seq % 2 == 0 { Role::Assistant } else { Role::User },
@@ -80,7 +90,8 @@ async fn append_benchmark(consultations: usize, messages_each: usize) {
     let elapsed = start.elapsed();
     all.sort();
     println!(
-        "store append: {consultations} concurrent consultations x {messages_each} messages = {} messages in {:.2} s -> {:.0} messages/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "store append ({}): {consultations} concurrent consultations x {messages_each} messages = {} messages in {:.2} s -> {:.0} messages/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        match pace { None => "saturated".to_owned(), Some(d) => format!("paced, 1 message / {} ms each", d.as_millis()) },
         all.len(),
         elapsed.as_secs_f64(),
         all.len() as f64 / elapsed.as_secs_f64(),
@@ -122,7 +133,9 @@ async fn idle_trees(count: usize) {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        append_benchmark(200, 50).await;
+        append_benchmark(200, 50, None).await;
+        // 200 x 25 messages/s = 5,000 messages/s offered.
+        append_benchmark(200, 50, Some(Duration::from_millis(40))).await;
         idle_trees(1000).await;
     });
 }

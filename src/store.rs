@@ -61,6 +61,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writes: std_mpsc::Sender<(Write, Reply)>,
     reader: Arc<Mutex<Connection>>,
+    /// The checkpoint thread runs while this lives.
+    _alive: Arc<()>,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -84,13 +86,25 @@ impl SqliteStore {
         }
         let writer = open(path, synchronous)?;
         writer.execute_batch(SCHEMA).map_err(io)?;
+        // Checkpoints (the fsync-heavy part of WAL) run on their own thread, never inside a
+        // commit that a consultation is waiting for.
+        writer.pragma_update(None, "wal_autocheckpoint", 0).map_err(io)?;
+        let alive = Arc::new(());
+        let checkpointer = open(path, synchronous)?;
+        thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn({
+                let alive = Arc::downgrade(&alive);
+                move || checkpoint_loop(checkpointer, alive)
+            })
+            .map_err(io)?;
         let reader = open(path, synchronous)?;
         let (tx, rx) = std_mpsc::channel::<(Write, Reply)>();
         thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer, rx))
             .map_err(io)?;
-        Ok(Self { path: path.to_owned(), writes: tx, reader: Arc::new(Mutex::new(reader)) })
+        Ok(Self { path: path.to_owned(), writes: tx, reader: Arc::new(Mutex::new(reader)), _alive: alive })
     }
 
     pub fn path(&self) -> &Path {
@@ -254,6 +268,27 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Copies the WAL back into the database every second without blocking the writer (PASSIVE),
+/// and truncates it when it has grown large. Ends with the store.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
+    loop {
+        thread::sleep(std::time::Duration::from_secs(1));
+        if alive.upgrade().is_none() {
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            return;
+        }
+        let wal_pages: rusqlite::Result<(i64, i64, i64)> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)));
+        match wal_pages {
+            Ok((_, log, done)) if log > 10_000 && log == done => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+        }
+    }
 }
 
 /// Group commit: take everything queued, apply it in one transaction, answer everyone.
