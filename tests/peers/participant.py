@@ -67,6 +67,9 @@ async def publish(args):
     silence = np.zeros(FRAME, dtype=np.int16)
     for _ in range(int(args.lead_in * 100)):
         await push(source, silence)
+    if args.data_marker:
+        # A reliable data packet next to the audio (relayed by the server's data channels).
+        await room.local_participant.publish_data(args.data_marker.encode(), reliable=True, topic="marker")
     say("speech_start")
     for i in range(0, len(pcm), FRAME):
         chunk = pcm[i : i + FRAME]
@@ -115,6 +118,11 @@ async def record(args):
         say("subscribed", track_sid=publication.sid, from_identity=participant.identity)
         asyncio.ensure_future(read(track, participant))
 
+    @room.on("data_received")
+    def on_data(packet):
+        who = packet.participant.identity if packet.participant else ""
+        say("data", from_identity=who, topic=packet.topic, payload=packet.data.decode(errors="replace"))
+
     @room.on("participant_connected")
     def on_join(p):
         say("participant_connected", identity=p.identity, kind=int(p.kind))
@@ -158,6 +166,7 @@ def main():
     p.add_argument("--lead-in", type=float, default=0.5)
     p.add_argument("--linger", type=float, default=1.0)
     p.add_argument("--wait-for-subscriber", type=float, default=0.0)
+    p.add_argument("--data-marker", default="", help="send this as a reliable data packet (topic 'marker') before the speech")
     r = sub.add_parser("record")
     r.add_argument("--url", required=True)
     r.add_argument("--token", required=True)

@@ -12,7 +12,9 @@
 //!   [`crate::LoopbackConfig::reconnect_grace`]; `/rtc?reconnect=1&sid=PA_..` within it gets
 //!   `reconnect` (ReconnectResponse) and the same participant; after it, the participant is
 //!   removed ("agent left the room" for an agent). Unknown sid: `leave` with action RECONNECT.
-//! - Not implemented: simulcast/video, selective subscription, data packet relaying.
+//! - Data: DataPackets a client sends on `_reliable`/`_lossy` are relayed to the others'
+//!   subscriber PC channel of the same label, sender identity filled in by the server.
+//! - Not implemented: simulcast/video, selective subscription.
 
 #![allow(deprecated)] // ParticipantPermission.agent and disable_dtx are still what clients read
 
@@ -267,6 +269,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
         json: false,
         gen: 0,
     };
+    let participant_sid = join.participant.as_ref().map(|p| p.sid.clone()).unwrap_or_default();
     if sink.send(encode(Resp::Join(join), false)).await.is_err() {
         s.cleanup("signal send failed");
         return;
@@ -274,6 +277,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
     sh.media.send(MediaCmd::AddParticipant {
         room: room_name.clone(),
         identity: identity.clone(),
+        participant_sid,
         pub_pc: s.pub_pc,
         sub_pc: s.sub_pc,
         signal: tx.clone(),

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::channel::{ChannelConfig, Reliability};
+use prost::Message as _;
+use str0m::channel::{ChannelConfig, ChannelData, ChannelId, Reliability};
 use str0m::media::{Direction, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
@@ -60,6 +61,7 @@ pub(crate) enum MediaCmd {
     AddParticipant {
         room: String,
         identity: String,
+        participant_sid: String,
         pub_pc: PcId,
         sub_pc: PcId,
         signal: mpsc::UnboundedSender<SignalOut>,
@@ -101,6 +103,9 @@ struct Pc {
     target: Target,
     room: String,
     identity: String,
+    participant_sid: String,
+    /// Open data channels by label.
+    channels: HashMap<String, ChannelId>,
     signal: mpsc::UnboundedSender<SignalOut>,
     rtc: Rtc,
     connected: bool,
@@ -276,13 +281,75 @@ impl Engine {
                 }
             }
             Event::MediaData(data) => self.forward(id, data),
-            Event::ChannelOpen(_, label) => {
-                if let Some(pc) = self.pcs.get(&id) {
+            Event::ChannelOpen(cid, label) => {
+                if let Some(pc) = self.pcs.get_mut(&id) {
                     tracing::debug!(identity = %pc.identity, target = pc.target.name(), %label, "data channel open");
+                    pc.channels.insert(label, cid);
                 }
             }
+            Event::ChannelData(cd) => self.relay_data(id, cd),
             _ => {}
         }
+    }
+
+    /// A DataPacket a client sent on one of its channels goes to the same-label channel of
+    /// every other participant's subscriber PC (or only to `destination_identities`), with the
+    /// sender filled in by the server as the real one does.
+    #[allow(deprecated)] // UserPacket's sender/destination fields: older clients still read them
+    fn relay_data(&mut self, from: PcId, cd: ChannelData) {
+        let Some(pc) = self.pcs.get(&from) else { return };
+        let (room, identity, psid) = (pc.room.clone(), pc.identity.clone(), pc.participant_sid.clone());
+        let Some(label) = pc.channels.iter().find(|(_, c)| **c == cd.id).map(|(l, _)| l.clone()) else { return };
+        let mut dp = match livekit_protocol::DataPacket::decode(cd.data.as_slice()) {
+            Ok(dp) => dp,
+            Err(err) => {
+                self.emit(ServerEvent::ProtocolError { peer: identity, detail: format!("undecodable DataPacket on {label}: {err}") });
+                return;
+            }
+        };
+        dp.participant_identity = identity.clone();
+        dp.participant_sid = psid.clone();
+        let mut dests = dp.destination_identities.clone();
+        let mut topic = String::new();
+        use livekit_protocol::data_packet::Value;
+        let kind = match &mut dp.value {
+            Some(Value::User(u)) => {
+                u.participant_identity = identity.clone();
+                u.participant_sid = psid;
+                dests.extend(u.destination_identities.iter().cloned());
+                topic = u.topic.clone().unwrap_or_default();
+                "user"
+            }
+            Some(Value::StreamHeader(h)) => {
+                topic = h.topic.clone();
+                "stream_header"
+            }
+            Some(Value::StreamChunk(_)) => "stream_chunk",
+            Some(Value::StreamTrailer(_)) => "stream_trailer",
+            Some(Value::Transcription(_)) => "transcription",
+            Some(Value::ChatMessage(_)) => "chat_message",
+            Some(Value::RpcRequest(_)) | Some(Value::RpcAck(_)) | Some(Value::RpcResponse(_)) => "rpc",
+            Some(_) => "other",
+            None => "empty",
+        };
+        let bytes = dp.encode_to_vec();
+        let mut recipients = Vec::new();
+        for pc in self.pcs.values_mut() {
+            if pc.target != Target::Subscriber || pc.room != room || pc.identity == identity {
+                continue;
+            }
+            if !dests.is_empty() && !dests.contains(&pc.identity) {
+                continue;
+            }
+            let Some(cid) = pc.channels.get(&label).copied() else { continue };
+            if let Some(mut ch) = pc.rtc.channel(cid) {
+                if ch.write(true, &bytes).is_ok() {
+                    recipients.push(pc.identity.clone());
+                }
+            }
+        }
+        tracing::debug!(%room, from = %identity, kind, %topic, ?recipients, "data relayed");
+        self.emit(ServerEvent::DataForwarded { room, from: identity, label, kind: kind.into(), topic, recipients });
     }
 
     fn forward(&mut self, from: PcId, data: MediaData) {
@@ -313,7 +380,7 @@ impl Engine {
 
     fn command(&mut self, c: MediaCmd) {
         match c {
-            MediaCmd::AddParticipant { room, identity, pub_pc, sub_pc, signal, tracks } => {
+            MediaCmd::AddParticipant { room, identity, participant_sid, pub_pc, sub_pc, signal, tracks } => {
                 for (id, target) in [(pub_pc, Target::Publisher), (sub_pc, Target::Subscriber)] {
                     self.pcs.insert(
                         id,
@@ -321,6 +388,8 @@ impl Engine {
                             target,
                             room: room.clone(),
                             identity: identity.clone(),
+                            participant_sid: participant_sid.clone(),
+                            channels: HashMap::new(),
                             signal: signal.clone(),
                             rtc: new_rtc(self.addr),
                             connected: false,

@@ -62,6 +62,9 @@ pub enum ServerEvent {
     SignalLost { room: String, identity: String, reason: String },
     /// A participant re-attached its signalling with `reconnect=1&sid=`.
     ParticipantResumed { room: String, identity: String },
+    /// A client's DataPacket (user data, text/byte stream, transcription, RPC...) was relayed
+    /// to the other participants (`recipients`) on the channel `label`.
+    DataForwarded { room: String, from: String, label: String, kind: String, topic: String, recipients: Vec<String> },
     /// A peer connection reached ICE connected (`target` is "publisher"/"subscriber").
     PeerConnected { room: String, identity: String, target: String },
 }

@@ -34,15 +34,32 @@ fn the_audio_checks_can_fail() {
     // Reversed speech: same energy and duration, wrong envelope.
     let rev: Vec<f32> = s.iter().rev().cloned().collect();
     write_wav(&dir.join("reversed.wav"), rate, &rev);
-    assert!(match_speech(&src, &dir.join("reversed.wav")).correlation < 0.8);
+    let rev_global = match_speech(&src, &dir.join("reversed.wav")).correlation;
+    eprintln!("reversed speech, global: {rev_global}");
+    assert!(rev_global < 0.8);
+    let chunked = match_speech_chunked(&src, &dir.join("reversed.wav"));
+    eprintln!("reversed speech, chunked: {chunked:?}");
+    assert!(chunked.0 < 0.8, "the gap-tolerant check accepts reversed speech: {chunked:?}");
+    // A recording with 300 ms of the speech cut out in the middle passes the gap-tolerant check.
+    let cut = s.len() / 2;
+    let mut gapped = vec![0.0; rate as usize / 2];
+    gapped.extend(&s[..cut]);
+    gapped.extend(&s[cut + rate as usize * 3 / 10..]);
+    gapped.extend(vec![0.0; rate as usize]);
+    write_wav(&dir.join("gapped.wav"), rate, &gapped);
+    let chunked = match_speech_chunked(&src, &dir.join("gapped.wav"));
+    eprintln!("gapped speech, chunked: {chunked:?}");
+    assert!(chunked.0 >= 0.8, "{chunked:?}");
     // Silence and a steady tone are not speech.
     write_wav(&dir.join("silence.wav"), rate, &vec![0.0; s.len() + rate as usize]);
     assert!(match_speech(&src, &dir.join("silence.wav")).correlation < 0.8);
+    assert!(match_speech_chunked(&src, &dir.join("silence.wav")).0 < 0.8);
     let tone: Vec<f32> = (0..s.len() + rate as usize)
         .map(|i| 0.3 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate as f32).sin())
         .collect();
     write_wav(&dir.join("tone.wav"), rate, &tone);
     assert!(match_speech(&src, &dir.join("tone.wav")).correlation < 0.8);
+    assert!(match_speech_chunked(&src, &dir.join("tone.wav")).0 < 0.8);
     // And the tone detector tells a tone from speech.
     assert!(tone_seconds(&dir.join("tone.wav"), 440.0) > 2.0);
     assert!(tone_seconds(&src, 440.0) < 0.5);
@@ -53,6 +70,7 @@ fn the_audio_checks_can_fail() {
 /// the server reports and cleans those up and the audio room is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
+    let _serial = peers_lock();
     let s = server().await;
     let dir = scratch("two-participants");
     let src = dir.join("speech.wav");
@@ -73,7 +91,7 @@ async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
     let mut speaker = Peer::spawn(
         "speaker",
         "participant.py",
-        &["publish", "--url", &ws_url, "--token", &t_speaker, "--wav", src.to_str().unwrap(), "--wait-for-subscriber", "0.3"],
+        &["publish", "--url", &ws_url, "--token", &t_speaker, "--wav", src.to_str().unwrap(), "--wait-for-subscriber", "0.3", "--data-marker", "hello-data"],
         &[],
         &dir,
     );
@@ -116,6 +134,9 @@ async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
 
     speaker.wait_success(T).await;
     listener.wait_success(T).await;
+    // The data packet went through the server's data channels, sender filled in.
+    let data = listener.event("data", T).await;
+    assert_eq!((data["from_identity"].as_str(), data["topic"].as_str(), data["payload"].as_str()), (Some("speaker"), Some("marker"), Some("hello-data")), "{data}");
 
     // The server saw what the peers did.
     let ev = s.events();
@@ -142,6 +163,7 @@ async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
 /// hears; deleting the room terminates the job, which ends with JS_SUCCESS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
+    let _serial = peers_lock();
     let s = server().await;
     let dir = scratch("agents-worker");
     let url = s.url();
@@ -240,6 +262,7 @@ async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
 /// `reconnect=1&sid=` within the grace, stays the same participant, and keeps hearing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_participant_resumes_after_a_signalling_cut_and_keeps_hearing() {
+    let _serial = peers_lock();
     let s = server().await;
     let dir = scratch("resume");
     let src = dir.join("speech.wav");
@@ -280,7 +303,7 @@ async fn sdk_participant_resumes_after_a_signalling_cut_and_keeps_hearing() {
     let joins = ev.iter().filter(|e| matches!(e, ServerEvent::ParticipantJoined { identity, .. } if identity == "listener")).count();
     assert_eq!(joins, 1, "a resume is not a new join");
     let _ = sid_before;
-    let m = assert_speech_heard(&src, &rec);
-    eprintln!("MEASURED speech across a signalling cut: correlation {:.3}", m.correlation);
+    let (corr, shift) = assert_speech_heard_across_a_gap(&src, &rec);
+    eprintln!("MEASURED speech across a signalling cut: two-part correlation {corr:.3}, timing shift {shift:.2}s");
     s.shutdown().await;
 }

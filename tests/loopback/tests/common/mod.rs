@@ -48,6 +48,13 @@ pub fn peers_python() -> PathBuf {
     p
 }
 
+/// Tests that run libwebrtc peers take this so they do not run at the same time: several
+/// real-time audio peers at once on a 2-core machine starve each other and glitch the audio.
+pub fn peers_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A Python peer process whose stdout JSON lines are collected as events.
 pub struct Peer {
     pub name: String,
@@ -248,6 +255,66 @@ pub fn match_speech(src: &Path, rec: &Path) -> SpeechMatch {
         recorded_s: r.len() as f32 / rr as f32,
         source_s: s.len() as f32 / sr as f32,
     }
+}
+
+/// Like [`match_speech`], but tolerant of one timing discontinuity (audio lost or stretched
+/// around a reconnect): the source is split at some point and each part gets its own
+/// alignment, both within ±0.5 s of the global best one (splits every 0.2 s, no split
+/// allowed too). Returns (best correlation of the two aligned parts together, the timing
+/// shift between the parts in seconds).
+pub fn match_speech_chunked(src: &Path, rec: &Path) -> (f32, f32) {
+    const WIN: u32 = 20;
+    let global = match_speech(src, rec);
+    let (sr, s) = read_wav(src);
+    let (rr, r) = read_wav(rec);
+    let es = envelope(sr, &s, WIN);
+    let er = envelope(rr, &r, WIN);
+    let g = (global.lag_s * 1000.0 / WIN as f32).round() as isize;
+    let slack = 25isize; // 0.5 s
+    let fits = |start: usize, len: usize, lag: isize| {
+        let r0 = start as isize + lag;
+        r0 >= 0 && (r0 as usize + len) <= er.len()
+    };
+    let mut best = (global.correlation, 0.0f32);
+    let mut a = Vec::with_capacity(es.len());
+    let mut b = Vec::with_capacity(es.len());
+    for k in (10..es.len().saturating_sub(10)).step_by(10) {
+        for l1 in g - slack..=g + slack {
+            if !fits(0, k, l1) {
+                continue;
+            }
+            for l2 in g - slack..=g + slack {
+                if !fits(k, es.len() - k, l2) {
+                    continue;
+                }
+                a.clear();
+                b.clear();
+                a.extend_from_slice(&es);
+                let r1 = l1 as usize;
+                b.extend_from_slice(&er[r1..r1 + k]);
+                let r2 = (k as isize + l2) as usize;
+                b.extend_from_slice(&er[r2..r2 + es.len() - k]);
+                let c = pearson(&a, &b);
+                if c > best.0 {
+                    best = (c, (l2 - l1) as f32 * WIN as f32 / 1000.0);
+                }
+            }
+        }
+    }
+    best
+}
+
+/// Assert that `rec` carries the speech of `src`, allowing one discontinuity (see
+/// [`match_speech_chunked`]).
+pub fn assert_speech_heard_across_a_gap(src: &Path, rec: &Path) -> (f32, f32) {
+    let m = match_speech(src, rec);
+    let chunked = match_speech_chunked(src, rec);
+    eprintln!("speech match: {m:?}, two-part (correlation, shift s): {chunked:?}");
+    assert!(m.recorded_s >= m.source_s, "recording shorter than the speech: {m:?}");
+    assert!(chunked.0 >= 0.8, "recorded envelope does not follow the speech, even in two parts: {chunked:?}");
+    let ratio = m.recorded_active_s / m.source_active_s.max(1e-3);
+    assert!((0.75..=1.25).contains(&ratio), "active speech duration differs: {m:?}");
+    chunked
 }
 
 /// Assert that `rec` carries the speech of `src`.
