@@ -24,6 +24,27 @@ pub enum Command {
     },
     /// Attach to a running worker's debug console (interactive, or --once for scripts).
     Console(ConsoleArgs),
+    /// Print a caller's join token for a consultation room as JSON {url, room, identity, token}.
+    Token {
+        #[arg(long)]
+        session_id: SessionId,
+        /// The caller's participant identity (A-Z a-z 0-9 _ - .).
+        #[arg(long, default_value = "caller")]
+        identity: String,
+        /// Also dispatch our agent through the token (roomConfig.agents), for rooms that are
+        /// not created with `room create`.
+        #[arg(long)]
+        dispatch: bool,
+    },
+    /// LiveKit rooms.
+    Room {
+        #[command(subcommand)]
+        action: RoomCommand,
+    },
+    /// Run the worker in production: report FULL at the load threshold, drain on SIGTERM/SIGINT.
+    Start,
+    /// Run the worker for development: debug logs, always available, a signal stops at once.
+    Dev,
 }
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +61,18 @@ pub struct ConsoleArgs {
     /// With --once: print JSON.
     #[arg(long, requires = "once")]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoomCommand {
+    /// Create the consultation room with an explicit dispatch of our agent and print the
+    /// caller's join JSON (like `token`).
+    Create {
+        #[arg(long)]
+        session_id: SessionId,
+        #[arg(long, default_value = "caller")]
+        identity: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -32,5 +32,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Sessions { action } => commands::sessions::run(&config, action).await,
         Command::Console(_) => unreachable!("handled before the config is loaded"),
+        Command::Token { session_id, identity, dispatch } => commands::token::run(&config, &session_id, &identity, dispatch),
+        Command::Room { action } => commands::room::run(&config, action).await,
+        Command::Start => commands::worker::run(&config, consultant::livekit::WorkerMode::Start).await,
+        Command::Dev => commands::worker::run(&config, consultant::livekit::WorkerMode::Dev).await,
     }
 }

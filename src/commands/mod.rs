@@ -1,4 +1,7 @@
 //! One module per CLI command.
 
 pub mod console;
+pub mod room;
 pub mod sessions;
+pub mod token;
+pub mod worker;

@@ -1,0 +1,70 @@
+//! Health HTTP endpoint (as livekit-agents' :8081): `GET /` answers 200 while the worker is
+//! registered with LiveKit and 503 (with the reason) while the link is down; `GET /worker`
+//! gives the worker view as JSON (registration, status, load, jobs, draining, RSS/CPU).
+
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+use consultant_actors::telemetry::Telemetry;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::livekit::link::LinkStatus;
+
+#[derive(Clone)]
+struct HealthState {
+    link: watch::Receiver<LinkStatus>,
+    telemetry: Telemetry,
+}
+
+pub struct HealthServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl HealthServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `listen` and serves in the background.
+pub async fn serve(listen: &str, link: watch::Receiver<LinkStatus>, telemetry: Telemetry) -> anyhow::Result<HealthServer> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on livekit.health_listen {listen}: {e} (is another worker running? change the port in config.toml)"))?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/", get(root))
+        .route("/worker", get(worker))
+        .with_state(HealthState { link, telemetry });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health endpoint failed");
+        }
+    });
+    tracing::info!(%addr, "health endpoint listening");
+    Ok(HealthServer { addr, task })
+}
+
+async fn root(State(s): State<HealthState>) -> impl IntoResponse {
+    let status = s.link.borrow().clone();
+    if status.registered {
+        (StatusCode::OK, format!("OK: registered with LiveKit as {}\n", status.worker_id.unwrap_or_default()))
+    } else {
+        let why = status.fatal.or(status.last_error).unwrap_or_else(|| "connecting".into());
+        (StatusCode::SERVICE_UNAVAILABLE, format!("LiveKit link down: {why}\n"))
+    }
+}
+
+async fn worker(State(s): State<HealthState>) -> impl IntoResponse {
+    Json(s.telemetry.worker())
+}
