@@ -36,11 +36,15 @@ impl HealthServer {
     }
 }
 
-/// Binds `listen` and serves in the background.
-pub async fn serve(listen: &str, link: watch::Receiver<LinkStatus>, telemetry: Telemetry) -> anyhow::Result<HealthServer> {
-    let listener = tokio::net::TcpListener::bind(listen)
+/// Binds `listen` (before the LiveKit link starts, so the endpoint answers from the start).
+pub async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on livekit.health_listen {listen}: {e} (is another worker running? change the port in config.toml)"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on livekit.health_listen {listen}: {e} (is another worker running? change the port in config.toml)"))
+}
+
+/// Serves on `listener` in the background.
+pub fn serve(listener: tokio::net::TcpListener, link: watch::Receiver<LinkStatus>, telemetry: Telemetry) -> anyhow::Result<HealthServer> {
     let addr = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/", get(root))

@@ -91,14 +91,9 @@ impl Worker {
             runner,
             telemetry: telemetry.clone(),
         };
+        let listener = health::bind(&config.livekit.health_listen).await?;
         let (link, link_task) = spawn_link(args, handler.supervisor().get_cell()).await.context("starting the LiveKit link")?;
-        let health = match health::serve(&config.livekit.health_listen, link.status.clone(), telemetry.clone()).await {
-            Ok(h) => h,
-            Err(e) => {
-                link.actor.stop(None);
-                return Err(e);
-            }
-        };
+        let health = health::serve(listener, link.status.clone(), telemetry.clone())?;
         tracing::info!(mode = mode.as_str(), url = %config.livekit.url, agent_name = %config.livekit.agent_name, "worker started");
         Ok(Worker {
             mode,

@@ -711,3 +711,184 @@ async fn the_link_gives_up_after_the_configured_tries() {
     assert_eq!(code, 503);
     r.stop().await;
 }
+
+// ----------------------------------------------------------------------------------------------
+// Drain: the real binary on SIGTERM, and a running consultation through the signal policy
+// ----------------------------------------------------------------------------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Binary {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    health: std::net::SocketAddr,
+}
+
+impl Binary {
+    fn spawn(server: &LoopbackServer, mode: &str, secret: &str) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let health: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        std::fs::write(dir.path().join("config.toml"), config_text(&server.url(), dir.path(), 4, 0.7, 16, &health.to_string())).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_consultant"))
+            .current_dir(dir.path())
+            .args(["--config", dir.path().join("config.toml").to_str().unwrap(), mode])
+            .env("LIVEKIT_API_KEY", "devkey")
+            .env("LIVEKIT_API_SECRET", secret)
+            // Never contacted: step 3 fails before a realtime session is opened.
+            .env("AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:9/")
+            .env("AZURE_OPENAI_API_KEY", "test-key")
+            .env("DEEPSEEK_API_KEY", "test-key")
+            .env("DEEPSEEK_BASE_URL", "http://127.0.0.1:9")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the consultant binary starts");
+        Binary { child, dir, health }
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args(["-s", name, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -s {name} failed");
+    }
+
+    /// Waits for the exit (bounded) and returns (code, stderr).
+    async fn wait_exit(mut self, within: Duration) -> (Option<i32>, String, tempfile::TempDir) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read as _;
+                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                return (status.code(), err, self.dir);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the worker did not exit within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs/agent.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_reports_step_3_failures() {
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let bin = Binary::spawn(&server, "start", "secret");
+    let worker_id = registered(&server, 1).await;
+    // The server registers the worker a moment before the worker hears about it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, body) = http_get(bin.health, "/").await;
+        if code == 200 {
+            assert!(body.contains(&worker_id), "{body}");
+            break;
+        }
+        assert_eq!(code, 503, "{body}");
+        assert!(Instant::now() < deadline, "health never turned 200: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A job fails at step 3 (no room media yet): JS_FAILED with the cause, the markers logged.
+    server.create_room("consultation-bin-1", &[AGENT]);
+    let job = job_for_room(&server, "consultation-bin-1").await;
+    let failed = server.wait_for_job_status(&job, JobStatus::JsFailed, WAIT).await.unwrap();
+    assert_eq!(failed.error, "STEP 3/5 FAILED: room media is not implemented yet (issue 7)");
+    let deadline = Instant::now() + WAIT;
+    while !bin.log().contains("STEP 3/5 FAILED: room media is not implemented yet (issue 7)") {
+        assert!(Instant::now() < deadline, "marker not in logs/agent.log:\n{}", bin.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = bin.log();
+    let order = ["=== AGENT ENTRYPOINT CALLED ===", "AGENT STEP 1/5", "AGENT STEP 2/5", "AGENT STEP 3/5", "STEP 3/5 FAILED"];
+    let positions: Vec<usize> = order.iter().map(|m| log.find(m).unwrap_or_else(|| panic!("{m} missing"))).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "markers out of order");
+    assert!(!log.contains("AGENT STEP 4/5"));
+
+    // SIGTERM: FULL (draining) is reported, then, with nothing running, a clean exit.
+    bin.signal("TERM");
+    let draining = server
+        .wait_for_event(WAIT, |e| match e {
+            ServerEvent::WorkerUpdated { worker_id: id, status: WorkerStatus::WsFull, .. } if *id == worker_id => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(draining.is_ok(), "FULL not reported on SIGTERM");
+    let (code, stderr, dir) = bin.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let log = std::fs::read_to_string(dir.path().join("logs/agent.log")).unwrap();
+    assert!(log.contains("draining") && log.contains("worker stopped"), "{log}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_binary_in_dev_mode_stops_at_once_and_a_bad_secret_exits_non_zero() {
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let bin = Binary::spawn(&server, "dev", "secret");
+    let worker_id = registered(&server, 1).await;
+    bin.signal("INT");
+    let (code, stderr, _dir) = bin.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!server.events().iter().any(|e| matches!(e, ServerEvent::WorkerUpdated { worker_id: id, status: WorkerStatus::WsFull, .. } if *id == worker_id)));
+
+    let bin = Binary::spawn(&server, "start", "wrong-secret");
+    let (code, stderr, _dir) = bin.wait_exit(Duration::from_secs(15)).await;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("HTTP 401") && stderr.contains("LIVEKIT_API_SECRET"), "{stderr}");
+    assert!(!stderr.contains("wrong-secret"), "the secret leaked: {stderr}");
+    server.shutdown().await;
+}
+
+/// The signal policy with a running consultation: the first SIGTERM drains (FULL, no new job,
+/// the call goes on), the second ends it properly (finalized, SUCCESS) and the worker stops.
+/// The only test here that signals this process: tokio's handler owns SIGTERM from `install`.
+#[tokio::test]
+async fn drain_lets_running_consultations_go_on_until_a_second_signal() {
+    let r = start(Setup { mode: WorkerMode::Start, ..Default::default() }).await;
+    let mut signals = consultant::worker::Signals::install().unwrap();
+    let worker_id = registered(&r.server, 1).await;
+    r.server.create_room("consultation-drain-1", &[AGENT]);
+    let job = job_for_room(&r.server, "consultation-drain-1").await;
+    r.server.wait_for_job_status(&job, JobStatus::JsRunning, WAIT).await.unwrap();
+    let sid = SessionId::parse("drain-1").unwrap();
+    r.worker().link().wait_for(|s| s.jobs == 1).await.unwrap();
+
+    let Running { server, mut worker, store, _dir, .. } = r;
+    let worker = worker.take().unwrap();
+    let handler = worker.handler().clone();
+    let link = worker.link().clone();
+    let run = tokio::spawn(async move { worker.run_until_signal(&mut signals).await });
+    let pid = std::process::id().to_string();
+    let kill = |sig: &str| assert!(Command::new("kill").args(["-s", sig, &pid]).status().unwrap().success());
+
+    kill("TERM");
+    server
+        .wait_for_event(WAIT, |e| match e {
+            ServerEvent::WorkerUpdated { worker_id: id, status: WorkerStatus::WsFull, .. } if *id == worker_id => Some(()),
+            _ => None,
+        })
+        .await
+        .expect("FULL while draining");
+    assert!(link.current().draining);
+    // A new consultation is not given to a draining worker; the running one goes on.
+    server.create_room("consultation-drain-2", &[AGENT]);
+    let refused = job_for_room(&server, "consultation-drain-2").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!server.job(&refused).unwrap().assigned);
+    assert!(handler.list().await.contains(&sid));
+    assert!(!run.is_finished());
+    assert_eq!(server.job(&job).unwrap().status, JobStatus::JsRunning);
+
+    kill("TERM");
+    let result = tokio::time::timeout(Duration::from_secs(15), run).await.expect("stops after the second signal").unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    server.wait_for_job_status(&job, JobStatus::JsSuccess, WAIT).await.expect("job SUCCESS after finalizing");
+    assert_eq!(session_status(&store, &sid).await, Some(SessionStatus::Completed));
+    server.shutdown().await;
+}
