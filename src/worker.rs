@@ -17,6 +17,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, RealtimeFlavour};
+use crate::console::{self, ConsoleControl};
+use crate::logging::LevelControl;
 use crate::entrypoint::{AgentDescription, Entrypoint, RoomConnector};
 use crate::health::{self, HealthServer};
 use crate::livekit::link::{spawn_link, LinkArgs, LinkHandle, LinkSettings};
@@ -134,7 +136,7 @@ impl Worker {
 
     async fn stop_after_final_reports(self) {
         let _ = tokio::time::timeout(FINAL_REPORT_WAIT, self.link.wait_for(|s| s.jobs == 0 || s.out_of_service())).await;
-        self.link.actor.stop(Some("worker shutdown".into()));
+        self.link.shutdown();
         if let Some(task) = self.link_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
@@ -173,6 +175,8 @@ impl Worker {
             let running = link.current().jobs;
             tracing::info!(signal = first, running_jobs = running, timeout = ?self.drain_timeout, "draining: no new jobs; running consultations may finish (signal again to stop now)");
             self.drain_hook().drain();
+            // LiveKit hears FULL before anything else happens (even if nothing is running).
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.wait_for(|s| s.draining || s.out_of_service())).await;
             tokio::select! {
                 _ = link.wait_for(|s| s.jobs == 0) => tracing::info!("drained: no consultation is running"),
                 _ = tokio::time::sleep(self.drain_timeout) => tracing::warn!("drain timeout reached; ending the running consultations"),
@@ -239,9 +243,30 @@ impl Signals {
     }
 }
 
-/// `consultant start` / `dev` once the adapters are built: runs until a signal.
-pub async fn run(config: &Config, mode: WorkerMode, parts: WorkerParts) -> anyhow::Result<()> {
+/// `consultant start` / `dev` once the adapters are built: the worker and, when enabled, the
+/// debug console (its drain action drains like SIGTERM); runs until a signal.
+pub async fn run(config: &Config, mode: WorkerMode, parts: WorkerParts, level: Option<LevelControl>) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let worker = Worker::start(config, mode, parts).await?;
-    worker.run_until_signal(&mut signals).await
+    let console = if config.console.enabled {
+        let drain = worker.drain_hook();
+        let control = ConsoleControl::new(worker.handler(), level, Arc::new(move || drain.drain()));
+        match console::serve(&config.console, control).await {
+            Ok(server) => {
+                tracing::info!(url = %server.url(), "debug console listening");
+                Some(server)
+            }
+            Err(e) => {
+                worker.shutdown().await;
+                return Err(anyhow::anyhow!("debug console: {e}"));
+            }
+        }
+    } else {
+        None
+    };
+    let result = worker.run_until_signal(&mut signals).await;
+    if let Some(console) = console {
+        console.shutdown().await;
+    }
+    result
 }

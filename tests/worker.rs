@@ -553,11 +553,25 @@ async fn availability_assignment_and_termination() {
         assert!(markers.iter().any(|l| l.contains(m)), "marker {m} missing");
     }
 
-    // At capacity (1): the next consultation is refused; so is a second job for the same session.
-    r.server.create_room("consultation-s2", &[AGENT]);
-    let second = job_for_room(&r.server, "consultation-s2").await;
-    assert!(!availability(&r.server, &second).await);
-    assert!(log_lines_with(&second).iter().any(|l| l.contains("at capacity")));
+    // At capacity (1) the worker reports load 1.0, so the server stops offering; a request that
+    // comes anyway (a server that ignores load) is refused with the reason.
+    let worker_id = r.server.job(&job).unwrap().worker_id.unwrap();
+    let offer = proto::AvailabilityRequest {
+        job: Some(proto::Job {
+            id: "AJ_overflow".into(),
+            r#type: proto::JobType::JtRoom as i32,
+            room: Some(proto::Room { name: "consultation-s2".into(), ..Default::default() }),
+            agent_name: AGENT.into(),
+            ..Default::default()
+        }),
+        resuming: false,
+    };
+    assert!(r.server.send_to_worker(&worker_id, proto::ServerMessage { message: Some(proto::server_message::Message::Availability(offer)) }));
+    let deadline = Instant::now() + WAIT;
+    while !log_lines_with("AJ_overflow").iter().any(|l| l.contains("refusing job") && l.contains("at capacity (1 of 1")) {
+        assert!(Instant::now() < deadline, "{:?}", log_lines_with("AJ_overflow"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // The console's worker view lists the job.
     let view = r.worker().telemetry().worker();
@@ -824,6 +838,7 @@ async fn the_binary_drains_on_sigterm_and_reports_step_3_failures() {
     assert_eq!(code, Some(0), "{stderr}");
     let log = std::fs::read_to_string(dir.path().join("logs/agent.log")).unwrap();
     assert!(log.contains("draining") && log.contains("worker stopped"), "{log}");
+    assert!(log.contains("debug console listening"), "the console runs in the worker: {log}");
     server.shutdown().await;
 }
 
@@ -892,3 +907,4 @@ async fn drain_lets_running_consultations_go_on_until_a_second_signal() {
     assert_eq!(session_status(&store, &sid).await, Some(SessionStatus::Completed));
     server.shutdown().await;
 }
+

@@ -6,20 +6,20 @@ use consultant_actors::ports::{AnketaExtractor, RealtimeConnector};
 
 use crate::config::{Config, RealtimeFlavour as ConfigFlavour, Service};
 use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
-use crate::realtime::{AzureRealtimeClient, RealtimeConfig, RealtimeFlavour, VadSettings};
 use crate::entrypoint::RoomMediaMissing;
 use crate::livekit::WorkerMode;
+use crate::realtime::{AzureRealtimeClient, RealtimeConfig, RealtimeFlavour, VadSettings};
 use crate::store::SqliteStore;
 use crate::worker::{self, WorkerParts};
 
 pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     config.require(&[Service::LiveKit, Service::Realtime, Service::DeepSeek])?;
-    let _log = crate::logging::init(&config.logging, mode == WorkerMode::Dev)
+    let log = crate::logging::init(&config.logging, mode == WorkerMode::Dev)
         .map_err(|e| anyhow::anyhow!("cannot open the log file in {}: {e}", config.logging.dir.display()))?;
     let store = Arc::new(SqliteStore::open(&config.storage.path, &config.storage.synchronous)?);
     let (connector, extractor) = adapters(config)?;
     let parts = WorkerParts { connector, extractor, store, rooms: Arc::new(RoomMediaMissing) };
-    let result = worker::run(config, mode, parts).await;
+    let result = worker::run(config, mode, parts, Some(log.level.clone())).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "worker failed");
     }

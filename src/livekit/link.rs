@@ -144,6 +144,8 @@ pub enum LinkMsg {
     JobFinished { job_id: String, result: Result<(), String> },
     /// Refuse new jobs and report FULL from now on.
     Drain,
+    /// Stop after what is already queued (a plain `stop` would jump the queue).
+    Shutdown,
 }
 
 /// A running link: its actor and its published status.
@@ -156,6 +158,11 @@ pub struct LinkHandle {
 impl LinkHandle {
     pub fn drain(&self) {
         let _ = self.actor.send_message(LinkMsg::Drain);
+    }
+
+    /// Stops the link once the messages already sent to it are handled.
+    pub fn shutdown(&self) {
+        let _ = self.actor.send_message(LinkMsg::Shutdown);
     }
 
     pub fn current(&self) -> LinkStatus {
@@ -531,6 +538,7 @@ impl Actor for WorkerLink {
                 }
                 state.send_status();
             }
+            LinkMsg::Shutdown => myself.stop(Some("worker shutdown".into())),
         }
         Ok(())
     }
@@ -706,7 +714,8 @@ async fn run_connection(me: ActorRef<LinkMsg>, generation: u64, url: url::Url, t
         }
     };
     request.headers_mut().insert(tungstenite::http::header::AUTHORIZATION, bearer);
-    let ws = match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+    // Nagle off: an update_worker right after an update_job must not wait for an ACK.
+    let ws = match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, None, true)).await {
         Err(_) => {
             let _ = me.send_message(failed(format!("connecting to {url} timed out after {CONNECT_TIMEOUT:?}"), false));
             return;
