@@ -70,7 +70,7 @@ fn the_audio_checks_can_fail() {
 /// the server reports and cleans those up and the audio room is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
-    let _serial = peers_lock();
+    let _serial = peers_lock().await;
     let s = server().await;
     let dir = scratch("two-participants");
     let src = dir.join("speech.wav");
@@ -163,7 +163,7 @@ async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
 /// hears; deleting the room terminates the job, which ends with JS_SUCCESS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
-    let _serial = peers_lock();
+    let _serial = peers_lock().await;
     let s = server().await;
     let dir = scratch("agents-worker");
     let url = s.url();
@@ -262,7 +262,7 @@ async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
 /// `reconnect=1&sid=` within the grace, stays the same participant, and keeps hearing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_participant_resumes_after_a_signalling_cut_and_keeps_hearing() {
-    let _serial = peers_lock();
+    let _serial = peers_lock().await;
     let s = server().await;
     let dir = scratch("resume");
     let src = dir.join("speech.wav");

@@ -50,9 +50,9 @@ pub fn peers_python() -> PathBuf {
 
 /// Tests that run libwebrtc peers take this so they do not run at the same time: several
 /// real-time audio peers at once on a 2-core machine starve each other and glitch the audio.
-pub fn peers_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+pub async fn peers_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// A Python peer process whose stdout JSON lines are collected as events.
