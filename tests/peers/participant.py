@@ -9,6 +9,13 @@ Used by the loopback server's integration tests as a peer we did not write.
       joins, records the first remote audio track (of ID if given) as 48 kHz mono PCM16
       for at most N seconds from its arrival or until its publisher leaves, writes the WAV.
 
+  participant.py call --url URL --token TOKEN --phrase a.wav@0.5 --phrase b.wav@4 \
+                 --out heard.wav --seconds 9 [--from-identity ID]
+      a caller: joins, waits for an agent's (kind AGENT, or ID's) audio track, then plays
+      its timeline (each phrase at its offset in seconds, silence elsewhere) for SECONDS
+      while recording what it hears on the SAME timeline: sample 0 of heard.wav is the
+      start of the caller's timeline, so energy windows can be checked against the phrases.
+
 Prints one JSON line per milestone on stdout (`{"event": ...}`) so the Rust test can follow
 it; exits non-zero on failure with the reason on stderr.
 """
@@ -156,6 +163,84 @@ async def record(args):
         sys.exit(2)
 
 
+async def call(args):
+    phrases = []
+    for spec in args.phrase:
+        path, _, at = spec.rpartition("@")
+        phrases.append((read_wav_48k_mono(path), float(at)))
+    total = int(args.seconds * SAMPLE_RATE)
+    timeline = np.zeros(total, dtype=np.int16)
+    for pcm, at in phrases:
+        start = int(at * SAMPLE_RATE)
+        n = max(0, min(len(pcm), total - start))
+        timeline[start : start + n] = pcm[:n]
+
+    room = rtc.Room()
+    heard = []  # (arrival time, samples)
+    got_track = asyncio.Event()
+    state = {"reading": False}
+
+    async def read(track):
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        async for ev in stream:
+            heard.append((time.monotonic(), np.frombuffer(ev.frame.data, dtype=np.int16).copy()))
+            if not state["reading"]:
+                break
+        await stream.aclose()
+
+    @room.on("track_subscribed")
+    def on_track(track, publication, participant):
+        if track.kind != rtc.TrackKind.KIND_AUDIO or got_track.is_set():
+            return
+        if args.from_identity and participant.identity != args.from_identity:
+            return
+        if not args.from_identity and participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return
+        say("subscribed", track_sid=publication.sid, from_identity=participant.identity, kind=int(participant.kind))
+        state["reading"] = True
+        got_track.set()
+        asyncio.ensure_future(read(track))
+
+    await room.connect(args.url, args.token)
+    say("connected", identity=room.local_participant.identity, room=room.name)
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+    track = rtc.LocalAudioTrack.create_audio_track("microphone", source)
+    opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    pub = await room.local_participant.publish_track(track, opts)
+    say("published", track_sid=pub.sid)
+    await asyncio.wait_for(got_track.wait(), timeout=args.max_wait)
+
+    t0 = time.monotonic()
+    say("timeline_start", phrases=[{"at": at, "seconds": round(len(p) / SAMPLE_RATE, 3)} for p, at in phrases])
+    for i in range(0, total, FRAME):
+        await push(source, timeline[i : i + FRAME] if i + FRAME <= total else np.pad(timeline[i:], (0, i + FRAME - total)))
+    await source.wait_for_playout()
+    await asyncio.sleep(0.3)
+    state["reading"] = False
+    await room.disconnect()
+
+    # Place what was heard on the caller's timeline by arrival time; a frame is appended after
+    # the previous one unless the clock says it came later than 60 ms after that point (then
+    # the gap is silence).
+    out = np.zeros(total, dtype=np.int16)
+    pos = None
+    for at, samples in heard:
+        # the frame's first sample was played about one frame before its arrival
+        by_clock = int(round((at - t0) * SAMPLE_RATE)) - len(samples)
+        if pos is None or by_clock - pos > int(0.06 * SAMPLE_RATE):
+            pos = by_clock
+        if pos >= 0:
+            n = max(0, min(len(samples), total - pos))
+            out[pos : pos + n] = samples[:n]
+        pos += len(samples)
+    with wave.open(args.out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(out.tobytes())
+    say("saved", seconds=round(total / SAMPLE_RATE, 3), frames_heard=len(heard), path=args.out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -174,11 +259,20 @@ def main():
     r.add_argument("--seconds", type=float, default=20, help="longest recording")
     r.add_argument("--max-wait", type=float, default=20, help="longest wait for a track")
     r.add_argument("--from-identity", default="")
+    c = sub.add_parser("call")
+    c.add_argument("--url", required=True)
+    c.add_argument("--token", required=True)
+    c.add_argument("--phrase", action="append", default=[], help="WAV@offset_seconds, repeatable")
+    c.add_argument("--out", required=True)
+    c.add_argument("--seconds", type=float, required=True, help="length of the timeline")
+    c.add_argument("--from-identity", default="")
+    c.add_argument("--max-wait", type=float, default=20, help="longest wait for the agent's track")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(publish(args) if args.cmd == "publish" else record(args))
+        run = {"publish": publish, "record": record, "call": call}[args.cmd]
+        asyncio.run(run(args))
     except Exception as e:  # report, do not hide
         print(f"{args.cmd} failed: {e!r}", file=sys.stderr)
         sys.exit(1)

@@ -1,6 +1,8 @@
 """A minimal agent on the official `livekit-agents` worker: registers on LIVEKIT_URL/agent
 as agent_name `tone-agent` (explicit dispatch only), and for every job joins the room and
-publishes a 440 Hz tone until the job ends.
+publishes one audio track until the job ends:
+  TONE_AGENT_MODE=tone (default)  a 440 Hz tone;
+  TONE_AGENT_MODE=echo            the audio of the first remote participant, played back.
 
 Environment: LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET. SIGTERM/SIGINT close the worker.
 Prints JSON lines on stdout (`{"event": ...}`) for the Rust test to follow.
@@ -10,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -45,6 +48,10 @@ async def entrypoint(ctx: JobContext):
     opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
     pub = await ctx.room.local_participant.publish_track(track, opts)
     say("published", track_sid=pub.sid)
+    if os.environ.get("TONE_AGENT_MODE", "tone") == "echo":
+        await echo(ctx, source)
+        say("room_left")
+        return
     n = 0
     t = np.arange(FRAME)
     while ctx.room.isconnected():
@@ -54,6 +61,27 @@ async def entrypoint(ctx: JobContext):
         await source.capture_frame(frame)
         n += 1
     say("room_left")
+
+
+async def echo(ctx: JobContext, source: rtc.AudioSource):
+    found = asyncio.get_running_loop().create_future()
+
+    def offer(track, participant):
+        if track is not None and track.kind == rtc.TrackKind.KIND_AUDIO and not found.done():
+            found.set_result((track, participant))
+
+    ctx.room.on("track_subscribed", lambda track, pub, participant: offer(track, participant))
+    for p in ctx.room.remote_participants.values():
+        for pub in p.track_publications.values():
+            offer(pub.track, p)
+    track, participant = await found
+    say("echoing", from_identity=participant.identity)
+    stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+    async for ev in stream:
+        if not ctx.room.isconnected():
+            break
+        await source.capture_frame(ev.frame)
+    await stream.aclose()
 
 
 async def main():

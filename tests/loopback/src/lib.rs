@@ -124,6 +124,9 @@ pub struct LoopbackConfig {
     /// How long a participant whose signalling socket was lost (no leave) stays in the room
     /// waiting for a resume (`/rtc?reconnect=1&sid=`) before it is removed.
     pub reconnect_grace: Duration,
+    /// Bound of the event log ([`LoopbackServer::events`]); `None` (the default, for tests)
+    /// keeps every event. The binary sets 10 000 so long manual runs do not grow forever.
+    pub max_logged_events: Option<usize>,
 }
 
 impl Default for LoopbackConfig {
@@ -138,6 +141,7 @@ impl Default for LoopbackConfig {
             assignment_url: None,
             server_version: "1.9.0-loopback".into(),
             reconnect_grace: Duration::from_secs(2),
+            max_logged_events: None,
         }
     }
 }

@@ -34,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("--keys must be key:secret")?;
     let cfg = LoopbackConfig {
         bind: std::net::SocketAddr::new(args.bind, args.port),
+        max_logged_events: Some(10_000),
         ..LoopbackConfig::with_keys(key, secret)
     };
     let server = LoopbackServer::start(cfg).await?;

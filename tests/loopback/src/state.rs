@@ -347,6 +347,13 @@ impl Shared {
     /// Record and broadcast an event. Call with the lock held (pass the guard).
     pub fn emit(&self, inner: &mut Inner, ev: ServerEvent) {
         tracing::debug!(event = ?ev, "loopback event");
+        if let Some(max) = self.cfg.max_logged_events {
+            if inner.events.len() >= max {
+                // Long manual runs: forget the oldest half (tests keep everything by default).
+                let drop = inner.events.len() / 2;
+                inner.events.drain(..drop);
+            }
+        }
         inner.events.push(ev.clone());
         let _ = self.events_tx.send(ev);
     }

@@ -307,3 +307,57 @@ async fn sdk_participant_resumes_after_a_signalling_cut_and_keeps_hearing() {
     eprintln!("MEASURED speech across a signalling cut: two-part correlation {corr:.3}, timing shift {shift:.2}s");
     s.shutdown().await;
 }
+
+/// A caller (SDK, `call` mode) speaks two phrases on a timeline while an official
+/// livekit-agents worker echoes what it hears: the caller's recording, placed on its own
+/// timeline, holds the phrases at their offsets, later by the round trip
+/// caller -> SFU -> agent -> SFU -> caller. This is the harness the end-to-end consultation
+/// test uses (phrases at known times, answers checked in windows), checked here first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_timeline_round_trips_through_an_echo_agent() {
+    let _serial = peers_lock().await;
+    let s = server().await;
+    let dir = scratch("echo-call");
+    let p1 = dir.join("p1.wav");
+    let p2 = dir.join("p2.wav");
+    espeak("Добрый день.", &p1);
+    espeak("Сколько стоит аренда помещения?", &p2);
+    let url = s.url();
+    let mut agent = Peer::spawn(
+        "echo-agent",
+        "tone_agent.py",
+        &[],
+        &[("LIVEKIT_URL", &url), ("LIVEKIT_API_KEY", "devkey"), ("LIVEKIT_API_SECRET", "secret"), ("TONE_AGENT_MODE", "echo")],
+        &dir,
+    );
+    agent.event("registered", T).await;
+    s.create_room("echo-room", &["tone-agent"]);
+    let heard = dir.join("heard.wav");
+    let token = s.participant_token("echo-room", "caller");
+    let (at1, at2, total) = (0.5f32, 3.5f32, 7.5f32);
+    let ph1 = format!("{}@{at1}", p1.display());
+    let ph2 = format!("{}@{at2}", p2.display());
+    let mut caller = Peer::spawn(
+        "caller",
+        "participant.py",
+        &["call", "--url", &s.ws_url(), "--token", &token, "--phrase", &ph1, "--phrase", &ph2, "--out", heard.to_str().unwrap(), "--seconds", &total.to_string()],
+        &[],
+        &dir,
+    );
+    let sub = caller.event("subscribed", T).await;
+    assert_eq!(sub["kind"], 4, "{sub}");
+    agent.event("echoing", T).await;
+    caller.wait_success(T).await;
+    let timeline = timeline_envelope(&[(&p1, at1), (&p2, at2)], total);
+    let (corr, delay) = match_delayed(&timeline, &heard, 1.5);
+    eprintln!("MEASURED caller timeline through the echo agent: correlation {corr:.3}, round trip {:.0} ms", delay * 1000.0);
+    assert!(corr >= 0.8, "the echoed phrases are not where the timeline says: corr {corr}, delay {delay}");
+    assert!(delay < 1.0, "round trip {delay}s");
+    // The same check refuses a wrong timeline (phrases swapped in time).
+    let swapped = timeline_envelope(&[(&p2, at1), (&p1, at2 + 1.0)], total);
+    let (wrong, _) = match_delayed(&swapped, &heard, 1.5);
+    assert!(wrong < 0.8, "a swapped timeline matched too: {wrong}");
+    s.close_room("echo-room");
+    agent.terminate(Duration::from_secs(10)).await;
+    s.shutdown().await;
+}

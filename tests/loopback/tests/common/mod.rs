@@ -328,6 +328,44 @@ pub fn assert_speech_heard(src: &Path, rec: &Path) -> SpeechMatch {
     m
 }
 
+/// The 20 ms envelope of a caller timeline: each phrase WAV placed at its offset (seconds),
+/// silence elsewhere, `total_s` long.
+pub fn timeline_envelope(phrases: &[(&Path, f32)], total_s: f32) -> Vec<f32> {
+    let n = (total_s * 50.0) as usize;
+    let mut env = vec![0.0f32; n];
+    for (path, at) in phrases {
+        let (rate, x) = read_wav(path);
+        let e = envelope(rate, &x, 20);
+        let start = (at * 50.0).round() as usize;
+        for (i, v) in e.iter().enumerate() {
+            if start + i < n {
+                env[start + i] = *v;
+            }
+        }
+    }
+    env
+}
+
+/// Best correlation of `rec`'s envelope with `timeline` delayed by 0..`max_delay_s`
+/// (the recording is on the same timeline, later by the round trip). Returns
+/// (correlation, delay in s).
+pub fn match_delayed(timeline: &[f32], rec: &Path, max_delay_s: f32) -> (f32, f32) {
+    let (rate, x) = read_wav(rec);
+    let er = envelope(rate, &x, 20);
+    let mut best = (0.0f32, 0.0f32);
+    for d in 0..=(max_delay_s * 50.0) as usize {
+        let n = timeline.len().min(er.len().saturating_sub(d));
+        if n < timeline.len() * 3 / 4 {
+            break;
+        }
+        let c = pearson(&timeline[..n], &er[d..d + n]);
+        if c > best.0 {
+            best = (c, d as f32 / 50.0);
+        }
+    }
+    best
+}
+
 /// Seconds of audio in which `freq` clearly dominates (Goertzel, 100 ms blocks): power at
 /// `freq` above 10x that at half and double the frequency, and level above -30 dBFS.
 pub fn tone_seconds(path: &Path, freq: f32) -> f32 {
