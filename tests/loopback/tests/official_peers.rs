@@ -150,9 +150,11 @@ async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
     }
     assert!(s.rooms().is_empty(), "rooms left over: {:?}", s.rooms());
 
-    let m = assert_speech_heard(&src, &rec);
+    // One timing discontinuity is tolerated (a loaded 2-core machine can make NetEq stretch).
+    let (corr, shift) = assert_speech_heard_across_a_gap(&src, &rec);
+    let m = match_speech(&src, &rec);
     eprintln!(
-        "MEASURED two-participant speech: correlation {:.3}, lag {:.2}s, active {:.2}s of {:.2}s",
+        "MEASURED two-participant speech: correlation {:.3} (two-part {corr:.3}, shift {shift:.2}s), lag {:.2}s, active {:.2}s of {:.2}s",
         m.correlation, m.lag_s, m.recorded_active_s, m.source_active_s
     );
     s.shutdown().await;
@@ -349,14 +351,22 @@ async fn a_caller_timeline_round_trips_through_an_echo_agent() {
     agent.event("echoing", T).await;
     caller.wait_success(T).await;
     let timeline = timeline_envelope(&[(&p1, at1), (&p2, at2)], total);
-    let (corr, delay) = match_delayed(&timeline, &heard, 1.5);
-    eprintln!("MEASURED caller timeline through the echo agent: correlation {corr:.3}, round trip {:.0} ms", delay * 1000.0);
-    assert!(corr >= 0.8, "the echoed phrases are not where the timeline says: corr {corr}, delay {delay}");
+    let (corr, corr_delay) = match_delayed(&timeline, &heard, 1.5);
+    let (f1, delay) = match_activity(&timeline, &heard, 1.5);
+    eprintln!(
+        "MEASURED caller timeline through the echo agent: activity F1 {f1:.3} at round trip {:.0} ms (envelope correlation {corr:.3} at {:.0} ms)",
+        delay * 1000.0,
+        corr_delay * 1000.0
+    );
+    assert!(f1 >= 0.85, "the echoed phrases are not where the timeline says: F1 {f1}, delay {delay}");
     assert!(delay < 1.0, "round trip {delay}s");
-    // The same check refuses a wrong timeline (phrases swapped in time).
+    // The same check refuses wrong timelines: phrases swapped, or all one second later.
     let swapped = timeline_envelope(&[(&p2, at1), (&p1, at2 + 1.0)], total);
-    let (wrong, _) = match_delayed(&swapped, &heard, 1.5);
-    assert!(wrong < 0.8, "a swapped timeline matched too: {wrong}");
+    let (wrong, _) = match_activity(&swapped, &heard, 1.5);
+    assert!(wrong < 0.85, "a swapped timeline matched too: {wrong}");
+    let late = timeline_envelope(&[(&p1, at1 + 1.0), (&p2, at2 + 1.0)], total);
+    let (wrong, _) = match_activity(&late, &heard, 0.5);
+    assert!(wrong < 0.85, "a timeline one second late matched too: {wrong}");
     s.close_room("echo-room");
     agent.terminate(Duration::from_secs(10)).await;
     s.shutdown().await;

@@ -366,6 +366,41 @@ pub fn match_delayed(timeline: &[f32], rec: &Path, max_delay_s: f32) -> (f32, f3
     best
 }
 
+/// Where speech is, not how loud: both envelopes are reduced to active/silent 20 ms windows
+/// (above 10% of their own peak); for every delay 0..`max_delay_s` the F1 score of the
+/// recording's activity against the timeline's (each side tolerant by ±60 ms) is computed.
+/// Returns (best F1, its delay in s). Robust to level changes and small time warps (NetEq,
+/// a loaded machine), strict about phrases being in the wrong place or of the wrong length.
+pub fn match_activity(timeline: &[f32], rec: &Path, max_delay_s: f32) -> (f32, f32) {
+    let (rate, x) = read_wav(rec);
+    let er = envelope(rate, &x, 20);
+    let active = |e: &[f32]| {
+        let peak = e.iter().cloned().fold(0.0f32, f32::max);
+        e.iter().map(|v| *v > peak * 0.1 && *v > 1e-3).collect::<Vec<bool>>()
+    };
+    let dilate = |a: &[bool], k: usize| {
+        (0..a.len()).map(|i| a[i.saturating_sub(k)..(i + k + 1).min(a.len())].iter().any(|v| *v)).collect::<Vec<bool>>()
+    };
+    let (a_all, b_all) = (active(timeline), active(&er));
+    let mut best = (0.0f32, 0.0f32);
+    for d in 0..=(max_delay_s * 50.0) as usize {
+        let n = a_all.len().min(b_all.len().saturating_sub(d));
+        if n < a_all.len() * 3 / 4 {
+            break;
+        }
+        let (a, b) = (&a_all[..n], &b_all[d..d + n]);
+        let (da, db) = (dilate(a, 3), dilate(b, 3));
+        let count = |x: &[bool]| x.iter().filter(|v| **v).count() as f32;
+        let recall = a.iter().zip(&db).filter(|(x, y)| **x && **y).count() as f32 / count(a).max(1.0);
+        let precision = b.iter().zip(&da).filter(|(x, y)| **x && **y).count() as f32 / count(b).max(1.0);
+        let f1 = if recall + precision > 0.0 { 2.0 * recall * precision / (recall + precision) } else { 0.0 };
+        if f1 > best.0 {
+            best = (f1, d as f32 / 50.0);
+        }
+    }
+    best
+}
+
 /// Seconds of audio in which `freq` clearly dominates (Goertzel, 100 ms blocks): power at
 /// `freq` above 10x that at half and double the frequency, and level above -30 dBFS.
 pub fn tone_seconds(path: &Path, freq: f32) -> f32 {
