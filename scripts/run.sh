@@ -4,6 +4,11 @@
 # and the environment (see README.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# libopus (room audio) is built from bundled source with cmake.
+if ! command -v cmake >/dev/null 2>&1; then
+  SUDO=""; if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y cmake
+fi
 cargo build --release --locked --bin consultant
 if [ "$#" -eq 0 ]; then set -- dev; fi
 exec ./target/release/consultant "$@"

@@ -13,6 +13,7 @@ pub mod health;
 pub mod livekit;
 pub mod logging;
 pub mod realtime;
+pub mod room;
 pub mod secret;
 pub mod store;
 pub mod worker;

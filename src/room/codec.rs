@@ -1,0 +1,108 @@
+//! Opus at WebRTC's rate (48 kHz, mono) in 20 ms frames, wrapping libopus (the `opus` crate,
+//! built from bundled source), plus the two conversions the room needs per frame: agent PCM
+//! 24 kHz -> Opus packet, and Opus packet -> caller PCM 24 kHz.
+
+use super::resample::{Downsampler, Upsampler};
+
+/// WebRTC's Opus clock rate.
+pub const OPUS_RATE: u32 = 48_000;
+/// The realtime side's rate.
+pub const PCM_RATE: u32 = 24_000;
+/// One 20 ms frame at 24 kHz.
+pub const FRAME_24K: usize = 480;
+/// One 20 ms frame at 48 kHz.
+pub const FRAME_48K: usize = 960;
+/// Largest Opus frame (120 ms at 48 kHz).
+const MAX_DECODED: usize = 5760;
+/// RFC 6716 caps a packet well below this.
+const MAX_PACKET: usize = 1500;
+
+#[derive(Debug, thiserror::Error)]
+#[error("opus {what}: {source}")]
+pub struct CodecError {
+    what: &'static str,
+    #[source]
+    source: opus::Error,
+}
+
+fn err(what: &'static str) -> impl FnOnce(opus::Error) -> CodecError {
+    move |source| CodecError { what, source }
+}
+
+/// Agent speech: 24 kHz PCM in, one Opus packet per 20 ms out.
+pub struct AgentEncoder {
+    up: Upsampler,
+    encoder: opus::Encoder,
+    pcm48: Vec<i16>,
+    packet: Vec<u8>,
+}
+
+impl AgentEncoder {
+    pub fn new() -> Result<Self, CodecError> {
+        let mut encoder = opus::Encoder::new(OPUS_RATE, opus::Channels::Mono, opus::Application::Voip).map_err(err("encoder"))?;
+        encoder.set_bitrate(opus::Bitrate::Bits(32_000)).map_err(err("bitrate"))?;
+        encoder.set_inband_fec(true).map_err(err("fec"))?;
+        Ok(Self { up: Upsampler::new(), encoder, pcm48: Vec::with_capacity(FRAME_48K), packet: vec![0; MAX_PACKET] })
+    }
+
+    /// Encodes exactly one 20 ms frame (`FRAME_24K` samples at 24 kHz). The returned packet
+    /// borrows an internal buffer.
+    pub fn encode(&mut self, frame_24k: &[i16]) -> Result<&[u8], CodecError> {
+        debug_assert_eq!(frame_24k.len(), FRAME_24K);
+        self.pcm48.clear();
+        self.up.process(frame_24k, &mut self.pcm48);
+        let n = self.encoder.encode(&self.pcm48, &mut self.packet).map_err(err("encode"))?;
+        Ok(&self.packet[..n])
+    }
+
+    /// Forget filter history (after a cut, so the next answer starts clean).
+    pub fn reset(&mut self) {
+        self.up.reset();
+    }
+}
+
+/// Caller speech: Opus packets in, 24 kHz mono PCM out.
+pub struct CallerDecoder {
+    decoder: opus::Decoder,
+    down: Downsampler,
+    pcm48: Vec<i16>,
+}
+
+impl CallerDecoder {
+    pub fn new() -> Result<Self, CodecError> {
+        let decoder = opus::Decoder::new(OPUS_RATE, opus::Channels::Mono).map_err(err("decoder"))?;
+        Ok(Self { decoder, down: Downsampler::new(), pcm48: vec![0; MAX_DECODED] })
+    }
+
+    /// Decodes one packet and appends its audio at 24 kHz to `out`; returns the 24 kHz samples
+    /// added.
+    pub fn decode(&mut self, packet: &[u8], out: &mut Vec<i16>) -> Result<usize, CodecError> {
+        let n = self.decoder.decode(packet, &mut self.pcm48, false).map_err(err("decode"))?;
+        let before = out.len();
+        self.down.process(&self.pcm48[..n], out);
+        Ok(out.len() - before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tone_survives_encode_and_decode_at_the_right_rate() {
+        let mut enc = AgentEncoder::new().unwrap();
+        let mut dec = CallerDecoder::new().unwrap();
+        let tone: Vec<i16> =
+            (0..FRAME_24K * 50).map(|i| (8000.0 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 24_000.0).sin()) as i16).collect();
+        let mut out = Vec::new();
+        for frame in tone.chunks(FRAME_24K) {
+            let packet = enc.encode(frame).unwrap().to_vec();
+            assert!(packet.len() > 2 && packet.len() < 400, "packet of {} bytes", packet.len());
+            assert_eq!(dec.decode(&packet, &mut out).unwrap(), FRAME_24K);
+        }
+        assert_eq!(out.len(), tone.len());
+        let rms = |x: &[i16]| (x.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
+        let ratio = rms(&out[4800..]) / rms(&tone[4800..]);
+        assert!((0.8..1.2).contains(&ratio), "level ratio after the codec {ratio}");
+    }
+}

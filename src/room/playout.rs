@@ -1,0 +1,226 @@
+//! The agent's voice queue: [`AgentAudioOutput`] for the room. The consultation queues PCM
+//! (24 kHz) of assistant items; the room's media loop takes one 20 ms frame per tick of its
+//! clock. Barge-in empties the queue under the same lock the media loop takes frames with,
+//! so nothing queued before `interrupt()` is sent after it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use consultant_actors::ports::{AgentAudioOutput, PlayedAudio};
+use tokio::sync::Notify;
+
+use super::codec::{FRAME_24K, PCM_RATE};
+
+/// The most agent audio held at once (5 minutes); more is dropped and counted.
+pub const MAX_QUEUED_SAMPLES: usize = PCM_RATE as usize * 300;
+
+struct Chunk {
+    item_id: Arc<str>,
+    pcm: Arc<[i16]>,
+    offset: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<Chunk>,
+    queued_samples: usize,
+    /// The item being played and how many of its samples were sent.
+    current: Option<(Arc<str>, u64)>,
+    /// Set by `interrupt()`: the next frame starts from a clean codec state.
+    cut: bool,
+}
+
+/// What one tick of the clock produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Samples of agent speech in the frame (the rest is silence).
+    pub speech_samples: usize,
+    /// The queue was cut since the previous frame.
+    pub after_cut: bool,
+}
+
+#[derive(Default)]
+pub struct PlayoutStats {
+    pub dropped_samples: AtomicU64,
+    pub interrupts: AtomicU64,
+    pub frames: AtomicU64,
+}
+
+/// Shared between the consultation (play/interrupt) and the media loop (next_frame).
+#[derive(Default)]
+pub struct Playout {
+    queue: Mutex<Queue>,
+    /// Wakes the media loop when speech arrives while it is idle, so the first frame of an
+    /// answer leaves at once instead of on the next 20 ms tick.
+    wake: Notify,
+    pub stats: PlayoutStats,
+}
+
+impl Playout {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves when `play` queued audio (the media loop awaits this while idle).
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Fills `frame` (one 20 ms frame at 24 kHz) from the queue, zero-padding the rest.
+    pub fn next_frame(&self, frame: &mut [i16; FRAME_24K]) -> Frame {
+        let mut q = self.lock();
+        let after_cut = std::mem::take(&mut q.cut);
+        let mut filled = 0;
+        while filled < FRAME_24K {
+            let Some(chunk) = q.chunks.front_mut() else { break };
+            let take = (chunk.pcm.len() - chunk.offset).min(FRAME_24K - filled);
+            frame[filled..filled + take].copy_from_slice(&chunk.pcm[chunk.offset..chunk.offset + take]);
+            chunk.offset += take;
+            filled += take;
+            let item = chunk.item_id.clone();
+            let done = chunk.offset == chunk.pcm.len();
+            if done {
+                q.chunks.pop_front();
+            }
+            q.queued_samples -= take;
+            match &mut q.current {
+                Some((id, played)) if *id == item => *played += take as u64,
+                cur => *cur = Some((item, take as u64)),
+            }
+        }
+        frame[filled..].fill(0);
+        if filled == 0 {
+            q.current = None;
+        }
+        self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        Frame { speech_samples: filled, after_cut }
+    }
+
+    pub fn queued_samples(&self) -> usize {
+        self.lock().queued_samples
+    }
+}
+
+impl AgentAudioOutput for Playout {
+    fn play(&self, item_id: &str, pcm: Arc<[i16]>) {
+        if pcm.is_empty() {
+            return;
+        }
+        let was_idle = {
+            let mut q = self.lock();
+            if q.queued_samples + pcm.len() > MAX_QUEUED_SAMPLES {
+                self.stats.dropped_samples.fetch_add(pcm.len() as u64, Ordering::Relaxed);
+                return;
+            }
+            let item_id: Arc<str> = match q.chunks.back() {
+                Some(c) if &*c.item_id == item_id => c.item_id.clone(),
+                _ => Arc::from(item_id),
+            };
+            let was_idle = q.chunks.is_empty() && q.current.is_none();
+            q.queued_samples += pcm.len();
+            q.chunks.push_back(Chunk { item_id, pcm, offset: 0 });
+            was_idle
+        };
+        if was_idle {
+            self.wake.notify_one();
+        }
+    }
+
+    fn interrupt(&self) -> Option<PlayedAudio> {
+        let mut q = self.lock();
+        let played = match (&q.current, q.chunks.front()) {
+            (Some((id, samples)), _) => Some(PlayedAudio { item_id: id.to_string(), played_ms: samples * 1000 / PCM_RATE as u64 }),
+            (None, Some(c)) => Some(PlayedAudio { item_id: c.item_id.to_string(), played_ms: 0 }),
+            (None, None) => None,
+        };
+        if played.is_some() {
+            q.chunks.clear();
+            q.queued_samples = 0;
+            q.current = None;
+            q.cut = true;
+            self.stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        }
+        played
+    }
+
+    fn is_playing(&self) -> bool {
+        let q = self.lock();
+        !q.chunks.is_empty() || q.current.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcm(n: usize, v: i16) -> Arc<[i16]> {
+        vec![v; n].into()
+    }
+
+    #[test]
+    fn frames_drain_the_queue_in_order_and_pad_with_silence() {
+        let p = Playout::new();
+        p.play("a", pcm(600, 1));
+        p.play("b", pcm(200, 2));
+        let mut f = [0i16; FRAME_24K];
+        assert_eq!(p.next_frame(&mut f).speech_samples, 480);
+        assert!(f.iter().all(|&s| s == 1));
+        assert_eq!(p.next_frame(&mut f).speech_samples, 320);
+        assert!(f[..120].iter().all(|&s| s == 1) && f[120..320].iter().all(|&s| s == 2) && f[320..].iter().all(|&s| s == 0));
+        assert!(p.is_playing(), "the last frame is still being heard");
+        assert_eq!(p.next_frame(&mut f).speech_samples, 0);
+        assert!(!p.is_playing());
+        assert_eq!(p.interrupt(), None);
+    }
+
+    #[test]
+    fn interrupt_reports_what_was_sent_of_the_current_item_and_flushes_at_once() {
+        let p = Playout::new();
+        p.play("item1", pcm(24_000, 100)); // 1 s
+        p.play("item1", pcm(24_000, 100));
+        let mut f = [0i16; FRAME_24K];
+        for _ in 0..25 {
+            p.next_frame(&mut f); // 500 ms
+        }
+        let played = p.interrupt().expect("was playing");
+        assert_eq!(played, PlayedAudio { item_id: "item1".into(), played_ms: 500 });
+        let next = p.next_frame(&mut f);
+        assert_eq!(next, Frame { speech_samples: 0, after_cut: true });
+        assert!(f.iter().all(|&s| s == 0));
+        assert!(!p.is_playing());
+        assert_eq!(p.queued_samples(), 0);
+    }
+
+    #[test]
+    fn played_time_restarts_with_each_item() {
+        let p = Playout::new();
+        p.play("a", pcm(480, 1));
+        p.play("b", pcm(4800, 1));
+        let mut f = [0i16; FRAME_24K];
+        for _ in 0..3 {
+            p.next_frame(&mut f);
+        }
+        assert_eq!(p.interrupt(), Some(PlayedAudio { item_id: "b".into(), played_ms: 40 }));
+    }
+
+    #[test]
+    fn queued_but_unplayed_audio_interrupts_at_zero() {
+        let p = Playout::new();
+        p.play("x", pcm(100, 1));
+        assert_eq!(p.interrupt(), Some(PlayedAudio { item_id: "x".into(), played_ms: 0 }));
+    }
+
+    #[test]
+    fn audio_beyond_the_bound_is_dropped_and_counted() {
+        let p = Playout::new();
+        p.play("a", pcm(MAX_QUEUED_SAMPLES, 1));
+        p.play("a", pcm(10, 1));
+        assert_eq!(p.stats.dropped_samples.load(Ordering::Relaxed), 10);
+        assert_eq!(p.queued_samples(), MAX_QUEUED_SAMPLES);
+    }
+}
