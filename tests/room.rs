@@ -1,0 +1,137 @@
+//! The Room client against the loopback LiveKit server, with the official Python SDK
+//! (tests/peers/caller.py) as the caller: our agent hears the caller, speaks to them, and a
+//! barge-in cut is audible within 200 ms.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consultant::room::{self, RoomEnd, RoomOptions};
+use consultant::secret::Secret;
+use consultant_actors::ports::AgentAudioOutput;
+use livekit_api::access_token::{AccessToken, VideoGrants};
+use livekit_loopback::{LoopbackConfig, LoopbackServer};
+use support::*;
+
+fn agent_token(server: &LoopbackServer, room: &str, identity: &str) -> Secret {
+    let jwt = AccessToken::with_api_key(server.api_key(), server.api_secret())
+        .with_identity(identity)
+        .with_kind("agent")
+        .with_grants(VideoGrants {
+            room_join: true,
+            room: room.into(),
+            agent: true,
+            can_publish: Some(true),
+            can_subscribe: Some(true),
+            can_publish_data: Some(true),
+            ..Default::default()
+        })
+        .with_ttl(Duration::from_secs(600))
+        .to_jwt()
+        .expect("token");
+    Secret::new(jwt)
+}
+
+fn tone(seconds: f64, freq: f64, amp: f64) -> Arc<[i16]> {
+    let n = (seconds * 24_000.0) as usize;
+    (0..n).map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / 24_000.0).sin()) as i16).collect::<Vec<_>>().into()
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "consultant=info".into())).with_test_writer().try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_hears_the_caller_speaks_back_and_a_cut_is_heard_within_200ms() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let room_name = "consultation-room-test";
+    server.create_room(room_name, &[]);
+
+    // Our agent joins first, like a dispatched worker.
+    let options = RoomOptions { rejoin_grace: Duration::from_secs(1), ..Default::default() };
+    let joined = room::join(&server.url(), &agent_token(&server, room_name, "agent-AJ_test"), options).await.expect("agent joins");
+    let room = joined.room.clone();
+    assert!(room.status().publishing);
+    let audio_out = joined.audio_out.clone();
+
+    // Everything the consultation would receive from the caller, stamped with wall time.
+    let mut caller_audio = joined.caller_audio;
+    let heard = tokio::spawn(async move {
+        let mut frames: Vec<(f64, Arc<[i16]>)> = Vec::new();
+        while let Some(pcm) = caller_audio.recv().await {
+            frames.push((wall_now(), pcm));
+        }
+        frames
+    });
+
+    let speech = dir.path().join("speech.wav");
+    let speech_s = espeak("Здравствуйте, я хочу заказать разработку сайта для нашей компании.", &speech);
+    let record = dir.path().join("heard.wav");
+    let envelope = dir.path().join("heard.json");
+    let args: Vec<String> = [
+        "--url", &server.url(), "--token", &server.participant_token(room_name, "caller"),
+        "--wav", speech.to_str().unwrap(), "--lead-in", "1", "--pause", "0", "--tail", "5",
+        "--record", record.to_str().unwrap(), "--envelope", envelope.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = PyPeer::spawn("caller", "caller.py", &args, dir.path());
+    caller.wait_event("subscribed", Duration::from_secs(30)).await;
+    let start = caller.wait_event("phrase_start", Duration::from_secs(30)).await["t"].as_f64().unwrap();
+    caller.wait_event("phrase_end", Duration::from_secs(30)).await;
+
+    // Speak: a 2 s tone, cut after 1 s as a barge-in would.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let play_at = wall_now();
+    audio_out.play("item_answer", tone(2.0, 440.0, 8000.0));
+    assert!(audio_out.is_playing());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let cut_at = wall_now();
+    let played = audio_out.interrupt().expect("was playing");
+    assert_eq!(played.item_id, "item_answer");
+    assert!((940..=1060).contains(&played.played_ms), "played_ms {} after 1 s of playback", played.played_ms);
+    assert!(!audio_out.is_playing());
+
+    caller.finish(Duration::from_secs(40)).await;
+
+    // Hear: the caller's speech reached the consultation, shaped like the source.
+    let ended = tokio::time::timeout(Duration::from_secs(10), room.ended()).await.expect("room ends after the caller left");
+    assert_eq!(ended, RoomEnd::CallerLeft);
+    let frames = tokio::time::timeout(Duration::from_secs(5), heard).await.expect("caller stream closed").unwrap();
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut first_t = None;
+    for (t, f) in &frames {
+        if *t >= start - 0.2 && first_t.is_none() {
+            first_t = Some(*t);
+        }
+        if first_t.is_some() {
+            pcm.extend_from_slice(f);
+        }
+    }
+    assert!(pcm.len() as f64 >= speech_s * 24_000.0, "only {} samples heard for {speech_s:.2} s of speech", pcm.len());
+    let heard_env = rms_windows(&pcm, 480);
+    let source_env = wav_envelope(&speech, 0.02);
+    let (corr, lag) = best_alignment(&source_env, &heard_env, 50);
+    println!("caller speech: {speech_s:.2} s, envelope correlation {corr:.3} at lag {} ms", lag * 20);
+    assert!(corr > 0.7, "the decoded caller audio does not follow the spoken phrase (correlation {corr:.3})");
+    let stats = room.stats();
+    println!("room stats: {stats:?}");
+
+    // Speak + cut: in the caller's recording the tone starts after play() and stops within
+    // 200 ms of interrupt().
+    let env = read_envelope(&envelope);
+    let level = 300.0;
+    let began = first_loud(&env, play_at, cut_at, level).expect("the caller heard the agent's tone");
+    let ended_t = last_loud(&env, play_at, play_at + 5.0, level).expect("tone frames");
+    println!("tone heard {:.0} ms after play(), last loud frame {:.0} ms after interrupt()", (began - play_at) * 1000.0, (ended_t - cut_at) * 1000.0);
+    assert!(began - play_at < 0.3, "the first agent audio took {:.0} ms to be heard", (began - play_at) * 1000.0);
+    assert!(loud_frames(&env, began, cut_at - 0.1, level) as f64 >= 0.9 * ((cut_at - 0.1 - began) * 100.0), "the tone had gaps before the cut");
+    assert!(ended_t - cut_at < 0.2, "agent audio went on {:.0} ms after interrupt()", (ended_t - cut_at) * 1000.0);
+    assert_eq!(loud_frames(&env, cut_at + 0.2, play_at + 5.0, level), 0, "agent audio after the cut");
+    room.leave();
+    server.shutdown().await;
+}

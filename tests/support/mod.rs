@@ -1,0 +1,193 @@
+//! Shared by tests/room.rs and tests/e2e.rs: the Python caller (official `livekit` SDK) as a
+//! subprocess, espeak-ng phrases, and audio envelope checks.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `$CONSULTANT_PEERS_PYTHON`, else `<workspace>/.venv-peers/bin/python`. Missing = failure.
+pub fn peers_python() -> PathBuf {
+    let p = std::env::var_os("CONSULTANT_PEERS_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv-peers/bin/python"));
+    assert!(
+        p.exists(),
+        "the Python peers interpreter {} does not exist: run scripts/install-test-deps.sh (or set CONSULTANT_PEERS_PYTHON)",
+        p.display()
+    );
+    p
+}
+
+pub fn wall_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
+}
+
+/// Writes `text` spoken by espeak-ng (Russian voice) to `path`; returns its duration.
+pub fn espeak(text: &str, path: &Path) -> f64 {
+    let out = std::process::Command::new("espeak-ng")
+        .args(["-v", "ru", "-s", "150", "-w"])
+        .arg(path)
+        .arg(text)
+        .output()
+        .expect("espeak-ng runs (scripts/install-test-deps.sh installs it)");
+    assert!(out.status.success(), "espeak-ng failed: {}", String::from_utf8_lossy(&out.stderr));
+    let r = hound::WavReader::open(path).expect("espeak wav");
+    r.duration() as f64 / r.spec().sample_rate as f64
+}
+
+/// RMS per `hop_s` window of a WAV file.
+pub fn wav_envelope(path: &Path, hop_s: f64) -> Vec<f64> {
+    let mut r = hound::WavReader::open(path).expect("wav");
+    let rate = r.spec().sample_rate as f64;
+    let samples: Vec<i16> = r.samples::<i16>().map(|s| s.expect("sample")).collect();
+    rms_windows(&samples, (rate * hop_s).round() as usize)
+}
+
+pub fn rms_windows(samples: &[i16], hop: usize) -> Vec<f64> {
+    samples.chunks(hop).map(|c| (c.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / c.len() as f64).sqrt()).collect()
+}
+
+/// Pearson correlation of two equally long series.
+pub fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().min(b.len());
+    if n < 2 {
+        return 0.0;
+    }
+    let (a, b) = (&a[..n], &b[..n]);
+    let ma = a.iter().sum::<f64>() / n as f64;
+    let mb = b.iter().sum::<f64>() / n as f64;
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        0.0
+    } else {
+        cov / (va.sqrt() * vb.sqrt())
+    }
+}
+
+/// Best correlation of `heard` (sampled at `hop`) against `source`, shifting `heard` by up to
+/// `max_lag` windows; returns (correlation, lag in windows).
+pub fn best_alignment(source: &[f64], heard: &[f64], max_lag: usize) -> (f64, usize) {
+    (0..=max_lag.min(heard.len()))
+        .map(|lag| (correlation(source, &heard[lag..]), lag))
+        .fold((f64::MIN, 0), |best, x| if x.0 > best.0 { x } else { best })
+}
+
+/// A Python peer whose stdout JSON lines are events.
+pub struct PyPeer {
+    pub name: String,
+    child: Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    pub seen: Vec<Value>,
+    stderr_path: PathBuf,
+}
+
+impl PyPeer {
+    pub fn spawn(name: &str, script: &str, args: &[String], dir: &Path) -> PyPeer {
+        let stderr_path = dir.join(format!("{name}.stderr.log"));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(peers_python())
+            .arg(workspace_root().join("tests/peers").join(script))
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONWARNINGS", "ignore")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pname = name.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                eprintln!("[{pname}] {l}");
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        PyPeer { name: name.into(), child, lines: rx, seen: Vec::new(), stderr_path }
+    }
+
+    pub fn stderr_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+
+    /// Waits for the event named `event`; panics with the peer's stderr on timeout or exit.
+    pub async fn wait_event(&mut self, event: &str, timeout: Duration) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| v["event"] == event) {
+            return v.clone();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(v)) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == event {
+                        return v;
+                    }
+                }
+                Ok(None) => {
+                    let status = self.child.wait().await;
+                    panic!("{} exited ({status:?}) before {event}; stderr:\n{}", self.name, self.stderr_tail());
+                }
+                Err(_) => panic!("{} did not report {event} within {timeout:?}; stderr:\n{}", self.name, self.stderr_tail()),
+            }
+        }
+    }
+
+    pub async fn finish(&mut self, timeout: Duration) {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(s)) => assert!(s.success(), "{} failed ({s}); stderr:\n{}", self.name, self.stderr_tail()),
+            Ok(Err(e)) => panic!("{}: {e}", self.name),
+            Err(_) => panic!("{} did not finish within {timeout:?}; stderr:\n{}", self.name, self.stderr_tail()),
+        }
+        while let Ok(v) = self.lines.try_recv() {
+            self.seen.push(v);
+        }
+    }
+
+    pub fn event_time(&self, event: &str) -> Option<f64> {
+        self.seen.iter().find(|v| v["event"] == event).and_then(|v| v["t"].as_f64())
+    }
+
+    pub fn event_times(&self, event: &str) -> Vec<f64> {
+        self.seen.iter().filter(|v| v["event"] == event).filter_map(|v| v["t"].as_f64()).collect()
+    }
+}
+
+/// The caller's recording envelope: (wall time, rms) per 10 ms frame.
+pub fn read_envelope(path: &Path) -> Vec<(f64, f64)> {
+    let v: Vec<(f64, f64)> = serde_json::from_str(&std::fs::read_to_string(path).expect("envelope file")).expect("envelope json");
+    v
+}
+
+/// Frames of `env` louder than `level` between `from` and `to` (wall time).
+pub fn loud_frames(env: &[(f64, f64)], from: f64, to: f64, level: f64) -> usize {
+    env.iter().filter(|(t, r)| *t >= from && *t < to && *r > level).count()
+}
+
+/// Wall time of the last frame louder than `level`, if any.
+pub fn last_loud(env: &[(f64, f64)], from: f64, to: f64, level: f64) -> Option<f64> {
+    env.iter().filter(|(t, r)| *t >= from && *t < to && *r > level).map(|(t, _)| *t).fold(None, |a, t| Some(a.map_or(t, |a: f64| a.max(t))))
+}
+
+pub fn first_loud(env: &[(f64, f64)], from: f64, to: f64, level: f64) -> Option<f64> {
+    env.iter().find(|(t, r)| *t >= from && *t < to && *r > level).map(|(t, _)| *t)
+}
