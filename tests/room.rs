@@ -82,7 +82,13 @@ async fn agent_hears_the_caller_speaks_back_and_a_cut_is_heard_within_200ms() {
     let mut caller = PyPeer::spawn("caller", "caller.py", &args, dir.path());
     caller.wait_event("subscribed", Duration::from_secs(30)).await;
     let start = caller.wait_event("phrase_start", Duration::from_secs(30)).await["t"].as_f64().unwrap();
+    // Signalling drops mid-phrase: the room resumes (reconnect=1&sid) without leaving and
+    // the audio goes on (the envelope check below covers the whole phrase).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(server.drop_participant_signal(room_name, "agent-AJ_test"), "agent signalling was connected");
     caller.wait_event("phrase_end", Duration::from_secs(30)).await;
+    assert_eq!(room.status().resumes, 1, "one resume after the drop");
+    assert_eq!(room.status().ended, None, "a signalling drop does not end the room");
 
     // Speak: a 2 s tone, cut after 1 s as a barge-in would.
     tokio::time::sleep(Duration::from_millis(500)).await;

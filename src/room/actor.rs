@@ -32,6 +32,7 @@ const TRAILING_SILENCE_FRAMES: u32 = 10;
 /// side's voice activity detection sees the turn end.
 const CALLER_GAP: Duration = Duration::from_millis(60);
 const RESUME_ATTEMPTS: u32 = 5;
+const MAX_FULL_REJOINS: u32 = 2;
 
 /// Why the room ended for this consultation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +78,7 @@ pub struct RoomStats {
 
 pub enum RoomMsg {
     Signal { gen: u64, incoming: Incoming },
-    Resumed { gen: u64, result: Result<(SignalLink, Response), String> },
+    Resumed { gen: u64, result: Result<(SignalLink, Box<Response>), String> },
     Datagram { target: Target, peer_gen: u64, data: Vec<u8>, source: SocketAddr, at: Instant },
     Tick,
     AgentPacket { packet: Vec<u8>, speech: bool, at: Instant },
@@ -143,6 +144,7 @@ pub struct RoomState {
     events: Vec<Event>,
     feeders: Vec<tokio::task::JoinHandle<()>>,
     ended: bool,
+    full_rejoins: u32,
 }
 
 pub struct RoomActor;
@@ -350,8 +352,10 @@ impl RoomState {
             Response::Leave(l) => {
                 let resume = l.action == proto::leave_request::Action::Resume as i32 || l.action == proto::leave_request::Action::Reconnect as i32;
                 if l.can_reconnect && resume {
-                    tracing::warn!(reason = l.reason, "server asked us to reconnect");
-                    self.start_resume(myself, "server asked to reconnect".into());
+                    // RECONNECT = the server forgot us: a full join; RESUME = same session.
+                    let full = l.action == proto::leave_request::Action::Reconnect as i32;
+                    tracing::warn!(reason = l.reason, full, "server asked us to reconnect");
+                    self.start_resume(myself, "server asked to reconnect".into(), full);
                 } else {
                     let reason = proto::DisconnectReason::try_from(l.reason).map(|r| r.as_str_name().to_owned()).unwrap_or_else(|_| l.reason.to_string());
                     self.end(RoomEnd::RoomClosed(format!("the server removed us from the room ({reason})")));
@@ -367,9 +371,13 @@ impl RoomState {
                 }
             }
             Response::Reconnect(_) => {
-                // Same PCs: restart ICE on the publisher; the server re-offers the subscriber.
-                self.publisher.rtc.sdp_api().ice_restart(true);
-                self.offer_publisher();
+                // Same PCs; the server re-offers the subscriber with an ICE restart. The
+                // publisher restarts ICE only if its path was lost too.
+                tracing::info!(publisher_connected = self.publisher.connected, "resumed the same session");
+                if !self.publisher.connected {
+                    self.publisher.rtc.sdp_api().ice_restart(true);
+                    self.offer_publisher();
+                }
             }
             _ => {}
         }
@@ -470,23 +478,32 @@ impl RoomState {
         self.merge_participants(j.other_participants);
     }
 
-    fn start_resume(&mut self, myself: &ActorRef<RoomMsg>, cause: String) {
+    /// Reconnects signalling: a resume (`reconnect=1&sid`, same participant and PCs) or, when
+    /// the server asked for it, a full join (new PCs). Never sends `leave`: leaving ends the job.
+    fn start_resume(&mut self, myself: &ActorRef<RoomMsg>, cause: String, full: bool) {
         if self.resuming || self.ended {
             return;
         }
-        tracing::warn!(%cause, "signalling lost; resuming (reconnect=1) without leaving the room");
+        if full {
+            self.full_rejoins += 1;
+            if self.full_rejoins > MAX_FULL_REJOINS {
+                return self.end(RoomEnd::MediaFailed(format!("the server asked for a full reconnect {} times: {cause}", self.full_rejoins)));
+            }
+        }
+        tracing::warn!(%cause, full, "signalling lost; reconnecting without leaving the room");
         self.resuming = true;
         self.signal = None;
         self.gen += 1;
         let gen = self.gen;
-        let (url, token, sid, me) = (self.args_url.clone(), self.token.clone(), self.sid.clone(), myself.clone());
+        let (url, token, me) = (self.args_url.clone(), self.token.clone(), myself.clone());
+        let sid = (!full).then(|| self.sid.clone());
         self.set_status(|s| s.resumes += 1);
         tokio::spawn(async move {
             let mut last = cause;
             for attempt in 1..=RESUME_ATTEMPTS {
-                match signal::connect(&url, &token, Some(&sid), signal_deliverer(me.clone(), gen)).await {
+                match signal::connect(&url, &token, sid.as_deref(), signal_deliverer(me.clone(), gen)).await {
                     Ok(ok) => {
-                        let _ = me.send_message(RoomMsg::Resumed { gen, result: Ok(ok) });
+                        let _ = me.send_message(RoomMsg::Resumed { gen, result: Ok((ok.0, Box::new(ok.1))) });
                         return;
                     }
                     Err(e) => {
@@ -558,7 +575,7 @@ impl RoomState {
                 self.send(Request::PingReq(proto::Ping { timestamp: now_ms(), rtt: self.rtt_ms }));
             }
             if now.duration_since(self.last_heard) > self.ping_timeout {
-                self.start_resume(myself, format!("no signalling for {:?}", self.ping_timeout));
+                self.start_resume(myself, format!("no signalling for {:?}", self.ping_timeout), false);
             }
         }
         // Keep the caller's stream continuous through mute, DTX and loss.
@@ -699,6 +716,7 @@ impl Actor for RoomActor {
             events: Vec::new(),
             feeders: Vec::new(),
             ended: false,
+            full_rejoins: 0,
         };
         st.apply_join(args.join);
         st.feeders.push(spawn_udp_reader(myself.clone(), &st.publisher, 0));
@@ -739,7 +757,7 @@ impl Actor for RoomActor {
                 Incoming::Message(resp) => st.on_signal(&myself, *resp),
                 Incoming::Closed(cause) => {
                     if !st.ended {
-                        st.start_resume(&myself, cause);
+                        st.start_resume(&myself, cause, false);
                     }
                 }
             },
@@ -751,7 +769,7 @@ impl Actor for RoomActor {
                         tracing::info!("signalling resumed");
                         st.signal = Some(link);
                         st.last_heard = Instant::now();
-                        st.on_signal(&myself, first);
+                        st.on_signal(&myself, *first);
                     }
                     Err(cause) => st.end(RoomEnd::MediaFailed(cause)),
                 }

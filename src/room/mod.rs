@@ -8,6 +8,7 @@
 
 mod actor;
 pub mod codec;
+mod connector;
 mod peer;
 pub mod playout;
 pub mod resample;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use actor::{RoomEnd, RoomStats, RoomStatus};
 use actor::{RoomActor, RoomArgs, RoomMsg};
+pub use connector::LiveKitRooms;
 pub use playout::Playout;
 
 use crate::secret::Secret;
