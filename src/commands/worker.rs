@@ -6,7 +6,6 @@ use consultant_actors::ports::{AnketaExtractor, RealtimeConnector};
 
 use crate::config::{Config, RealtimeFlavour as ConfigFlavour, Service};
 use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
-use crate::entrypoint::RoomMediaMissing;
 use crate::livekit::WorkerMode;
 use crate::realtime::{AzureRealtimeClient, RealtimeConfig, RealtimeFlavour, VadSettings};
 use crate::store::SqliteStore;
@@ -18,7 +17,7 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot open the log file in {}: {e}", config.logging.dir.display()))?;
     let store = Arc::new(SqliteStore::open(&config.storage.path, &config.storage.synchronous)?);
     let (connector, extractor) = adapters(config)?;
-    let parts = WorkerParts { connector, extractor, store, rooms: Arc::new(RoomMediaMissing) };
+    let parts = WorkerParts { connector, extractor, store, rooms: Arc::new(crate::room::LiveKitRooms::default()) };
     let result = worker::run(config, mode, parts, Some(log.level.clone())).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "worker failed");
