@@ -132,6 +132,8 @@ async fn worker_conn(sh: SharedRef, sock: WebSocket) {
                 job_count: 0,
                 connected: true,
                 updates: 0,
+                draining: false,
+                last_seq: 0,
                 permissions: reg.allowed_permissions.clone(),
                 tx: tx.clone(),
                 pending: HashMap::new(),
@@ -240,6 +242,16 @@ fn handle_worker_msg(sh: &SharedRef, worker_id: &str, m: proto::WorkerMessage) {
         }
         WrkMsg::UpdateWorker(u) => {
             let Some(w) = g.workers.get_mut(worker_id) else { return };
+            if u.seq != 0 && u.seq <= w.last_seq {
+                // A stale report (seq is monotonic per registration) must not regress state.
+                sh.emit(&mut g, ServerEvent::ProtocolError {
+                    peer: worker_id.into(),
+                    detail: format!("stale update_worker ignored (seq {})", u.seq),
+                });
+                return;
+            }
+            w.last_seq = u.seq.max(w.last_seq);
+            w.draining = u.draining;
             if let Some(s) = u.status {
                 w.status = WorkerStatus::try_from(s).unwrap_or(WorkerStatus::WsFull);
             }
@@ -499,7 +511,7 @@ fn pick_worker(g: &mut Inner, job_id: &str) -> Pick {
         .iter()
         .filter_map(|id| g.workers.get(id))
         .filter(|w| w.connected && w.agent_name == agent_name && !refused.contains(&w.id))
-        .filter(|w| w.status == WorkerStatus::WsAvailable)
+        .filter(|w| w.status == WorkerStatus::WsAvailable && !w.draining)
         .map(|w| (w.id.clone(), (1.0 - w.load).max(0.0)))
         .filter(|(_, wt)| *wt > 0.0)
         .collect();
@@ -508,7 +520,7 @@ fn pick_worker(g: &mut Inner, job_id: &str) -> Pick {
         let why = if named == 0 {
             format!("no connected worker for agent_name {agent_name:?}")
         } else {
-            format!("{named} worker(s) for {agent_name:?} but none available (status FULL, load >= 1, or refused)")
+            format!("{named} worker(s) for {agent_name:?} but none available (status FULL, draining, load >= 1, or refused)")
         };
         return Pick::NoneEligible(why);
     }

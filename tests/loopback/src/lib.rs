@@ -26,7 +26,8 @@
 //! A worker with an empty `agent_name` gets a job for every new room that names no agents.
 //! A named worker only gets explicit dispatches: `CreateRoom{agents: [RoomAgentDispatch]}`,
 //! `CreateDispatch`, or [`LoopbackServer::create_dispatch`]. A job is offered to one
-//! connected worker with that agent name whose status is `WS_AVAILABLE`, chosen at random
+//! connected worker with that agent name whose status is `WS_AVAILABLE` (and not draining),
+//! chosen at random
 //! weighted by `max(0, 1 - load)` (load >= 1 is never chosen). A refusal or an availability
 //! timeout (10 s, [`LoopbackConfig::availability_timeout`]) moves on to another worker; with
 //! none left the job stays pending ([`ServerEvent::JobUnassigned`]) and is retried whenever a
@@ -289,6 +290,7 @@ impl LoopbackServer {
                 job_count: w.job_count,
                 connected: w.connected,
                 updates: w.updates,
+                draining: w.draining,
                 jobs: g
                     .job_order
                     .iter()

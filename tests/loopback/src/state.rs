@@ -111,8 +111,10 @@ pub struct WorkerSnapshot {
     pub load: f32,
     pub job_count: u32,
     pub connected: bool,
-    /// Number of `update_worker` messages received.
+    /// Number of `update_worker` messages applied (stale ones, by `seq`, are not).
     pub updates: u64,
+    /// The worker said it wants no new work (`update_worker.draining`).
+    pub draining: bool,
     /// Job ids currently held by this worker (assigned and not ended).
     pub jobs: Vec<String>,
     /// `allowed_permissions` from the registration.
@@ -193,6 +195,8 @@ pub(crate) struct Worker {
     pub job_count: u32,
     pub connected: bool,
     pub updates: u64,
+    pub draining: bool,
+    pub last_seq: u64,
     pub permissions: Option<proto::ParticipantPermission>,
     pub tx: mpsc::UnboundedSender<WorkerOut>,
     /// Pending availability answers, by job id.

@@ -277,6 +277,7 @@ async fn selection_skips_full_and_overloaded_workers_and_prefers_low_load() {
         }
     }
     // Weights 1.0 vs 0.2: expected 50 vs 10. Fail if the light worker is not clearly favoured.
+    // (A draining worker is covered by draining_and_stale_updates below.)
     assert!(asked_light >= 38, "light {asked_light} busy {asked_busy}");
     assert!(asked_busy >= 1, "busy worker never chosen ({asked_light}/{asked_busy}): weighting is not random");
     s.shutdown().await;
@@ -474,5 +475,29 @@ async fn twirp_checks_grants_and_speaks_protobuf_and_json() {
     assert!(rc.list_rooms(vec![]).await.unwrap().is_empty());
     assert!(rc.delete_room("pb-room").await.is_err());
     assert!(s.dispatches().iter().all(|d| d.deleted));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn draining_workers_are_skipped_and_stale_updates_ignored() {
+    let s = server().await;
+    let (mut a, a_id) = worker(&s, "x").await;
+    let (mut b, b_id) = worker(&s, "x").await;
+    // a: available but draining (seq 2); then a stale seq 1 report must not undo it.
+    send(&mut a, Wrk::UpdateWorker(proto::UpdateWorkerStatus { status: Some(0), load: 0.0, draining: true, seq: 2, ..Default::default() })).await;
+    send(&mut a, Wrk::UpdateWorker(proto::UpdateWorkerStatus { status: Some(0), load: 0.0, draining: false, seq: 1, ..Default::default() })).await;
+    update(&mut b, proto::WorkerStatus::WsAvailable, 0.9).await;
+    s.wait_for_event(T, |e| matches!(e, ServerEvent::ProtocolError { peer, detail } if *peer == a_id && detail.contains("stale")).then_some(()))
+        .await
+        .unwrap();
+    s.wait_for(T, |s| s.worker(&b_id).filter(|w| w.updates == 1)).await.unwrap();
+    let wa = s.worker(&a_id).unwrap();
+    assert!(wa.draining && wa.updates == 1, "{wa:?}");
+    for i in 0..5 {
+        s.create_dispatch(&format!("d-{i}"), "x", "");
+        let asg = accept_next(&mut b).await;
+        assert!(asg.job.is_some());
+    }
+    assert!(tokio::time::timeout(Duration::from_millis(200), recv_opt(&mut a)).await.is_err(), "a draining worker was asked");
     s.shutdown().await;
 }
