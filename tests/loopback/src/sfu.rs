@@ -106,6 +106,8 @@ struct Pc {
     participant_sid: String,
     /// Open data channels by label.
     channels: HashMap<String, ChannelId>,
+    /// Data for a channel not open yet (bounded), flushed when it opens.
+    pending_data: Vec<(String, Vec<u8>)>,
     signal: mpsc::UnboundedSender<SignalOut>,
     rtc: Rtc,
     connected: bool,
@@ -284,6 +286,16 @@ impl Engine {
             Event::ChannelOpen(cid, label) => {
                 if let Some(pc) = self.pcs.get_mut(&id) {
                     tracing::debug!(identity = %pc.identity, target = pc.target.name(), %label, "data channel open");
+                    let queued: Vec<Vec<u8>> = {
+                        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut pc.pending_data).into_iter().partition(|(l, _)| *l == label);
+                        pc.pending_data = later;
+                        now.into_iter().map(|(_, b)| b).collect()
+                    };
+                    if let Some(mut ch) = pc.rtc.channel(cid) {
+                        for b in queued {
+                            let _ = ch.write(true, &b);
+                        }
+                    }
                     pc.channels.insert(label, cid);
                 }
             }
@@ -341,7 +353,14 @@ impl Engine {
             if !dests.is_empty() && !dests.contains(&pc.identity) {
                 continue;
             }
-            let Some(cid) = pc.channels.get(&label).copied() else { continue };
+            let Some(cid) = pc.channels.get(&label).copied() else {
+                // Its channel is not open yet: deliver when it opens (bounded).
+                if pc.pending_data.len() < 256 {
+                    pc.pending_data.push((label.clone(), bytes.clone()));
+                    recipients.push(pc.identity.clone());
+                }
+                continue;
+            };
             if let Some(mut ch) = pc.rtc.channel(cid) {
                 if ch.write(true, &bytes).is_ok() {
                     recipients.push(pc.identity.clone());
@@ -390,6 +409,7 @@ impl Engine {
                             identity: identity.clone(),
                             participant_sid: participant_sid.clone(),
                             channels: HashMap::new(),
+                            pending_data: Vec::new(),
                             signal: signal.clone(),
                             rtc: new_rtc(self.addr),
                             connected: false,

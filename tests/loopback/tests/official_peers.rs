@@ -135,6 +135,11 @@ async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
     speaker.wait_success(T).await;
     listener.wait_success(T).await;
     // The data packet went through the server's data channels, sender filled in.
+    let relayed = s.events().into_iter().find_map(|e| match e {
+        ServerEvent::DataForwarded { from, topic, recipients, .. } if from == "speaker" && topic == "marker" => Some(recipients),
+        _ => None,
+    });
+    assert_eq!(relayed, Some(vec!["listener".to_string()]), "the server did not relay the marker to the listener");
     let data = listener.event("data", T).await;
     assert_eq!((data["from_identity"].as_str(), data["topic"].as_str(), data["payload"].as_str()), (Some("speaker"), Some("marker"), Some("hello-data")), "{data}");
 
