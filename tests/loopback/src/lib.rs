@@ -72,12 +72,18 @@
 //! Rooms and media: [`ServerEvent::ParticipantJoined`] (with [`ParticipantKind`]),
 //! [`ServerEvent::TrackPublished`], [`ServerEvent::PeerConnected`],
 //! [`ServerEvent::MediaFlowing`] (first RTP of a track reached the SFU),
-//! [`ServerEvent::TrackSubscribed`]; tokens for clients: [`LoopbackServer::participant_token`],
-//! [`LoopbackServer::admin_token`], [`LoopbackServer::worker_token`].
+//! [`ServerEvent::TrackSubscribed`], [`ServerEvent::DataForwarded`] (data packets relayed,
+//! e.g. `lk.transcription` text streams), [`ServerEvent::SignalLost`] /
+//! [`ServerEvent::ParticipantResumed`] / [`ServerEvent::ParticipantLeft`]; tokens for
+//! clients: [`LoopbackServer::participant_token`], [`LoopbackServer::admin_token`],
+//! [`LoopbackServer::worker_token`].
 //! Faults: [`drop_worker_connections`](LoopbackServer::drop_worker_connections) (TCP dropped,
 //! no close frame), [`send_raw_to_worker`](LoopbackServer::send_raw_to_worker) (garbage
-//! frames), [`delete_dispatch`](LoopbackServer::delete_dispatch),
-//! [`close_room`](LoopbackServer::close_room).
+//! frames), [`send_to_worker`](LoopbackServer::send_to_worker) (e.g. an unsolicited
+//! termination), [`drop_participant_signal`](LoopbackServer::drop_participant_signal) (cut a
+//! participant's signalling; it may resume within
+//! [`reconnect_grace`](LoopbackConfig::reconnect_grace)),
+//! [`delete_dispatch`](LoopbackServer::delete_dispatch), [`close_room`](LoopbackServer::close_room).
 //!
 //! From a shell: `cargo run -p livekit-loopback -- --port 7880 --keys devkey:secret` prints
 //! the URL and serves until interrupted.
