@@ -45,6 +45,22 @@ pub enum Command {
     Start,
     /// Run the worker for development: debug logs, always available, a signal stops at once.
     Dev,
+    /// Run one whole consultation from a caller WAV, without LiveKit, against the configured
+    /// realtime and DeepSeek endpoints (tests credentials end to end).
+    Simulate {
+        /// Caller audio: a WAV of any rate and channel count (resampled to 24 kHz mono).
+        #[arg(long, value_name = "WAV")]
+        caller: PathBuf,
+        /// Session id (default: a new UUID).
+        #[arg(long)]
+        session_id: Option<SessionId>,
+        /// Write the agent's voice (as heard) to this WAV.
+        #[arg(long, value_name = "WAV")]
+        out: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]

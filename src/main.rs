@@ -36,5 +36,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Room { action } => commands::room::run(&config, action).await,
         Command::Start => commands::worker::run(&config, consultant::livekit::WorkerMode::Start).await,
         Command::Dev => commands::worker::run(&config, consultant::livekit::WorkerMode::Dev).await,
+        Command::Simulate { caller, session_id, out, json } => {
+            commands::simulate::run(&config, commands::simulate::SimulateArgs { caller, session_id, out, json }).await
+        }
     }
 }

@@ -666,7 +666,7 @@ async fn barge_in_keeps_only_what_the_caller_heard() {
     let long = "Сейчас я подробно расскажу обо всех условиях обслуживания, тарифах, комиссиях и дополнительных услугах нашего банка для частных клиентов.";
     let fake = start_fake(RealtimeFlavour::AzureGa, |o| {
         o.speed = Some(1.0);
-        o.voice = consultant_fakes::realtime::AgentVoice::Tone { ms_per_char: 20 };
+        o.voice = consultant_fakes::realtime::AgentVoice::Tone { ms_per_char: 40 };
         o.turns = vec![ScriptTurn::new("Расскажите об условиях", long), ScriptTurn::new("Стоп, а сколько стоит?", "Обслуживание бесплатное.")];
     })
     .await;
@@ -692,6 +692,9 @@ async fn barge_in_keeps_only_what_the_caller_heard() {
     assert!(record.errors_sent.is_empty(), "{:?}", record.errors_sent);
     let cut = &outcome.dialogue[2];
     assert_eq!(cut.role, Role::Assistant);
-    assert!(cut.interrupted && !cut.text.is_empty() && long.starts_with(&cut.text) && cut.text.len() < long.len() / 2, "{cut:?}");
+    assert!(cut.interrupted && !cut.text.is_empty() && long.starts_with(&cut.text), "{cut:?}");
+    // What was heard, in proportion: the answer is 40 ms per character.
+    let heard_chars = cut.text.chars().count() as u64;
+    assert!(heard_chars <= truncated_at / 40 && heard_chars < long.chars().count() as u64, "{heard_chars} chars for {truncated_at} ms");
     assert_eq!(outcome.dialogue.last().unwrap().text, "Обслуживание бесплатное.");
 }

@@ -2,6 +2,8 @@
 //! and WAV input/output.
 
 pub mod player;
+pub mod resample;
+pub mod wav;
 
 pub use player::PacedRecorder;
 

@@ -5,3 +5,4 @@ pub mod room;
 pub mod sessions;
 pub mod token;
 pub mod worker;
+pub mod simulate;

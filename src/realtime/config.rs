@@ -108,6 +108,8 @@ pub struct RealtimeConfig {
     pub transcription_model: String,
     /// Transcription language hint (ISO-639-1), e.g. "ru".
     pub transcription_language: Option<String>,
+    /// Sampling temperature; the beta protocol only (GA has none).
+    pub temperature: Option<f64>,
 }
 
 impl RealtimeConfig {
@@ -124,6 +126,37 @@ impl RealtimeConfig {
             vad: VadSettings::default(),
             transcription_model: "whisper-1".into(),
             transcription_language: Some("ru".into()),
+            temperature: None,
+        }
+    }
+
+    /// From the `[realtime]` section of config.toml (already env-overridden and validated)
+    /// and the consultation language.
+    pub fn from_section(section: &crate::config::RealtimeSection, language: &str) -> Self {
+        use crate::config::RealtimeFlavour as Configured;
+        let flavour = match section.flavour {
+            Configured::AzurePreview => RealtimeFlavour::AzurePreview,
+            Configured::AzureGa => RealtimeFlavour::AzureGa,
+            Configured::Openai => RealtimeFlavour::OpenAi,
+        };
+        let endpoint = if section.endpoint.trim().is_empty() && !flavour.is_azure() { DEFAULT_OPENAI_ENDPOINT.to_owned() } else { section.endpoint.clone() };
+        let language = language.trim();
+        Self {
+            flavour,
+            endpoint,
+            api_key: section.api_key.clone(),
+            deployment: section.deployment.clone(),
+            api_version: section.api_version.clone(),
+            model: section.model.clone(),
+            voice: section.voice.clone(),
+            vad: VadSettings {
+                threshold: section.vad_threshold as f32,
+                prefix_padding_ms: section.vad_prefix_padding_ms,
+                silence_duration_ms: section.vad_silence_duration_ms,
+            },
+            transcription_model: section.transcription_model.clone(),
+            transcription_language: (!language.is_empty()).then(|| language.to_owned()),
+            temperature: section.temperature,
         }
     }
 

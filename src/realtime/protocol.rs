@@ -362,7 +362,7 @@ fn transcription(config: &RealtimeConfig) -> Value {
 
 /// The full session configuration in the shape of the flavour's protocol.
 pub fn session_update(config: &RealtimeConfig, instructions: &str) -> Value {
-    let session = match config.flavour.protocol() {
+    let mut session = match config.flavour.protocol() {
         Protocol::Beta => json!({
             // Azure preview rejects audio alone.
             "modalities": ["audio", "text"],
@@ -390,6 +390,9 @@ pub fn session_update(config: &RealtimeConfig, instructions: &str) -> Value {
             },
         }),
     };
+    if let (Protocol::Beta, Some(t)) = (config.flavour.protocol(), config.temperature) {
+        session["temperature"] = json!(t);
+    }
     json!({ "type": "session.update", "session": session })
 }
 

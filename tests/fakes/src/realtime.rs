@@ -113,6 +113,9 @@ pub struct FakeRealtimeOptions {
     pub unknown_noise: bool,
     /// Send response.done status_details as a plain string.
     pub status_details_as_string: bool,
+    /// Benchmarks: the first four samples of every audio delta carry the send time (ns since
+    /// the Unix epoch, little-endian u64) so another process can measure arrival latency.
+    pub stamp_deltas: bool,
 }
 
 impl FakeRealtimeOptions {
@@ -131,6 +134,7 @@ impl FakeRealtimeOptions {
             enforce_session_limit: false,
             unknown_noise: true,
             status_details_as_string: false,
+            stamp_deltas: false,
         }
     }
 }
@@ -1124,12 +1128,16 @@ impl Session {
         let delta_samples = (self.options().delta_ms as u64 * RATE / 1000).max(1) as usize;
         let protocol = self.protocol;
         let noise = self.options().unknown_noise;
+        let stamp = self.options().stamp_deltas;
         let Some(r) = self.response.as_mut() else { return Ok(Flow::Continue) };
         if r.sent_samples < r.pcm.len() {
             let end = (r.sent_samples + delta_samples).min(r.pcm.len());
             let mut bytes = Vec::with_capacity((end - r.sent_samples) * 2);
             for s in &r.pcm[r.sent_samples..end] {
                 bytes.extend_from_slice(&s.to_le_bytes());
+            }
+            if stamp && bytes.len() >= 8 {
+                bytes[..8].copy_from_slice(&send_stamp().to_le_bytes());
             }
             r.sent_samples = end;
             r.deltas_sent += 1;
@@ -1212,6 +1220,20 @@ impl Session {
         self.record(|rec| rec.responses[r.record_index].status = status);
         Ok(())
     }
+}
+
+/// Nanoseconds since the Unix epoch (shared by processes on one machine).
+pub fn send_stamp() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Reads the stamp `stamp_deltas` put into a delta's first samples.
+pub fn read_stamp(pcm: &[i16]) -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    for (i, s) in pcm.get(..4)?.iter().enumerate() {
+        bytes[i * 2..i * 2 + 2].copy_from_slice(&s.to_le_bytes());
+    }
+    Some(u64::from_le_bytes(bytes))
 }
 
 /// Caller audio for tests: `speech_ms` of a loud 220 Hz tone then `silence_ms` of silence,
