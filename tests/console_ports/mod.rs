@@ -143,8 +143,9 @@ impl RealtimeConnector for TestConnector {
         let (ev_tx, ev_rx) = mpsc::channel::<RealtimeEvent>(1024);
         self.sessions.lock().unwrap().insert(setup.session_id.to_string(), ev_tx.clone());
         let this = self.inner.clone();
+        // Sessions chatter at staggered moments, as real calls do.
+        let mut frames = self.connects.load(Ordering::Relaxed).wrapping_mul(37);
         tokio::spawn(async move {
-            let mut frames = 0u64;
             let mut turns = 0u64;
             while let Some(command) = cmd_rx.recv().await {
                 match command {
