@@ -214,13 +214,6 @@ impl Worker {
     }
 }
 
-impl crate::livekit::link::LinkStatus {
-    /// The link will not report anything any more.
-    pub fn out_of_service(&self) -> bool {
-        self.fatal.is_some() || !self.registered
-    }
-}
-
 /// SIGTERM and SIGINT, installed before anything starts so an early signal is not fatal.
 pub struct Signals {
     term: Signal,

@@ -126,6 +126,13 @@ pub struct LinkStatus {
     pub fatal: Option<String>,
 }
 
+impl LinkStatus {
+    /// Nothing reaches LiveKit now (not registered, or given up).
+    pub fn out_of_service(&self) -> bool {
+        self.fatal.is_some() || !self.registered
+    }
+}
+
 pub struct LinkArgs {
     pub settings: LinkSettings,
     pub client: Arc<LiveKitClient>,
@@ -464,8 +471,15 @@ impl Actor for WorkerLink {
                 state.registered_once = true;
                 state.failures = 0;
                 state.last_error = None;
-                if again && !state.jobs.is_empty() {
-                    let job_ids: Vec<String> = state.jobs.keys().cloned().collect();
+                // Jobs still running, and those that ended while the link was down (their final
+                // status follows the migration).
+                let mut job_ids: Vec<String> = state.jobs.keys().cloned().collect();
+                for update in &state.pending_updates {
+                    if !job_ids.contains(&update.job_id) {
+                        job_ids.push(update.job_id.clone());
+                    }
+                }
+                if again && !job_ids.is_empty() {
                     tracing::info!(?job_ids, "claiming the jobs still running with migrate_job");
                     state.send(WorkerMsg::MigrateJob(proto::MigrateJobRequest { job_ids }));
                 }
