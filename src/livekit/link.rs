@@ -144,7 +144,7 @@ pub enum LinkMsg {
     Connect,
     Registered { generation: u64, worker_id: String, out: mpsc::Sender<proto::WorkerMessage> },
     ConnectFailed { generation: u64, error: String, fatal: bool },
-    Server { generation: u64, message: ServerMsg },
+    Server { generation: u64, message: Box<ServerMsg> },
     Disconnected { generation: u64, reason: String },
     Tick,
     AssignmentOverdue { job_id: String },
@@ -516,7 +516,7 @@ impl Actor for WorkerLink {
                 if generation != state.generation {
                     return Ok(());
                 }
-                on_server_message(&myself, state, message);
+                on_server_message(&myself, state, *message);
             }
             LinkMsg::Tick => {
                 state.stats = state.sampler.sample();
@@ -816,7 +816,8 @@ async fn run_connection(me: ActorRef<LinkMsg>, generation: u64, url: url::Url, t
                 }
                 match decode(&frame) {
                     Some(Ok(message)) => {
-                        if me.send_message(LinkMsg::Server { generation, message }).is_err() {
+                        let delivered = me.send_message(LinkMsg::Server { generation, message: Box::new(message) });
+                        if delivered.is_err() {
                             return;
                         }
                     }
