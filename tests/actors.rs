@@ -465,3 +465,21 @@ async fn a_full_disk_loses_no_message_and_does_not_end_the_call() {
     let outcome = handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
     assert_eq!(outcome.status, SessionStatus::Completed);
 }
+
+#[tokio::test]
+async fn a_failed_connect_shows_as_reconnecting_until_the_restart() {
+    let mut s = settings();
+    s.connect.attempts = 1;
+    s.restart.backoff_initial = Duration::from_secs(3);
+    let w = world(s).await;
+    w.realtime.fail_connects.store(1000, Ordering::SeqCst);
+    let id = sid("relink");
+    let _handle = w.handler.create_session(id.clone(), "consultation-relink".into(), RecordingAudio::new()).await.unwrap();
+    wait_until("restart scheduled", || {
+        w.telemetry.snapshot().events.iter().any(|e| e.kind == "restart" && e.path.ends_with("relink/realtime"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let link = w.telemetry.consultation(&id).unwrap().realtime.link;
+    assert_eq!(link, RealtimeLinkState::Reconnecting { attempt: 1 }, "a late notice of the failed attempt must not hide the restart");
+}

@@ -838,7 +838,8 @@ impl Actor for ConsultationActor {
                 }
             }
             ConsultationMsg::RealtimeConnecting { generation, attempt } => {
-                if generation == state.realtime_generation {
+                // A late notice from an actor that has already failed must not hide the restart.
+                if generation == state.realtime_generation && state.realtime.is_some() {
                     let link = if state.realtime_ready_once {
                         RealtimeLinkState::Reconnecting { attempt }
                     } else {
