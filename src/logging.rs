@@ -73,6 +73,18 @@ impl Write for RotatingFile {
     }
 }
 
+/// Transport crates print raw requests, Authorization headers and tokens included, at trace
+/// level (tungstenite logs the whole handshake request). These caps are appended to every
+/// filter, after the operator's, so no RUST_LOG or console setting can turn that output on.
+const SECRET_SAFE_CAPS: &str =
+    "tungstenite=debug,tokio_tungstenite=debug,hyper=info,hyper_util=info,h2=info,reqwest=debug,rustls=info,axum=debug";
+
+/// Builds a filter from an operator's spec with the secret-safe caps applied.
+pub fn safe_filter(spec: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(spec).map_err(|e| format!("invalid log filter `{spec}`: {e}"))?;
+    EnvFilter::try_new(format!("{spec},{SECRET_SAFE_CAPS}")).map_err(|e| format!("invalid log filter `{spec}`: {e}"))
+}
+
 /// Changes the log level at run time (the console's "log level" action).
 #[derive(Clone)]
 pub struct LevelControl {
@@ -81,7 +93,7 @@ pub struct LevelControl {
 
 impl LevelControl {
     pub fn set(&self, filter: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(filter).map_err(|e| format!("invalid log filter `{filter}`: {e}"))?;
+        let filter = safe_filter(filter)?;
         self.handle.reload(filter).map_err(|e| e.to_string())
     }
 }
@@ -98,8 +110,9 @@ pub fn init(config: &LoggingConfig, force_debug: bool) -> io::Result<LogGuard> {
     let level = if force_debug { "debug".to_owned() } else { config.level.clone() };
     let filter = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(level));
+        .and_then(|v| safe_filter(&v).ok())
+        .or_else(|| safe_filter(&level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let file = RotatingFile::open(&config.dir, &config.file, config.max_file_bytes, config.max_files)?;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -119,6 +132,41 @@ pub fn init(config: &LoggingConfig, force_debug: bool) -> io::Result<LogGuard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_filter_can_enable_transport_trace_output() {
+        for spec in ["trace", "tungstenite=trace", "trace,tungstenite=trace,h2=trace"] {
+            let capture = Capture::default();
+            let writer = capture.clone();
+            let subscriber = tracing_subscriber::registry()
+                .with(safe_filter(spec).unwrap())
+                .with(fmt::layer().with_writer(move || writer.clone()));
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::trace!(target: "tungstenite::handshake::client", "Request: Authorization: Bearer eyJsecret");
+                tracing::trace!(target: "h2::frame", "headers api-key: sk-secret");
+                tracing::trace!(target: "consultant::room", "our own trace line");
+            });
+            let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+            assert!(!out.contains("secret"), "{spec}: {out}");
+            if spec.starts_with("trace") {
+                assert!(out.contains("our own trace line"), "{spec}: {out}");
+            }
+        }
+        assert!(safe_filter("not a [filter").is_err());
+    }
 
     #[test]
     fn rotation_bounds_files_and_keeps_the_inode() {
