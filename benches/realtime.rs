@@ -42,7 +42,7 @@ fn main() {
 }
 
 fn parse_benchmark() {
-    let pcm: Vec<u8> = (0..4800u32).flat_map(|i| ((i * 31 % 20000) as i16).to_le_bytes()).collect();
+    let pcm: Vec<u8> = (0..2400u32).flat_map(|i| ((i * 31 % 20000) as i16).to_le_bytes()).collect();
     use base64::Engine;
     let delta = base64::engine::general_purpose::STANDARD.encode(&pcm);
     let frame = format!(
