@@ -33,6 +33,8 @@ const TRAILING_SILENCE_FRAMES: u32 = 10;
 const CALLER_GAP: Duration = Duration::from_millis(60);
 const RESUME_ATTEMPTS: u32 = 5;
 const MAX_FULL_REJOINS: u32 = 2;
+/// How long after a caller appears the agent may speak even if no caller audio arrived.
+const SILENT_CALLER_SETTLE: Duration = Duration::from_secs(2);
 
 /// Why the room ended for this consultation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +136,9 @@ pub struct RoomState {
     caller: Option<Caller>,
     caller_tx: Option<mpsc::Sender<Arc<[i16]>>>,
     caller_gone_at: Option<Instant>,
+    /// When a caller-kind participant was first seen in the room.
+    caller_present_since: Option<Instant>,
+    playout: Arc<Playout>,
     rejoin_grace: Duration,
     fed_until: Instant,
     rtp_ticks: u64,
@@ -321,6 +326,9 @@ impl RoomState {
                 }
                 self.participants.remove(&p.sid);
             } else {
+                if is_caller_kind(p.kind) && self.caller_present_since.is_none() {
+                    self.caller_present_since = Some(Instant::now());
+                }
                 self.participants.insert(p.sid.clone(), p);
             }
         }
@@ -538,6 +546,8 @@ impl RoomState {
                 self.caller_gone_at = None;
                 self.fed_until = Instant::now();
                 self.set_status(|s| s.caller = Some(identity));
+                // Their audio reaches us, so they are subscribed to ours: let the agent speak.
+                self.playout.release();
             }
         }
         let caller = self.caller.as_mut().expect("set above");
@@ -585,6 +595,11 @@ impl RoomState {
                 self.stats.caller_silence_frames.fetch_add(1, Ordering::Relaxed);
                 self.push_caller(Arc::from(&[0i16; FRAME_24K][..]));
             }
+        }
+        // A caller who publishes nothing (muted) still hears the agent once their
+        // subscription had time to settle.
+        if self.caller_present_since.is_some_and(|t| now.duration_since(t) >= SILENT_CALLER_SETTLE) && self.playout.is_held() {
+            self.playout.release();
         }
         if let Some(gone) = self.caller_gone_at {
             if self.caller.is_none() && now.duration_since(gone) >= self.rejoin_grace {
@@ -706,6 +721,8 @@ impl Actor for RoomActor {
             caller: None,
             caller_tx: Some(args.caller_tx),
             caller_gone_at: None,
+            caller_present_since: None,
+            playout: args.playout.clone(),
             rejoin_grace: args.rejoin_grace,
             fed_until: now,
             rtp_ticks: 0,

@@ -112,6 +112,8 @@ pub async fn join(url: &str, token: &Secret, options: RoomOptions) -> Result<Joi
     let (status_tx, status_rx) = watch::channel(RoomStatus::default());
     let stats = Arc::new(RoomStats::default());
     let playout = Playout::new();
+    // Speech waits for a caller who can hear it (the greeting is queued before anyone joined).
+    playout.hold();
     let (caller_tx, caller_rx) = mpsc::channel(CALLER_QUEUE);
     let args = RoomArgs {
         url: url.to_owned(),

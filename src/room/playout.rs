@@ -54,6 +54,8 @@ pub struct Playout {
     /// Wakes the media loop when speech arrives while it is idle, so the first frame of an
     /// answer leaves at once instead of on the next 20 ms tick.
     wake: Notify,
+    /// While set, speech stays queued (nobody would hear it: no caller in the room yet).
+    held: std::sync::atomic::AtomicBool,
     pub stats: PlayoutStats,
 }
 
@@ -66,6 +68,22 @@ impl Playout {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Holds speech in the queue until [`Playout::release`].
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets held speech play (wakes the clock).
+    pub fn release(&self) {
+        if self.held.swap(false, Ordering::SeqCst) {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
     /// Resolves when `play` queued audio (the media loop awaits this while idle).
     pub async fn woken(&self) {
         self.wake.notified().await
@@ -75,6 +93,10 @@ impl Playout {
     pub fn next_frame(&self, frame: &mut [i16; FRAME_24K]) -> Frame {
         let mut q = self.lock();
         let after_cut = std::mem::take(&mut q.cut);
+        if self.held.load(Ordering::SeqCst) {
+            frame.fill(0);
+            return Frame { speech_samples: 0, after_cut };
+        }
         let mut filled = 0;
         while filled < FRAME_24K {
             let Some(chunk) = q.chunks.front_mut() else { break };
@@ -206,6 +228,20 @@ mod tests {
             p.next_frame(&mut f);
         }
         assert_eq!(p.interrupt(), Some(PlayedAudio { item_id: "b".into(), played_ms: 40 }));
+    }
+
+    #[test]
+    fn held_speech_waits_in_the_queue_until_released() {
+        let p = Playout::new();
+        p.hold();
+        p.play("greeting", pcm(960, 7));
+        let mut f = [0i16; FRAME_24K];
+        assert_eq!(p.next_frame(&mut f).speech_samples, 0);
+        assert!(p.is_playing(), "held speech is still to be played");
+        assert_eq!(p.queued_samples(), 960);
+        p.release();
+        assert_eq!(p.next_frame(&mut f).speech_samples, 480);
+        assert!(f.iter().all(|&s| s == 7));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 Used by the consultant's room and end-to-end tests (tests/room.rs, tests/e2e.rs): the agent on
 the other side is our Rust worker.
 
-  caller.py --url URL --token TOKEN --wav a.wav [--wav b.wav ...] [--pause 4] [--lead-in 1]
+  caller.py --url URL --token TOKEN --wav a.wav [--wav b.wav ...] [--pause 4] [--pause-after 1:2.5]
+            [--lead-in 1]
             --record heard.wav --envelope heard.json [--tail 6] [--wait-agent 20]
 
 Joins, subscribes to the first agent audio track and records it (48 kHz mono PCM16), waits for
@@ -70,6 +71,10 @@ async def push_silence(source, seconds):
 
 async def run(args):
     phrases = [read_wav(p) for p in args.wav]
+    pauses = {}
+    for spec in args.pause_after:
+        index, seconds = spec.split(":")
+        pauses[int(index)] = float(seconds)
     room = rtc.Room()
     chunks, envelope = [], []
     heard = asyncio.Event()
@@ -124,7 +129,7 @@ async def run(args):
         say("phrase_start", index=i, seconds=round(len(pcm) / RATE, 3))
         await push_pcm(source, pcm)
         say("phrase_end", index=i)
-        await push_silence(source, args.pause)
+        await push_silence(source, pauses.get(i, args.pause))
     await push_silence(source, args.tail)
     await source.wait_for_playout()
     say("leaving")
@@ -151,6 +156,8 @@ def main():
     ap.add_argument("--token", required=True)
     ap.add_argument("--wav", action="append", default=[])
     ap.add_argument("--pause", type=float, default=3.0)
+    ap.add_argument("--pause-after", action="append", default=[], metavar="INDEX:SECONDS",
+                    help="a different pause after phrase INDEX (0-based)")
     ap.add_argument("--lead-in", type=float, default=1.0)
     ap.add_argument("--tail", type=float, default=3.0)
     ap.add_argument("--wait-agent", type=float, default=20.0)

@@ -1,0 +1,223 @@
+//! End to end, the proof that the product works: the real `consultant dev` binary registers on
+//! the loopback LiveKit server, is dispatched explicitly to a consultation room, and talks with
+//! the official Python SDK caller (three espeak-ng Russian phrases) through the fake realtime
+//! and fake DeepSeek servers. Checked: the caller hears the greeting and an answer to each
+//! phrase, a barge-in cuts the agent within 200 ms, a realtime socket drop mid-call is survived,
+//! SQLite holds the dialogue in order with a periodic and a final anketa, and the log holds the
+//! seed's markers in order.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use consultant_fakes::deepseek::{FakeDeepSeek, Prompt, TEST_API_KEY};
+use consultant_fakes::realtime::{AgentVoice, Fault, FakeFlavour, FakeRealtime, FakeRealtimeOptions, ScriptTurn};
+use livekit_loopback::{JobStatus, LoopbackConfig, LoopbackServer, ServerEvent};
+use serde_json::{json, Value};
+use support::*;
+
+const AGENT: &str = "consultant-e2e";
+const SHIPPED_CONFIG: &str = include_str!("../config.toml");
+const MS_PER_CHAR: u32 = 40;
+
+fn config_text(url: &str, dir: &Path) -> String {
+    let replace = |text: String, from: &str, to: String| {
+        assert!(text.contains(from), "config.toml no longer contains `{from}`");
+        text.replacen(from, &to, 1)
+    };
+    let mut t = SHIPPED_CONFIG.to_owned();
+    t = replace(t, "url = \"ws://127.0.0.1:7880\"", format!("url = \"{url}\""));
+    t = replace(t, "agent_name = \"consultant\"", format!("agent_name = \"{AGENT}\""));
+    t = replace(t, "health_listen = \"127.0.0.1:8081\"", "health_listen = \"127.0.0.1:0\"".to_owned());
+    t = replace(t, "path = \"data/consultations.db\"", format!("path = \"{}\"", dir.join("consultations.db").display()));
+    t = replace(t, "dir = \"logs\"", format!("dir = \"{}\"", dir.join("logs").display()));
+    t = replace(t, "listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"".to_owned());
+    t = replace(t, "extraction_interval = 6", "extraction_interval = 4".to_owned());
+    t
+}
+
+/// The anketa the fake DeepSeek extracts: the caller's name once they said anything.
+fn anketa_rule(p: &Prompt) -> Value {
+    if p.client_lines.is_empty() {
+        json!({})
+    } else {
+        json!({ "client_name": "Иван", "task": format!("{} реплик клиента", p.client_lines.len()) })
+    }
+}
+
+fn log_time(line: &str) -> Option<f64> {
+    let ts = line.split_whitespace().next()?;
+    let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
+    Some(t.timestamp_micros() as f64 / 1e6)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+
+    let answers = [
+        "Очень приятно, Иван. Расскажите о задаче.",
+        // Long, so the caller's third phrase barges in while it plays.
+        "Хорошо, сайт для компании. Обычно мы начинаем с короткого обсуждения целей, аудитории, \
+         структуры страниц и желаемых сроков, а потом готовим смету и план работ по этапам.",
+        "Спасибо, я всё записал. До свидания!",
+    ];
+    let phrases = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Подождите, у меня вопрос о сроках."];
+    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
+    options.api_key = "test-key-e2e".into();
+    options.voice = AgentVoice::Tone { ms_per_char: MS_PER_CHAR };
+    options.turns = phrases.iter().zip(answers).map(|(p, a)| ScriptTurn::new(*p, a)).collect();
+    let realtime = FakeRealtime::start(options).await.unwrap();
+    let deepseek = FakeDeepSeek::start().await;
+    deepseek.set_answer_rule(anketa_rule);
+
+    std::fs::write(dir.path().join("config.toml"), config_text(&server.url(), dir.path())).unwrap();
+    let stderr = std::fs::File::create(dir.path().join("worker.stderr")).unwrap();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_consultant"))
+        .current_dir(dir.path())
+        .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "dev"])
+        .env("LIVEKIT_API_KEY", server.api_key())
+        .env("LIVEKIT_API_SECRET", server.api_secret())
+        .env("AZURE_OPENAI_ENDPOINT", realtime.endpoint())
+        .env("AZURE_OPENAI_API_KEY", "test-key-e2e")
+        .env("DEEPSEEK_BASE_URL", deepseek.base_url())
+        .env("DEEPSEEK_API_KEY", TEST_API_KEY)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the consultant binary starts");
+    let log = || std::fs::read_to_string(dir.path().join("logs/agent.log")).unwrap_or_default();
+
+    server
+        .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
+        .await
+        .expect("the worker registers");
+
+    // The seed's server: the room is created with an explicit dispatch for our agent.
+    let room = "consultation-e2e-1";
+    server.create_room(room, &[AGENT]);
+    let job = server
+        .wait_for_event(Duration::from_secs(10), |e| match e {
+            ServerEvent::JobCreated { job_id, room: r, .. } if r == room => Some(job_id.clone()),
+            _ => None,
+        })
+        .await
+        .expect("job created");
+    server.wait_for_job_status(&job, JobStatus::JsRunning, Duration::from_secs(20)).await.expect("job running");
+
+    let mut args: Vec<String> = vec!["--url".into(), server.url(), "--token".into(), server.participant_token(room, "caller-ivan")];
+    for (i, p) in phrases.iter().enumerate() {
+        let wav = dir.path().join(format!("phrase{i}.wav"));
+        espeak(p, &wav);
+        args.extend(["--wav".into(), wav.to_str().unwrap().into()]);
+    }
+    let record = dir.path().join("heard.wav");
+    let envelope = dir.path().join("heard.json");
+    args.extend(
+        ["--lead-in", "3", "--pause", "4", "--tail", "6", "--record", record.to_str().unwrap(), "--envelope", envelope.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    // The second pause is shorter so the third phrase barges into the long second answer.
+    let mut caller = PyPeer::spawn("caller", "caller.py", &[args, vec!["--pause-after".into(), "1:2.5".into()]].concat(), dir.path());
+
+    caller.wait_event("published", Duration::from_secs(40)).await;
+    // The realtime socket drops in the middle of the call: after the first answer, before
+    // the second phrase ends (the caller's audio of the gap is held and sent after the replay).
+    caller.wait_event("phrase_end", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    realtime.inject(Fault::DropNow);
+    caller.finish(Duration::from_secs(90)).await;
+
+    // The caller left: the consultation ends, is finalized, the job succeeds.
+    server.wait_for_job_status(&job, JobStatus::JsSuccess, Duration::from_secs(60)).await.expect("JS_SUCCESS after the caller left");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !log().contains("=== FINALIZE START ===") {
+        assert!(tokio::time::Instant::now() < deadline, "no finalization in the log:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log_text = log();
+
+    // --- What the caller heard ---
+    let env = read_envelope(&envelope);
+    let starts = caller.event_times("phrase_start");
+    let ends = caller.event_times("phrase_end");
+    let published = caller.event_time("published").unwrap();
+    assert_eq!((starts.len(), ends.len()), (3, 3), "three phrases spoken");
+    let level = 300.0;
+    let secs = |frames: usize| frames as f64 / 100.0;
+    let greeting = secs(loud_frames(&env, published, starts[0], level));
+    let answer1 = secs(loud_frames(&env, ends[0], starts[1], level));
+    let answer2 = secs(loud_frames(&env, ends[1], starts[2] + 0.5, level));
+    let answer3 = secs(loud_frames(&env, ends[2], ends[2] + 6.0, level));
+    println!("heard: greeting {greeting:.2} s, answers {answer1:.2} / {answer2:.2} (cut) / {answer3:.2} s");
+    assert!(greeting >= 0.8, "the greeting was not heard ({greeting:.2} s of agent audio before the first phrase)");
+    assert!(answer1 >= 1.0, "no answer to the first phrase ({answer1:.2} s)");
+    assert!(answer2 >= 1.0, "no answer to the second phrase ({answer2:.2} s)");
+    assert!(answer3 >= 1.0, "no answer to the third phrase ({answer3:.2} s)");
+
+    // --- Barge-in: the agent's audio stops within 200 ms of the interrupt ---
+    let cut_line = log_text.lines().find(|l| l.contains("barge-in: agent interrupted")).unwrap_or_else(|| panic!("no barge-in in the log:\n{log_text}"));
+    let cut_at = log_time(cut_line).expect("timestamp on the barge-in line");
+    assert!(cut_at > starts[2] - 0.5 && cut_at < ends[2], "the barge-in happened during the third phrase");
+    let last = last_loud(&env, cut_at - 1.0, ends[2], level).expect("agent audio right before the cut");
+    println!("barge-in: last agent audio {:.0} ms after the interrupt", (last - cut_at) * 1000.0);
+    assert!(last - cut_at < 0.2, "agent audio went on {:.0} ms after the barge-in", (last - cut_at) * 1000.0);
+
+    // --- The realtime drop was survived: a second session with the dialogue replayed ---
+    let sessions = realtime.sessions();
+    assert!(sessions.len() >= 2, "the realtime link was not re-established after the drop ({} sessions)", sessions.len());
+    assert!(!sessions[1].items.is_empty(), "the dialogue was not replayed to the new session");
+
+    // --- SQLite: the dialogue in order, periodic and final anketas ---
+    let db = rusqlite::Connection::open(dir.path().join("consultations.db")).unwrap();
+    let mut stmt = db.prepare("SELECT seq, role, text, interrupted FROM messages ORDER BY seq").unwrap();
+    let rows: Vec<(u32, String, String, bool)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect();
+    for r in &rows {
+        println!("dialogue {r:?}");
+    }
+    let texts: Vec<(&str, &str)> = rows.iter().map(|(_, role, text, _)| (role.as_str(), text.as_str())).collect();
+    let expect = [("assistant", None), ("user", Some(phrases[0])), ("assistant", Some(answers[0])), ("user", Some(phrases[1]))];
+    for (i, (role, text)) in expect.iter().enumerate() {
+        assert_eq!(texts[i].0, *role, "message {} role: {rows:?}", i + 1);
+        if let Some(t) = text {
+            assert_eq!(texts[i].1, *t, "message {} text", i + 1);
+        }
+    }
+    assert!(rows.iter().any(|r| r.1 == "assistant" && r.3), "the barged-in answer is stored as interrupted: {rows:?}");
+    assert!(texts.contains(&("user", phrases[2])) && texts.contains(&("assistant", answers[2])), "the third turn is stored: {rows:?}");
+    assert!(rows.windows(2).all(|w| w[1].0 == w[0].0 + 1), "seq has gaps: {rows:?}");
+    let status: String = db.query_row("SELECT status FROM sessions WHERE session_id = 'e2e-1'", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "completed");
+    let periodic: u32 = db.query_row("SELECT COUNT(*) FROM anketas WHERE session_id = 'e2e-1' AND is_final = 0", [], |r| r.get(0)).unwrap();
+    let final_anketa: String = db.query_row("SELECT anketa FROM anketas WHERE session_id = 'e2e-1' AND is_final = 1", [], |r| r.get(0)).unwrap();
+    assert!(periodic >= 1, "no periodic anketa");
+    assert!(final_anketa.contains("Иван"), "final anketa {final_anketa}");
+
+    // --- The seed's markers, in order ---
+    let markers = [
+        "=== AGENT ENTRYPOINT CALLED ===",
+        "AGENT STEP 1/5",
+        "AGENT STEP 2/5",
+        "AGENT STEP 3/5",
+        "AGENT STEP 4/5",
+        "AGENT STEP 5/5",
+        "=== AGENT FULLY READY ===",
+        "DIALOGUE_MESSAGE",
+        "periodic_anketa_extracted",
+        "=== FINALIZE START ===",
+    ];
+    let positions: Vec<usize> = markers.iter().map(|m| log_text.find(m).unwrap_or_else(|| panic!("{m} missing from logs/agent.log"))).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "markers out of order: {positions:?}");
+    assert!(!log_text.contains("FAILED"), "a step failed:\n{log_text}");
+
+    let _ = Command::new("kill").args(["-s", "INT", &worker.id().unwrap().to_string()]).status();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await;
+    server.shutdown().await;
+}
