@@ -141,3 +141,73 @@ async fn agent_hears_the_caller_speaks_back_and_a_cut_is_heard_within_200ms() {
     room.leave();
     server.shutdown().await;
 }
+
+/// A caller who mutes, leaves and comes back within the grace period keeps the consultation
+/// going; the consultation's audio stream stays continuous through the mute; the second
+/// departure ends the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let room_name = "consultation-rejoin-test";
+    server.create_room(room_name, &[]);
+    let options = RoomOptions { rejoin_grace: Duration::from_secs(6), ..Default::default() };
+    let joined = room::join(&server.url(), &agent_token(&server, room_name, "agent-AJ_rejoin"), options).await.expect("agent joins");
+    let room = joined.room.clone();
+    let mut caller_audio = joined.caller_audio;
+    let heard = tokio::spawn(async move {
+        let mut frames: Vec<(f64, Arc<[i16]>)> = Vec::new();
+        while let Some(pcm) = caller_audio.recv().await {
+            frames.push((wall_now(), pcm));
+        }
+        frames
+    });
+    let speech = dir.path().join("speech.wav");
+    espeak("Алло, вы меня слышите?", &speech);
+    let caller_args = |n: u32, mute: &str| -> Vec<String> {
+        [
+            "--url", &server.url(), "--token", &server.participant_token(room_name, "caller"),
+            "--wav", speech.to_str().unwrap(), "--lead-in", "0.5", "--pause", "0.5", "--tail", "1", "--mute-for", mute,
+            "--record", dir.path().join(format!("heard{n}.wav")).to_str().unwrap(),
+            "--envelope", dir.path().join(format!("heard{n}.json")).to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    let mut first = PyPeer::spawn("caller1", "caller.py", &caller_args(1, "2"), dir.path());
+    first.wait_event("saved", Duration::from_secs(60)).await;
+    first.finish(Duration::from_secs(10)).await;
+    let (published, muted, unmuted, left) = (
+        first.event_time("published").unwrap(),
+        first.event_time("muted").unwrap(),
+        first.event_time("unmuted").unwrap(),
+        first.event_time("leaving").unwrap(),
+    );
+    assert_eq!(room.status().ended, None, "the caller may still come back");
+
+    let mut second = PyPeer::spawn("caller2", "caller.py", &caller_args(2, "0"), dir.path());
+    let back = second.wait_event("phrase_start", Duration::from_secs(60)).await["t"].as_f64().unwrap();
+    second.finish(Duration::from_secs(60)).await;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(15), room.ended()).await.expect("ends after the second departure"), RoomEnd::CallerLeft);
+
+    let frames = heard.await.unwrap();
+    let samples_between = |from: f64, to: f64| frames.iter().filter(|(t, _)| *t >= from && *t < to).map(|(_, p)| p.len()).sum::<usize>() as f64 / 24_000.0;
+    let loud_between = |from: f64, to: f64| {
+        frames.iter().filter(|(t, p)| *t >= from && *t < to && rms_windows(p, p.len().max(1))[0] > 500.0).count()
+    };
+    // Continuous audio for the consultation while the first caller was there, mute included.
+    let span = left - published - 0.5;
+    let got = samples_between(published + 0.5, left);
+    println!("first caller: {got:.2} s of audio over {span:.2} s; during mute {:.2} s over {:.2} s", samples_between(muted + 0.1, unmuted), unmuted - muted - 0.1);
+    assert!(got >= 0.9 * span, "gaps in the caller stream: {got:.2} s over {span:.2} s");
+    assert!(samples_between(muted + 0.1, unmuted) >= 0.9 * (unmuted - muted - 0.1), "the stream stopped during the mute");
+    assert_eq!(loud_between(muted + 0.2, unmuted), 0, "speech during the mute");
+    // The rejoined caller is heard.
+    assert!(loud_between(back, back + 2.0) >= 20, "the rejoined caller was not heard");
+    println!("room stats: {:?}", room.stats());
+    room.leave();
+    server.shutdown().await;
+}

@@ -4,7 +4,7 @@ Used by the consultant's room and end-to-end tests (tests/room.rs, tests/e2e.rs)
 the other side is our Rust worker.
 
   caller.py --url URL --token TOKEN --wav a.wav [--wav b.wav ...] [--pause 4] [--pause-after 1:2.5]
-            [--lead-in 1]
+            [--lead-in 1] [--mute-for 2]
             --record heard.wav --envelope heard.json [--tail 6] [--wait-agent 20]
 
 Joins, subscribes to the first agent audio track and records it (48 kHz mono PCM16), waits for
@@ -129,6 +129,13 @@ async def run(args):
         say("phrase_start", index=i, seconds=round(len(pcm) / RATE, 3))
         await push_pcm(source, pcm)
         say("phrase_end", index=i)
+        if args.mute_for > 0 and i == 0:
+            # Mute the microphone for a while (the SDK tells the server; audio stops).
+            track.mute()
+            say("muted")
+            await push_silence(source, args.mute_for)
+            track.unmute()
+            say("unmuted")
         await push_silence(source, pauses.get(i, args.pause))
     await push_silence(source, args.tail)
     await source.wait_for_playout()
@@ -158,6 +165,7 @@ def main():
     ap.add_argument("--pause", type=float, default=3.0)
     ap.add_argument("--pause-after", action="append", default=[], metavar="INDEX:SECONDS",
                     help="a different pause after phrase INDEX (0-based)")
+    ap.add_argument("--mute-for", type=float, default=0.0, help="mute this long after the first phrase")
     ap.add_argument("--lead-in", type=float, default=1.0)
     ap.add_argument("--tail", type=float, default=3.0)
     ap.add_argument("--wait-agent", type=float, default=20.0)
