@@ -238,9 +238,38 @@ impl Signals {
 
 /// `consultant start` / `dev` once the adapters are built: the worker and, when enabled, the
 /// debug console (its drain action drains like SIGTERM); runs until a signal.
-pub async fn run(config: &Config, mode: WorkerMode, parts: WorkerParts, level: Option<LevelControl>) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    mode: WorkerMode,
+    parts: WorkerParts,
+    level: Option<LevelControl>,
+    realtime_stats: Option<Arc<crate::realtime::RealtimeStats>>,
+) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let worker = Worker::start(config, mode, parts).await?;
+    // The realtime client's counters (unknown events, malformed frames) on the console's worker view.
+    let _stats_copier = realtime_stats.map(|stats| {
+        let telemetry = worker.telemetry().clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let s = stats.snapshot();
+                telemetry.worker_update(|w| {
+                    w.realtime = consultant_actors::telemetry::RealtimeCounters {
+                        connects: s.connects,
+                        connect_failures: s.connect_failures,
+                        disconnects: s.disconnects,
+                        events_parsed: s.events_parsed,
+                        unknown_events: s.unknown_events,
+                        malformed_events: s.malformed_events,
+                        error_events: s.error_events,
+                        unknown_event_types: s.unknown_event_types,
+                    }
+                });
+            }
+        }))
+    });
     let console = if config.console.enabled {
         let drain = worker.drain_hook();
         let control = ConsoleControl::new(worker.handler(), level, Arc::new(move || drain.drain()));
@@ -262,4 +291,13 @@ pub async fn run(config: &Config, mode: WorkerMode, parts: WorkerParts, level: O
         console.shutdown().await;
     }
     result
+}
+
+/// Stops a background task when the worker's run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

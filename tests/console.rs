@@ -160,6 +160,11 @@ fn rss() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_shows_the_tree_and_consultations_in_their_states() {
     let w = worker().await;
+    w.telemetry.worker_update(|v| {
+        v.realtime.events_parsed = 120;
+        v.realtime.unknown_events = 2;
+        v.realtime.unknown_event_types = vec![("response.mystery".into(), 2)];
+    });
     let mut client = connect(&w, READ_TOKEN).await;
     let s: WireSnapshot = client.snapshot().await.unwrap();
 
@@ -192,6 +197,9 @@ async fn snapshot_shows_the_tree_and_consultations_in_their_states() {
     assert_eq!(c("hanging-1").realtime.link_state(), "connecting (attempt 1)");
     assert!(s.events.iter().any(|e| e.kind == "restart" && e.path == "worker/consultation/failing-1/realtime"));
     assert!(s.worker.rss_bytes > 0, "the worker view carries the process RSS");
+    // Tolerated unknown realtime events are counted and shown to operators.
+    assert_eq!((s.worker.realtime.events_parsed, s.worker.realtime.unknown_events), (120, 2));
+    assert_eq!(s.worker.realtime.unknown_event_types, vec![("response.mystery".to_owned(), 2)]);
     assert_eq!(s.console.clients, 1);
     client.close().await;
 }

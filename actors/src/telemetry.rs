@@ -130,6 +130,23 @@ pub struct WorkerView {
     pub started_at: Option<DateTime<Utc>>,
     pub rss_bytes: u64,
     pub cpu_percent: f64,
+    /// Counters of the realtime client, shared by all consultations.
+    pub realtime: RealtimeCounters,
+}
+
+/// What the realtime client has seen since start: unknown event types and malformed frames
+/// are tolerated, and counted here for operators.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RealtimeCounters {
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub disconnects: u64,
+    pub events_parsed: u64,
+    pub unknown_events: u64,
+    pub malformed_events: u64,
+    pub error_events: u64,
+    /// (event type, count) of the unknown ones.
+    pub unknown_event_types: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use consultant_actors::ports::{AnketaExtractor, RealtimeConnector};
+use consultant_actors::ports::AnketaExtractor;
 
 use crate::config::{Config, Service};
 use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
@@ -16,9 +16,10 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     let log = crate::logging::init(&config.logging, mode == WorkerMode::Dev)
         .map_err(|e| anyhow::anyhow!("cannot open the log file in {}: {e}", config.logging.dir.display()))?;
     let store = Arc::new(SqliteStore::open(&config.storage.path, &config.storage.synchronous)?);
-    let (connector, extractor) = adapters(config)?;
-    let parts = WorkerParts { connector, extractor, store, rooms: Arc::new(crate::room::LiveKitRooms::default()) };
-    let result = worker::run(config, mode, parts, Some(log.level.clone())).await;
+    let (realtime, extractor) = adapters(config)?;
+    let stats = realtime.stats();
+    let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(crate::room::LiveKitRooms::default()) };
+    let result = worker::run(config, mode, parts, Some(log.level.clone()), Some(stats)).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "worker failed");
     }
@@ -26,7 +27,7 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
 }
 
 /// The realtime connector (Azure/OpenAI) and the anketa extractor (DeepSeek) from config.
-fn adapters(config: &Config) -> anyhow::Result<(Arc<dyn RealtimeConnector>, Arc<dyn AnketaExtractor>)> {
+fn adapters(config: &Config) -> anyhow::Result<(Arc<AzureRealtimeClient>, Arc<dyn AnketaExtractor>)> {
     let realtime = AzureRealtimeClient::new(RealtimeConfig::from_section(&config.realtime, &config.consultation.language)).map_err(|e| anyhow::anyhow!("realtime settings: {e}"))?;
     let extractor = DeepSeekExtractor::new(DeepSeekConfig::from_section(&config.deepseek), config.consultation.anketa_fields.clone())
         .map_err(|e| anyhow::anyhow!("deepseek settings: {e}"))?;

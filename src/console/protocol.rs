@@ -227,6 +227,20 @@ pub struct WireWorker {
     pub started_at: Option<String>,
     pub rss_bytes: u64,
     pub cpu_percent: f64,
+    pub realtime: WireRealtimeCounters,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default)]
+pub struct WireRealtimeCounters {
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub disconnects: u64,
+    pub events_parsed: u64,
+    pub unknown_events: u64,
+    pub malformed_events: u64,
+    pub error_events: u64,
+    pub unknown_event_types: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -215,7 +215,7 @@ impl App {
     pub fn draw(&mut self, frame: &mut Frame) {
         let outer = Layout::default()
             .direction(Direction::Vertical)
-            .constraints([Constraint::Length(2), Constraint::Min(8), Constraint::Length(9), Constraint::Length(1)])
+            .constraints([Constraint::Length(3), Constraint::Min(8), Constraint::Length(9), Constraint::Length(1)])
             .split(frame.area());
         frame.render_widget(Paragraph::new(self.header()), outer[0]);
         let middle = Layout::default()
@@ -252,6 +252,21 @@ impl App {
                 w.rss_bytes / 1_000_000,
                 w.cpu_percent,
                 self.model.consultations.len()
+            )),
+            Line::from(format!(
+                "realtime: {} connects, {} failed, {} drops, {} events ({} unknown{}, {} malformed, {} errors)",
+                w.realtime.connects,
+                w.realtime.connect_failures,
+                w.realtime.disconnects,
+                w.realtime.events_parsed,
+                w.realtime.unknown_events,
+                if w.realtime.unknown_event_types.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", w.realtime.unknown_event_types.iter().map(|(t, n)| format!("{t} x{n}")).collect::<Vec<_>>().join(", "))
+                },
+                w.realtime.malformed_events,
+                w.realtime.error_events
             )),
         ]
     }
