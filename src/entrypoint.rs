@@ -24,6 +24,9 @@ pub struct JoinedRoom {
     pub caller_audio: mpsc::Receiver<Arc<[i16]>>,
     /// Leaves the room (called once, when the consultation is over).
     pub leave: Box<dyn FnOnce() + Send>,
+    /// Asked when `caller_audio` closes: the cause if room media failed beyond repair (the
+    /// consultation then fails with it), None if the caller left or the room closed.
+    pub media_failure: Box<dyn Fn() -> Option<String> + Send + Sync>,
 }
 
 /// Joins a job's room (entrypoint step 3). The room-audio issue (#7) implements it over
@@ -112,7 +115,7 @@ impl JobRunner for Entrypoint {
             joined = self.rooms.join(&job.url, &job.token, &session_id) => joined.map_err(|cause| step_failed(3, cause))?,
             _ = wait_terminated(&mut terminated) => return Err(step_failed(3, "LiveKit terminated the job before the room was joined")),
         };
-        let JoinedRoom { audio_out, mut caller_audio, leave } = room;
+        let JoinedRoom { audio_out, mut caller_audio, leave, media_failure } = room;
 
         tracing::info!("AGENT STEP 4/5: Creating AgentSession and registering event handlers");
         let handle = match self.handler.create_session(session_id.clone(), job.room.clone(), audio_out).await {
@@ -131,7 +134,11 @@ impl JobRunner for Entrypoint {
                         return;
                     }
                 }
-                let _ = actor.send_message(ConsultationMsg::End(EndReason::CallerLeft));
+                let reason = match media_failure() {
+                    Some(cause) => EndReason::Failed(format!("room media failed: {cause}")),
+                    None => EndReason::CallerLeft,
+                };
+                let _ = actor.send_message(ConsultationMsg::End(reason));
             })
         };
 

@@ -211,3 +211,65 @@ async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
     room.leave();
     server.shutdown().await;
 }
+
+/// A TCP relay to the loopback server that the test can cut for good.
+struct Relay {
+    addr: std::net::SocketAddr,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                t.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Relay { addr, tasks }
+    }
+
+    /// Drops every connection and stops listening: the server is unreachable from now on.
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Signalling lost for good (every resume refused): the room ends as a media failure and the
+/// entrypoint is told the cause, so the consultation fails with it instead of "caller left".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecoverable_signalling_loss_is_a_media_failure_with_the_cause() {
+    use consultant::entrypoint::RoomConnector;
+    use consultant_actors::SessionId;
+    init_logs();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let room_name = "consultation-lost";
+    server.create_room(room_name, &[]);
+    let relay = Relay::start(server.addr()).await;
+    let rooms = room::LiveKitRooms::default();
+    let joined = rooms
+        .join(&format!("http://{}", relay.addr), &agent_token(&server, room_name, "agent-AJ_lost"), &SessionId::parse("lost").unwrap())
+        .await
+        .expect("joins through the relay");
+    assert_eq!((joined.media_failure)(), None);
+    let mut caller_audio = joined.caller_audio;
+    relay.cut();
+    let closed = tokio::time::timeout(Duration::from_secs(30), async { while caller_audio.recv().await.is_some() {} }).await;
+    assert!(closed.is_ok(), "the caller stream did not close after signalling was lost for good");
+    let cause = (joined.media_failure)().expect("a media failure is reported");
+    println!("cause: {cause}");
+    assert!(cause.contains("resume failed after 5 attempts"), "{cause}");
+    (joined.leave)();
+    server.shutdown().await;
+}

@@ -102,6 +102,7 @@ impl RoomConnector for MemoryRooms {
             leave: Box::new(move || {
                 left_counter.fetch_add(1, Ordering::SeqCst);
             }),
+            media_failure: Box::new(|| None),
         })
     }
 }

@@ -307,9 +307,10 @@ impl RoomState {
             RoomEnd::MediaFailed(cause) => tracing::error!(%cause, "room media failed"),
             other => tracing::info!(reason = ?other, "room ended for this consultation"),
         }
+        // The status first: whoever sees the caller stream close reads why from it.
+        self.set_status(|s| s.ended = Some(why));
         // Closing the caller stream tells the consultation to end.
         self.caller_tx = None;
-        self.set_status(|s| s.ended = Some(why));
     }
 
     fn merge_participants(&mut self, list: Vec<proto::ParticipantInfo>) {

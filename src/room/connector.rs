@@ -30,6 +30,15 @@ impl RoomConnector for LiveKitRooms {
             }
         });
         let room = joined.room;
-        Ok(JoinedRoom { audio_out: joined.audio_out, caller_audio: joined.caller_audio, leave: Box::new(move || room.leave()) })
+        let status = room.clone();
+        Ok(JoinedRoom {
+            audio_out: joined.audio_out,
+            caller_audio: joined.caller_audio,
+            leave: Box::new(move || room.leave()),
+            media_failure: Box::new(move || match status.status().ended {
+                Some(RoomEnd::MediaFailed(cause)) => Some(cause),
+                _ => None,
+            }),
+        })
     }
 }

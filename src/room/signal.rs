@@ -79,7 +79,8 @@ where
     let mut request = url.as_str().into_client_request().map_err(|e| format!("bad signalling request: {e}"))?;
     let bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| "the room token has characters a header cannot carry".to_owned())?;
     request.headers_mut().insert(AUTHORIZATION, bearer);
-    let shown = format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.path());
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let shown = format!("{}://{}{port}{}", url.scheme(), url.host_str().unwrap_or(""), url.path());
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
         .await
         .map_err(|_| format!("signalling connect to {shown} timed out after {CONNECT_TIMEOUT:?}"))?
