@@ -24,7 +24,8 @@ use consultant::secret::Secret;
 use consultant_actors::consultation::Ports;
 use consultant_actors::telemetry::Telemetry;
 use consultant_actors::{ConsultationSettings, SessionId, VoiceHandler};
-use ports::{MemoryStore, NameExtractor, SilentAudio, TestConnector};
+use consultant_fakes::memory::MemoryStore;
+use ports::{NameExtractor, SilentAudio, TestConnector};
 
 const CONSULTATIONS: usize = 200;
 const CONSOLES: usize = 5;

@@ -1,8 +1,8 @@
 //! The realtime client against the fake realtime server: every flavour, every handshake error,
 //! every fault, and a restart through the real actors.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -11,11 +11,12 @@ use consultant::realtime::{AzureRealtimeClient, RealtimeConfig, RealtimeFlavour}
 use consultant::secret::Secret;
 use consultant_actors::consultation::{EndReason, Ports};
 use consultant_actors::ports::{
-    AgentAudioOutput, AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, RealtimeCommand, RealtimeConnection,
-    RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus, SessionRecord, StoreError,
+    AgentAudioOutput, AnketaExtractor, DialogueStore, ExtractError, RealtimeCommand, RealtimeConnection,
+    RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus,
 };
 use consultant_actors::telemetry::Telemetry;
 use consultant_actors::{Anketa, AnketaField, ConsultationSettings, DialogueMessage, FieldKind, Role, SessionId, SessionStatus, VoiceHandler};
+use consultant_fakes::memory::MemoryStore;
 use consultant_fakes::realtime::{caller_turn, Fault, FakeFlavour, FakeRealtime, FakeRealtimeOptions, HandshakeFault, ScriptTurn};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -480,50 +481,6 @@ async fn the_fake_rejects_the_other_flavours_fields() {
 // ---------------------------------------------------------------------------------------------
 // Through the real actors
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct MemoryStore {
-    sessions: Mutex<HashMap<SessionId, SessionRecord>>,
-    messages: Mutex<HashMap<SessionId, Vec<DialogueMessage>>>,
-    anketas: Mutex<HashMap<SessionId, Vec<AnketaRecord>>>,
-}
-
-#[async_trait]
-impl DialogueStore for MemoryStore {
-    async fn open_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions.lock().unwrap().insert(record.session_id.clone(), record.clone());
-        Ok(())
-    }
-    async fn append_message(&self, session_id: &SessionId, message: &DialogueMessage) -> Result<(), StoreError> {
-        let mut all = self.messages.lock().unwrap();
-        let list = all.entry(session_id.clone()).or_default();
-        if !list.iter().any(|m| m.seq == message.seq) {
-            list.push(message.clone());
-        }
-        Ok(())
-    }
-    async fn set_status(&self, session_id: &SessionId, status: SessionStatus, failure: Option<&str>, ended_at: Option<chrono::DateTime<chrono::Utc>>) -> Result<(), StoreError> {
-        let mut sessions = self.sessions.lock().unwrap();
-        let record = sessions.get_mut(session_id).ok_or_else(|| StoreError::UnknownSession(session_id.clone()))?;
-        record.status = status;
-        record.failure = failure.map(str::to_owned);
-        record.ended_at = ended_at.or(record.ended_at);
-        Ok(())
-    }
-    async fn save_anketa(&self, session_id: &SessionId, record: &AnketaRecord) -> Result<(), StoreError> {
-        self.anketas.lock().unwrap().entry(session_id.clone()).or_default().push(record.clone());
-        Ok(())
-    }
-    async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionRecord>, StoreError> {
-        Ok(self.sessions.lock().unwrap().values().filter(|r| r.status == status).cloned().collect())
-    }
-    async fn load_messages(&self, session_id: &SessionId) -> Result<Vec<DialogueMessage>, StoreError> {
-        Ok(self.messages.lock().unwrap().get(session_id).cloned().unwrap_or_default())
-    }
-    async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
-        Ok(self.anketas.lock().unwrap().get(session_id).and_then(|l| l.last().cloned()))
-    }
-}
 
 /// Fills `name` and `product` from what the caller said.
 struct KeywordExtractor;

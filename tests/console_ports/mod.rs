@@ -10,15 +10,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use consultant_actors::anketa::{Anketa, AnketaField, FieldKind};
-use consultant_actors::dialogue::{DialogueMessage, SessionId};
+use consultant_actors::dialogue::DialogueMessage;
 use consultant_actors::ports::{
-    AgentAudioOutput, AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, PlayedAudio, RealtimeCommand,
-    RealtimeConnection, RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus, SessionRecord,
-    StoreError, TokenUsage,
+    AgentAudioOutput, AnketaExtractor, ExtractError, PlayedAudio, RealtimeCommand,
+    RealtimeConnection, RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus, TokenUsage,
 };
-use consultant_actors::session::SessionStatus;
 use tokio::sync::mpsc;
 
 /// How a session's realtime connections behave, chosen by a prefix of its id.
@@ -178,50 +175,6 @@ impl RealtimeConnector for TestConnector {
     }
 }
 
-/// Sessions, messages and anketas in memory.
-#[derive(Default)]
-pub struct MemoryStore {
-    sessions: Mutex<HashMap<SessionId, SessionRecord>>,
-    messages: Mutex<HashMap<SessionId, Vec<DialogueMessage>>>,
-    anketas: Mutex<HashMap<SessionId, AnketaRecord>>,
-}
-
-#[async_trait]
-impl DialogueStore for MemoryStore {
-    async fn open_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.sessions.lock().unwrap().insert(record.session_id.clone(), record.clone());
-        Ok(())
-    }
-    async fn append_message(&self, session_id: &SessionId, message: &DialogueMessage) -> Result<(), StoreError> {
-        let mut m = self.messages.lock().unwrap();
-        let list = m.entry(session_id.clone()).or_default();
-        if !list.iter().any(|x| x.seq == message.seq) {
-            list.push(message.clone());
-        }
-        Ok(())
-    }
-    async fn set_status(&self, session_id: &SessionId, status: SessionStatus, failure: Option<&str>, ended_at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
-        let mut s = self.sessions.lock().unwrap();
-        let r = s.get_mut(session_id).ok_or_else(|| StoreError::UnknownSession(session_id.clone()))?;
-        r.status = status;
-        r.failure = failure.map(str::to_owned);
-        r.ended_at = ended_at;
-        Ok(())
-    }
-    async fn save_anketa(&self, session_id: &SessionId, record: &AnketaRecord) -> Result<(), StoreError> {
-        self.anketas.lock().unwrap().insert(session_id.clone(), record.clone());
-        Ok(())
-    }
-    async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionRecord>, StoreError> {
-        Ok(self.sessions.lock().unwrap().values().filter(|r| r.status == status).cloned().collect())
-    }
-    async fn load_messages(&self, session_id: &SessionId) -> Result<Vec<DialogueMessage>, StoreError> {
-        Ok(self.messages.lock().unwrap().get(session_id).cloned().unwrap_or_default())
-    }
-    async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
-        Ok(self.anketas.lock().unwrap().get(session_id).cloned())
-    }
-}
 
 /// Fills `name` once the caller said it.
 #[derive(Default)]

@@ -2,17 +2,20 @@
 //! realtime connector the test drives event by event, a counting extractor, an audio output
 //! that records what it was asked to play.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use consultant_actors::anketa::Anketa;
-use consultant_actors::dialogue::{DialogueMessage, Role};
+use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
 use consultant_actors::ports::{
-    AgentAudioOutput, AnketaExtractor, ExtractError, PlayedAudio, RealtimeCommand, RealtimeConnection, RealtimeConnector,
-    RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus,
+    AgentAudioOutput, AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, PlayedAudio, RealtimeCommand,
+    RealtimeConnection, RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus, SessionRecord,
+    StoreError,
 };
+use consultant_actors::session::SessionStatus;
 use tokio::sync::mpsc;
 
 /// One connection made by [`ScriptedRealtime`]: the test pushes events and reads commands.
@@ -184,5 +187,65 @@ impl AgentAudioOutput for RecordingAudio {
 
     fn is_playing(&self) -> bool {
         self.playing.load(Ordering::SeqCst)
+    }
+}
+
+/// Sessions, messages and anketa history in memory (for tests that do not exercise SQLite).
+#[derive(Default)]
+pub struct MemoryStore {
+    sessions: Mutex<HashMap<SessionId, SessionRecord>>,
+    messages: Mutex<HashMap<SessionId, Vec<DialogueMessage>>>,
+    anketas: Mutex<HashMap<SessionId, Vec<AnketaRecord>>>,
+}
+
+#[async_trait]
+impl DialogueStore for MemoryStore {
+    async fn open_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions.lock().unwrap().insert(record.session_id.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn append_message(&self, session_id: &SessionId, message: &DialogueMessage) -> Result<(), StoreError> {
+        let mut all = self.messages.lock().unwrap();
+        let list = all.entry(session_id.clone()).or_default();
+        if !list.iter().any(|m| m.seq == message.seq) {
+            list.push(message.clone());
+            list.sort_by_key(|m| m.seq);
+        }
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        session_id: &SessionId,
+        status: SessionStatus,
+        failure: Option<&str>,
+        ended_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), StoreError> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let record = sessions.get_mut(session_id).ok_or_else(|| StoreError::UnknownSession(session_id.clone()))?;
+        record.status = status;
+        if let Some(f) = failure {
+            record.failure = Some(f.to_owned());
+        }
+        record.ended_at = ended_at.or(record.ended_at);
+        Ok(())
+    }
+
+    async fn save_anketa(&self, session_id: &SessionId, record: &AnketaRecord) -> Result<(), StoreError> {
+        self.anketas.lock().unwrap().entry(session_id.clone()).or_default().push(record.clone());
+        Ok(())
+    }
+
+    async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(self.sessions.lock().unwrap().values().filter(|r| r.status == status).cloned().collect())
+    }
+
+    async fn load_messages(&self, session_id: &SessionId) -> Result<Vec<DialogueMessage>, StoreError> {
+        Ok(self.messages.lock().unwrap().get(session_id).cloned().unwrap_or_default())
+    }
+
+    async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
+        Ok(self.anketas.lock().unwrap().get(session_id).and_then(|l| l.last().cloned()))
     }
 }
