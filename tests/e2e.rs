@@ -200,6 +200,21 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
     assert!(periodic >= 1, "no periodic anketa");
     assert!(final_anketa.contains("Иван"), "final anketa {final_anketa}");
 
+    // --- Transcripts reached the caller as LiveKit agents send them (lk.transcription) ---
+    let transcripts: Vec<(String, String)> = caller
+        .seen
+        .iter()
+        .filter(|v| v["event"] == "transcript")
+        .map(|v| (v["text"].as_str().unwrap_or_default().to_owned(), v["track"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    println!("transcripts received by the caller: {transcripts:?}");
+    for (role, text) in &texts {
+        assert!(transcripts.iter().any(|(t, _)| t == text), "the caller got no transcript of the {role} message {text:?}");
+    }
+    let subscribed = caller.seen.iter().find(|v| v["event"] == "subscribed").expect("the caller subscribed to the agent");
+    let agent_track = subscribed["track_sid"].as_str().unwrap().to_owned();
+    assert!(transcripts.iter().any(|(t, track)| t == answers[0] && *track == agent_track), "agent transcripts name the agent's track");
+
     // --- The seed's markers, in order ---
     let markers = [
         "=== AGENT ENTRYPOINT CALLED ===",

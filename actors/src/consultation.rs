@@ -250,6 +250,7 @@ impl ConsultationState {
                 v.push_line(message.seq, message.role, &message.text);
                 v.persistence_backlog += 1;
             });
+            self.args.audio_out.transcript(&message);
             if let Some(p) = &self.persistence {
                 let _ = p.send_message(PersistenceMsg::Append(message));
             }

@@ -145,6 +145,9 @@ pub trait AgentAudioOutput: Send + Sync + 'static {
     fn interrupt(&self) -> Option<PlayedAudio>;
     /// Whether audio is still queued or playing.
     fn is_playing(&self) -> bool;
+    /// A dialogue message as stored (for an interrupted answer, the part heard), to be shown
+    /// to the room's participants. Never blocks. Default: not shown.
+    fn transcript(&self, _message: &DialogueMessage) {}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use livekit_protocol as proto;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use str0m::change::SdpPendingOffer;
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::{Candidate, Event, IceConnectionState};
 use tokio::sync::{mpsc, watch};
@@ -131,6 +132,12 @@ pub struct RoomState {
     pub_pending: Option<SdpPendingOffer>,
     pub_offer_wanted: bool,
     pub_offer_id: u32,
+    /// `_reliable` on the publisher PC: transcripts go out on it.
+    pub_channel: Option<ChannelId>,
+    pub_channel_open: bool,
+    /// The caller's microphone track (transcripts of their speech name it).
+    caller_track_sid: Option<String>,
+    identity: String,
     remote: HashMap<Mid, Section>,
     participants: HashMap<String, proto::ParticipantInfo>,
     caller: Option<Caller>,
@@ -288,6 +295,16 @@ impl RoomState {
             // m-section to the published track.
             let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, Some(self.cid.clone()), Some(self.cid.clone()), None);
             self.pub_mid = Some(mid);
+        }
+        if self.pub_channel.is_none() {
+            // As LiveKit clients do: the data channels live on the publisher PC.
+            self.pub_channel = Some(api.add_channel_with_config(ChannelConfig {
+                label: "_reliable".into(),
+                ordered: true,
+                reliability: Reliability::Reliable,
+                negotiated: None,
+                protocol: String::new(),
+            }));
         }
         let Some((offer, pending)) = api.apply() else { return };
         self.pub_pending = Some(pending);
@@ -459,6 +476,8 @@ impl RoomState {
         self.pub_mid = None;
         self.pub_pt = None;
         self.pub_pending = None;
+        self.pub_channel = None;
+        self.pub_channel_open = false;
         self.remote.clear();
         if let Some(c) = self.caller.as_mut() {
             c.decoder = CallerDecoder::new().map_err(|e| e.to_string())?;
@@ -471,6 +490,7 @@ impl RoomState {
     fn apply_join(&mut self, j: proto::JoinResponse) {
         if let Some(p) = &j.participant {
             self.sid = p.sid.clone();
+            self.identity = p.identity.clone();
             let (sid, identity) = (p.sid.clone(), p.identity.clone());
             self.set_status(|s| {
                 s.participant_sid = sid;
@@ -529,6 +549,7 @@ impl RoomState {
     fn on_media(&mut self, data: str0m::media::MediaData) {
         let Some(section) = self.remote.get(&data.mid) else { return };
         let Some(psid) = section.participant_sid().map(str::to_owned) else { return };
+        let track_sid = section.track_id.clone();
         let Some(info) = self.participants.get(&psid) else { return };
         if !is_caller_kind(info.kind) {
             return; // other agents are not the caller
@@ -544,6 +565,7 @@ impl RoomState {
                 let identity = info.identity.clone();
                 tracing::info!(%identity, "listening to the caller");
                 self.caller = Some(Caller { sid: psid, identity: identity.clone(), decoder });
+                self.caller_track_sid = track_sid;
                 self.caller_gone_at = None;
                 self.fed_until = Instant::now();
                 self.set_status(|s| s.caller = Some(identity));
@@ -589,6 +611,11 @@ impl RoomState {
                 self.start_resume(myself, format!("no signalling for {:?}", self.ping_timeout), false);
             }
         }
+        if self.pub_channel_open {
+            for message in self.playout.take_transcripts() {
+                self.send_transcript(&message);
+            }
+        }
         // Keep the caller's stream continuous through mute, DTX and loss.
         if self.caller.is_some() {
             while self.fed_until + CALLER_GAP < now {
@@ -606,6 +633,69 @@ impl RoomState {
             if self.caller.is_none() && now.duration_since(gone) >= self.rejoin_grace {
                 self.caller_gone_at = None;
                 self.end(RoomEnd::CallerLeft);
+            }
+        }
+    }
+
+    /// One dialogue message as a LiveKit text stream on topic `lk.transcription` (header,
+    /// chunks, trailer), as LiveKit agents publish transcripts.
+    #[allow(deprecated)] // DataPacket.kind: still read by servers and older clients
+    fn send_transcript(&mut self, message: &consultant_actors::DialogueMessage) {
+        use proto::data_stream;
+        let Some(id) = self.pub_channel else { return };
+        let agent = message.role == consultant_actors::Role::Assistant;
+        let track = if agent { self.track_sid.clone() } else { self.caller_track_sid.clone() }.unwrap_or_default();
+        let stream_id = uuid::Uuid::new_v4().to_string();
+        let attributes = HashMap::from([
+            ("lk.transcribed_track_id".to_owned(), track),
+            ("lk.segment_id".to_owned(), format!("SG_{}", message.seq)),
+            ("lk.transcription_final".to_owned(), "true".to_owned()),
+        ]);
+        let packet = |value| proto::DataPacket {
+            kind: proto::data_packet::Kind::Reliable as i32,
+            participant_identity: self.identity.clone(),
+            value: Some(value),
+            ..Default::default()
+        };
+        let mut packets = vec![packet(proto::data_packet::Value::StreamHeader(data_stream::Header {
+            stream_id: stream_id.clone(),
+            timestamp: message.at.timestamp_millis(),
+            topic: "lk.transcription".into(),
+            mime_type: "text/plain".into(),
+            total_length: Some(message.text.len() as u64),
+            attributes,
+            content_header: Some(data_stream::header::ContentHeader::TextHeader(data_stream::TextHeader {
+                operation_type: data_stream::OperationType::Create as i32,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }))];
+        // Chunks stay well under the SCTP message size, split on character boundaries.
+        let mut chunk = String::new();
+        let mut index = 0u64;
+        for c in message.text.chars().chain(std::iter::once('\0')) {
+            if c == '\0' || chunk.len() + c.len_utf8() > 12_000 {
+                if !chunk.is_empty() {
+                    packets.push(packet(proto::data_packet::Value::StreamChunk(data_stream::Chunk {
+                        stream_id: stream_id.clone(),
+                        chunk_index: index,
+                        content: std::mem::take(&mut chunk).into_bytes(),
+                        ..Default::default()
+                    })));
+                    index += 1;
+                }
+                if c == '\0' {
+                    break;
+                }
+            }
+            chunk.push(c);
+        }
+        packets.push(packet(proto::data_packet::Value::StreamTrailer(data_stream::Trailer { stream_id, ..Default::default() })));
+        let Some(mut channel) = self.publisher.rtc.channel(id) else { return };
+        for p in packets {
+            if !matches!(channel.write(true, &prost::Message::encode_to_vec(&p)), Ok(true)) {
+                tracing::debug!("transcript not sent: data channel full");
+                return;
             }
         }
     }
@@ -677,7 +767,12 @@ impl RoomState {
                 }
             }
             Event::MediaData(data) if target == Target::Subscriber => self.on_media(data),
-            Event::ChannelOpen(_, label) => tracing::debug!(pc = target.name(), %label, "data channel open"),
+            Event::ChannelOpen(id, label) => {
+                tracing::debug!(pc = target.name(), %label, "data channel open");
+                if target == Target::Publisher && Some(id) == self.pub_channel {
+                    self.pub_channel_open = true;
+                }
+            }
             _ => {}
         }
     }
@@ -717,6 +812,10 @@ impl Actor for RoomActor {
             pub_pending: None,
             pub_offer_wanted: false,
             pub_offer_id: 0,
+            pub_channel: None,
+            pub_channel_open: false,
+            caller_track_sid: None,
+            identity: String::new(),
             remote: HashMap::new(),
             participants: HashMap::new(),
             caller: None,

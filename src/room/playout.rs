@@ -8,9 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use consultant_actors::ports::{AgentAudioOutput, PlayedAudio};
+use consultant_actors::DialogueMessage;
 use tokio::sync::Notify;
 
 use super::codec::{FRAME_24K, PCM_RATE};
+
+/// Transcripts waiting for the room's data channel; more are dropped and counted.
+const MAX_PENDING_TRANSCRIPTS: usize = 64;
 
 /// The most agent audio held at once (5 minutes); more is dropped and counted.
 pub const MAX_QUEUED_SAMPLES: usize = PCM_RATE as usize * 300;
@@ -43,6 +47,7 @@ pub struct Frame {
 #[derive(Default)]
 pub struct PlayoutStats {
     pub dropped_samples: AtomicU64,
+    pub dropped_transcripts: AtomicU64,
     pub interrupts: AtomicU64,
     pub frames: AtomicU64,
 }
@@ -56,6 +61,8 @@ pub struct Playout {
     wake: Notify,
     /// While set, speech stays queued (nobody would hear it: no caller in the room yet).
     held: std::sync::atomic::AtomicBool,
+    /// Dialogue messages for the room (`lk.transcription`), taken by the Room actor.
+    transcripts: Mutex<VecDeque<DialogueMessage>>,
     pub stats: PlayoutStats,
 }
 
@@ -123,6 +130,11 @@ impl Playout {
         Frame { speech_samples: filled, after_cut }
     }
 
+    /// Transcripts queued since the last call.
+    pub fn take_transcripts(&self) -> Vec<DialogueMessage> {
+        self.transcripts.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect()
+    }
+
     pub fn queued_samples(&self) -> usize {
         self.lock().queued_samples
     }
@@ -173,6 +185,15 @@ impl AgentAudioOutput for Playout {
     fn is_playing(&self) -> bool {
         let q = self.lock();
         !q.chunks.is_empty() || q.current.is_some()
+    }
+
+    fn transcript(&self, message: &DialogueMessage) {
+        let mut t = self.transcripts.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() >= MAX_PENDING_TRANSCRIPTS {
+            self.stats.dropped_transcripts.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        t.push_back(message.clone());
     }
 }
 

@@ -11,7 +11,8 @@ Joins, subscribes to the first agent audio track and records it (48 kHz mono PCM
 the agent, then publishes a microphone track: lead-in silence, each WAV in real time with
 `--pause` seconds of silence after it, then `--tail` seconds of silence, leaves, and writes the
 recording plus an energy envelope (one [wall_time, rms] pair per 10 ms frame received).
-Prints one JSON line per milestone on stdout with wall-clock times (`t`, seconds since the
+Transcripts the agent publishes (text streams on topic `lk.transcription`) are printed as
+`transcript` events. Prints one JSON line per milestone on stdout with wall-clock times (`t`, seconds since the
 epoch), so the Rust side can line up its own clock; exits non-zero with the reason on stderr.
 """
 
@@ -100,6 +101,16 @@ async def run(args):
             return
         say("subscribed", track_sid=publication.sid, from_identity=participant.identity)
         state["reader"] = asyncio.ensure_future(read(track, participant))
+
+    async def read_transcript(reader, participant_identity):
+        text = await reader.read_all()
+        attrs = reader.info.attributes or {}
+        say("transcript", text=text, from_identity=participant_identity,
+            track=attrs.get("lk.transcribed_track_id", ""), final=attrs.get("lk.transcription_final", ""))
+
+    # Transcripts as LiveKit agents publish them (text streams on topic lk.transcription).
+    room.register_text_stream_handler(
+        "lk.transcription", lambda reader, identity: asyncio.ensure_future(read_transcript(reader, identity)))
 
     @room.on("participant_connected")
     def on_join(p):
