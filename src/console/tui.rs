@@ -389,7 +389,7 @@ fn consultation_lines(c: &WireConsultation) -> Vec<Line<'static>> {
     let elapsed = parse_time(&c.started_at).map(|t| (Utc::now() - t).num_seconds().max(0) as u64).unwrap_or(0);
     let rt = &c.realtime;
     let age = rt.connected_at.as_deref().map(since).unwrap_or_else(|| "-".into());
-    let recycle = rt.recycle_after_secs.map(|s| format!("{}", mmss(s))).unwrap_or_else(|| "off".into());
+    let recycle = rt.recycle_after_secs.map(|s| mmss(s).to_string()).unwrap_or_else(|| "off".into());
     let latency = if c.turn_latency_ms.is_empty() {
         "-".to_owned()
     } else {

@@ -186,11 +186,10 @@ impl AzureRealtimeClient {
             match self.parse(&text) {
                 Some(ServerEvent::SessionCreated(info)) => created = Some(info),
                 Some(ServerEvent::SessionUpdated(_)) => updated = true,
-                Some(ServerEvent::ItemCreated { item, .. }) => {
-                    if item.id.is_some() && item.id == last_item {
+                Some(ServerEvent::ItemCreated { item, .. })
+                    if item.id.is_some() && item.id == last_item => {
                         last_item = None;
                     }
-                }
                 Some(ServerEvent::Error(error)) => return Err(self.setup_error(&error)),
                 _ => {}
             }
