@@ -125,15 +125,15 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
             .map(|s| s.to_string()),
     );
     // The second pause is shorter so the third phrase barges into the long second answer.
-    let mut caller = PyPeer::spawn("caller", "caller.py", &[args, vec!["--pause-after".into(), "1:2.5".into()]].concat(), dir.path());
+    let mut caller = PythonPeer::spawn("caller", "caller.py", &[args, vec!["--pause-after".into(), "1:2.5".into()]].concat(), &[], dir.path());
 
-    caller.wait_event("published", Duration::from_secs(40)).await;
+    caller.event("published", Duration::from_secs(40)).await;
     // The realtime socket drops in the middle of the call: after the first answer, before
     // the second phrase ends (the caller's audio of the gap is held and sent after the replay).
-    caller.wait_event("phrase_end", Duration::from_secs(30)).await;
+    caller.event("phrase_end", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(3000)).await;
     realtime.inject(Fault::DropNow);
-    caller.finish(Duration::from_secs(90)).await;
+    caller.wait_success(Duration::from_secs(90)).await;
 
     // The caller left: the consultation ends, is finalized, the job succeeds.
     server.wait_for_job_status(&job, JobStatus::JsSuccess, Duration::from_secs(60)).await.expect("JS_SUCCESS after the caller left");

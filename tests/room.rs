@@ -79,14 +79,14 @@ async fn agent_hears_the_caller_speaks_back_and_a_cut_is_heard_within_200ms() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut caller = PyPeer::spawn("caller", "caller.py", &args, dir.path());
-    caller.wait_event("subscribed", Duration::from_secs(30)).await;
-    let start = caller.wait_event("phrase_start", Duration::from_secs(30)).await["t"].as_f64().unwrap();
+    let mut caller = PythonPeer::spawn("caller", "caller.py", &args, &[], dir.path());
+    caller.event("subscribed", Duration::from_secs(30)).await;
+    let start = caller.event("phrase_start", Duration::from_secs(30)).await["t"].as_f64().unwrap();
     // Signalling drops mid-phrase: the room resumes (reconnect=1&sid) without leaving and
     // the audio goes on (the envelope check below covers the whole phrase).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(server.drop_participant_signal(room_name, "agent-AJ_test"), "agent signalling was connected");
-    caller.wait_event("phrase_end", Duration::from_secs(30)).await;
+    caller.event("phrase_end", Duration::from_secs(30)).await;
     assert_eq!(room.status().resumes, 1, "one resume after the drop");
     assert_eq!(room.status().ended, None, "a signalling drop does not end the room");
 
@@ -102,7 +102,7 @@ async fn agent_hears_the_caller_speaks_back_and_a_cut_is_heard_within_200ms() {
     assert!((940..=1060).contains(&played.played_ms), "played_ms {} after 1 s of playback", played.played_ms);
     assert!(!audio_out.is_playing());
 
-    caller.finish(Duration::from_secs(40)).await;
+    caller.wait_success(Duration::from_secs(40)).await;
 
     // Hear: the caller's speech reached the consultation, shaped like the source.
     let ended = tokio::time::timeout(Duration::from_secs(10), room.ended()).await.expect("room ends after the caller left");
@@ -177,9 +177,9 @@ async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
         .collect()
     };
 
-    let mut first = PyPeer::spawn("caller1", "caller.py", &caller_args(1, "2"), dir.path());
-    first.wait_event("saved", Duration::from_secs(60)).await;
-    first.finish(Duration::from_secs(10)).await;
+    let mut first = PythonPeer::spawn("caller1", "caller.py", &caller_args(1, "2"), &[], dir.path());
+    first.event("saved", Duration::from_secs(60)).await;
+    first.wait_success(Duration::from_secs(10)).await;
     let (published, muted, unmuted, left) = (
         first.event_time("published").unwrap(),
         first.event_time("muted").unwrap(),
@@ -188,9 +188,9 @@ async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
     );
     assert_eq!(room.status().ended, None, "the caller may still come back");
 
-    let mut second = PyPeer::spawn("caller2", "caller.py", &caller_args(2, "0"), dir.path());
-    let back = second.wait_event("phrase_start", Duration::from_secs(60)).await["t"].as_f64().unwrap();
-    second.finish(Duration::from_secs(60)).await;
+    let mut second = PythonPeer::spawn("caller2", "caller.py", &caller_args(2, "0"), &[], dir.path());
+    let back = second.event("phrase_start", Duration::from_secs(60)).await["t"].as_f64().unwrap();
+    second.wait_success(Duration::from_secs(60)).await;
     assert_eq!(tokio::time::timeout(Duration::from_secs(15), room.ended()).await.expect("ends after the second departure"), RoomEnd::CallerLeft);
 
     let frames = heard.await.unwrap();

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -252,17 +252,7 @@ async fn session_status(store: &SqliteStore, id: &SessionId) -> Option<SessionSt
 // Tokens, verified by the official Python SDK
 // ----------------------------------------------------------------------------------------------
 
-fn peers_python() -> PathBuf {
-    let path = std::env::var_os("CONSULTANT_PEERS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-peers/bin/python"));
-    assert!(
-        path.exists(),
-        "the official LiveKit Python SDK is needed to verify tokens, but {} does not exist: run scripts/install-test-deps.sh (or set CONSULTANT_PEERS_PYTHON)",
-        path.display()
-    );
-    path
-}
+use livekit_loopback::peers::peers_python;
 
 const VERIFY_PY: &str = r#"
 import sys, json, jwt

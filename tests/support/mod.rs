@@ -2,31 +2,11 @@
 //! subprocess, espeak-ng phrases, and audio envelope checks.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `$CONSULTANT_PEERS_PYTHON`, else `<workspace>/.venv-peers/bin/python`. Missing = failure.
-pub fn peers_python() -> PathBuf {
-    let p = std::env::var_os("CONSULTANT_PEERS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv-peers/bin/python"));
-    assert!(
-        p.exists(),
-        "the Python peers interpreter {} does not exist: run scripts/install-test-deps.sh (or set CONSULTANT_PEERS_PYTHON)",
-        p.display()
-    );
-    p
-}
+pub use livekit_loopback::peers::PythonPeer;
 
 pub fn wall_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
@@ -82,94 +62,6 @@ pub fn best_alignment(source: &[f64], heard: &[f64], max_lag: usize) -> (f64, us
     (0..=max_lag.min(heard.len()))
         .map(|lag| (correlation(source, &heard[lag..]), lag))
         .fold((f64::MIN, 0), |best, x| if x.0 > best.0 { x } else { best })
-}
-
-/// A Python peer whose stdout JSON lines are events.
-pub struct PyPeer {
-    pub name: String,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    pub seen: Vec<Value>,
-    stderr_path: PathBuf,
-}
-
-impl PyPeer {
-    pub fn spawn(name: &str, script: &str, args: &[String], dir: &Path) -> PyPeer {
-        let stderr_path = dir.join(format!("{name}.stderr.log"));
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(peers_python())
-            .arg(workspace_root().join("tests/peers").join(script))
-            .args(args)
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONWARNINGS", "ignore")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let pname = name.to_owned();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("[{pname}] {l}");
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        PyPeer { name: name.into(), child, lines: rx, seen: Vec::new(), stderr_path }
-    }
-
-    pub fn stderr_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(25)..].join("\n")
-    }
-
-    /// Waits for the event named `event`; panics with the peer's stderr on timeout or exit.
-    pub async fn wait_event(&mut self, event: &str, timeout: Duration) -> Value {
-        if let Some(v) = self.seen.iter().find(|v| v["event"] == event) {
-            return v.clone();
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(v)) => {
-                    self.seen.push(v.clone());
-                    if v["event"] == event {
-                        return v;
-                    }
-                }
-                Ok(None) => {
-                    let status = self.child.wait().await;
-                    panic!("{} exited ({status:?}) before {event}; stderr:\n{}", self.name, self.stderr_tail());
-                }
-                Err(_) => panic!("{} did not report {event} within {timeout:?}; stderr:\n{}", self.name, self.stderr_tail()),
-            }
-        }
-    }
-
-    pub async fn finish(&mut self, timeout: Duration) {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(Ok(s)) => assert!(s.success(), "{} failed ({s}); stderr:\n{}", self.name, self.stderr_tail()),
-            Ok(Err(e)) => panic!("{}: {e}", self.name),
-            Err(_) => panic!("{} did not finish within {timeout:?}; stderr:\n{}", self.name, self.stderr_tail()),
-        }
-        while let Ok(v) = self.lines.try_recv() {
-            self.seen.push(v);
-        }
-    }
-
-    pub fn event_time(&self, event: &str) -> Option<f64> {
-        self.seen.iter().find(|v| v["event"] == event).and_then(|v| v["t"].as_f64())
-    }
-
-    pub fn event_times(&self, event: &str) -> Vec<f64> {
-        self.seen.iter().filter(|v| v["event"] == event).filter_map(|v| v["t"].as_f64()).collect()
-    }
 }
 
 /// The caller's recording envelope: (wall time, rms) per 10 ms frame.

@@ -90,6 +90,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod peers;
 pub mod rooms;
 pub mod rtc;
 mod sfu;

@@ -178,7 +178,7 @@ async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
     let mut agent = Peer::spawn(
         "tone-agent",
         "tone_agent.py",
-        &[],
+        &[] as &[&str],
         &[("LIVEKIT_URL", &url), ("LIVEKIT_API_KEY", "devkey"), ("LIVEKIT_API_SECRET", "secret")],
         &dir,
     );
@@ -333,7 +333,7 @@ async fn a_caller_timeline_round_trips_through_an_echo_agent() {
     let mut agent = Peer::spawn(
         "echo-agent",
         "tone_agent.py",
-        &[],
+        &[] as &[&str],
         &[("LIVEKIT_URL", &url), ("LIVEKIT_API_KEY", "devkey"), ("LIVEKIT_API_SECRET", "secret"), ("TONE_AGENT_MODE", "echo")],
         &dir,
     );

@@ -3,16 +3,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use livekit_loopback::proto;
 use prost::Message as _;
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 /// Server logs in the test output when RUST_LOG is set (e.g. `RUST_LOG=livekit_loopback=debug`).
@@ -25,136 +20,9 @@ pub fn init_tracing() {
     }
 }
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
-}
-
-pub fn peers_dir() -> PathBuf {
-    workspace_root().join("tests/peers")
-}
-
-/// The interpreter of the Python peers venv: `$CONSULTANT_PEERS_PYTHON`, else
-/// `<workspace>/.venv-peers/bin/python`. Missing = test failure (never a skip).
-pub fn peers_python() -> PathBuf {
-    let p = std::env::var_os("CONSULTANT_PEERS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv-peers/bin/python"));
-    assert!(
-        p.exists(),
-        "the Python peers interpreter {} does not exist: run scripts/install-test-deps.sh \
-         (or set CONSULTANT_PEERS_PYTHON)",
-        p.display()
-    );
-    p
-}
-
-/// Tests that run libwebrtc peers take this so they do not run at the same time: several
-/// real-time audio peers at once on a 2-core machine starve each other and glitch the audio.
-pub async fn peers_lock() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
-
-/// A Python peer process whose stdout JSON lines are collected as events.
-pub struct Peer {
-    pub name: String,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<Value>,
-    seen: Vec<Value>,
-    stderr_path: PathBuf,
-}
-
-impl Peer {
-    pub fn spawn(name: &str, script: &str, args: &[&str], envs: &[(&str, &str)], dir: &Path) -> Peer {
-        let stderr_path = dir.join(format!("{name}.stderr.log"));
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut cmd = Command::new(peers_python());
-        cmd.arg(peers_dir().join(script))
-            .args(args)
-            .envs(envs.iter().copied())
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONWARNINGS", "ignore")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let pname = name.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                match serde_json::from_str::<Value>(&l) {
-                    Ok(v) => {
-                        eprintln!("[{pname}] {l}");
-                        let _ = tx.send(v);
-                    }
-                    Err(_) => eprintln!("[{pname}] (stdout) {l}"),
-                }
-            }
-        });
-        Peer { name: name.into(), child, lines: rx, seen: Vec::new(), stderr_path }
-    }
-
-    /// The first event named `event` (already seen or coming), or panic with the peer's log.
-    pub async fn event(&mut self, event: &str, timeout: Duration) -> Value {
-        if let Some(v) = self.seen.iter().find(|v| v["event"] == event) {
-            return v.clone();
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(v)) => {
-                    self.seen.push(v.clone());
-                    if v["event"] == event {
-                        return v;
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    panic!("peer {} gave no {event:?} event in {timeout:?}; stderr tail:\n{}", self.name, self.stderr_tail())
-                }
-            }
-        }
-    }
-
-    pub fn events(&mut self) -> Vec<Value> {
-        while let Ok(v) = self.lines.try_recv() {
-            self.seen.push(v);
-        }
-        self.seen.clone()
-    }
-
-    pub async fn wait_success(&mut self, timeout: Duration) {
-        let status = tokio::time::timeout(timeout, self.child.wait()).await;
-        match status {
-            Ok(Ok(s)) if s.success() => {}
-            Ok(Ok(s)) => panic!("peer {} exited with {s}; stderr tail:\n{}", self.name, self.stderr_tail()),
-            Ok(Err(e)) => panic!("peer {} wait failed: {e}", self.name),
-            Err(_) => panic!("peer {} still running after {timeout:?}; stderr tail:\n{}", self.name, self.stderr_tail()),
-        }
-        // Drain remaining stdout lines.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        self.events();
-    }
-
-    /// SIGTERM, then wait for the exit (kill after `timeout`).
-    pub async fn terminate(&mut self, timeout: Duration) {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-        }
-        if tokio::time::timeout(timeout, self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-        self.events();
-    }
-
-    pub fn stderr_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
+// Not every test binary that includes this module uses the peers.
+#[allow(unused_imports)]
+pub use livekit_loopback::peers::{peers_lock, workspace_root, PythonPeer as Peer};
 
 /// A fresh scratch directory `target/loopback-tests/<name>` (kept after the test for
 /// post-mortems: peer logs and recorded WAVs).
