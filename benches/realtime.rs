@@ -187,21 +187,27 @@ fn sessions_benchmark(sessions: usize, window: Duration) {
         }
         println!("{sessions} realtime sessions connected and configured in {:.2} s", setup_started.elapsed().as_secs_f64());
 
-        // Caller side: 20 ms of (quiet) audio per session every 20 ms, like a LiveKit track.
-        let caller = {
-            let handler = handler.clone();
-            let handles = handles.clone();
-            tokio::spawn(async move {
-                let frame: Arc<[i16]> = vec![3i16; 480].into();
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
-                loop {
-                    tick.tick().await;
-                    for h in &handles {
-                        handler.process_user_audio(h, frame.clone());
+        // Caller side: 20 ms of (quiet) audio per session every 20 ms. Each session has its own
+        // clock with its own phase, as each room's track does (not all 200 in one burst).
+        let frame: Arc<[i16]> = vec![3i16; 480].into();
+        let count = handles.len().max(1) as u32;
+        let caller: Vec<tokio::task::JoinHandle<()>> = handles
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, h)| {
+                let handler = handler.clone();
+                let frame = frame.clone();
+                let phase = Duration::from_millis(20) * i as u32 / count;
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_millis(20));
+                    loop {
+                        tick.tick().await;
+                        handler.process_user_audio(&h, frame.clone());
                     }
-                }
+                })
             })
-        };
+            .collect();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = stats.snapshot();
         let (self_before, child_before) = (cpu_ticks("self"), cpu_ticks(&child_pid));
@@ -212,7 +218,9 @@ fn sessions_benchmark(sessions: usize, window: Duration) {
         let wall = t0.elapsed().as_secs_f64();
         let (self_after, child_after) = (cpu_ticks("self"), cpu_ticks(&child_pid));
         let after = stats.snapshot();
-        caller.abort();
+        for clock in &caller {
+            clock.abort();
+        }
 
         let worker_cpu = (self_after - self_before) as f64 / TICKS_PER_SEC / wall;
         let fake_cpu = (child_after - child_before) as f64 / TICKS_PER_SEC / wall;
