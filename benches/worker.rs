@@ -10,11 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use consultant::config::Config;
-use consultant::entrypoint::RoomMediaMissing;
+use consultant::entrypoint::JobRooms;
+use consultant::secret::Secret;
+use consultant_actors::ports::RoomConnector;
+use consultant_actors::SessionId;
 use consultant::livekit::WorkerMode;
 use consultant::store::SqliteStore;
 use consultant::worker::{Worker, WorkerParts};
-use consultant_fakes::memory::{CountingExtractor, ScriptedRealtime};
+use consultant_fakes::memory::{CountingExtractor, RecordingAudio, ScriptedRealtime};
+use consultant_fakes::rooms::RefusingRoom;
 use livekit_loopback::{JobStatus, LoopbackConfig, LoopbackServer, ServerEvent};
 
 const AGENT: &str = "consultant-bench";
@@ -36,12 +40,21 @@ fn config(url: &str, dir: &Path) -> Config {
     .expect("bench config")
 }
 
+/// Every job's room refuses the agent, so each accepted job fails step 3 at once.
+struct NoMedia;
+
+impl JobRooms for NoMedia {
+    fn room(&self, _url: &str, _token: &Secret, _session_id: &SessionId) -> Arc<dyn RoomConnector> {
+        Arc::new(RefusingRoom { audio: RecordingAudio::new(), cause: "no room media in this bench".into() })
+    }
+}
+
 fn parts(dir: &Path) -> WorkerParts {
     WorkerParts {
         connector: ScriptedRealtime::new(),
         extractor: CountingExtractor::new(),
         store: Arc::new(SqliteStore::open(&dir.join("db.sqlite"), "normal").unwrap()),
-        rooms: Arc::new(RoomMediaMissing),
+        rooms: Arc::new(NoMedia),
     }
 }
 

@@ -1,6 +1,6 @@
-//! The job entrypoint (the seed's `entrypoint(ctx)`): runs one LiveKit job through the five
+//! The job entrypoint (the Python module's `entrypoint(ctx)`): runs one LiveKit job through the five
 //! logged steps and then until the consultation ends. Operators grep for its markers, so they
-//! are the seed's, verbatim: `=== AGENT ENTRYPOINT CALLED ===`, `AGENT STEP n/5: ...`,
+//! are the Python module's, verbatim: `=== AGENT ENTRYPOINT CALLED ===`, `AGENT STEP n/5: ...`,
 //! `=== AGENT FULLY READY ===`, and `STEP n/5 FAILED: <cause>`.
 
 use std::sync::Arc;
@@ -8,44 +8,22 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use consultant_actors::consultation::{ConsultationMsg, EndReason};
 use consultant_actors::handler::{ConsultationHandle, SessionOutcome};
-use consultant_actors::ports::AgentAudioOutput;
+use consultant_actors::ports::RoomConnector;
 use consultant_actors::{SessionId, SessionStatus, VoiceHandler};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::livekit::link::{AcceptedJob, JobRunner};
+use crate::room::LiveKitRooms;
 use crate::secret::Secret;
 
-/// A joined LiveKit room, as the consultation needs it.
-pub struct JoinedRoom {
-    /// Where the agent's voice goes (published to the room).
-    pub audio_out: Arc<dyn AgentAudioOutput>,
-    /// The caller's audio, PCM16 mono 24 kHz. The channel closing means the caller left or the
-    /// room closed: the consultation then ends.
-    pub caller_audio: mpsc::Receiver<Arc<[i16]>>,
-    /// Leaves the room (called once, when the consultation is over).
-    pub leave: Box<dyn FnOnce() + Send>,
-    /// Asked when `caller_audio` closes: the cause if room media failed beyond repair (the
-    /// consultation then fails with it), None if the caller left or the room closed.
-    pub media_failure: Box<dyn Fn() -> Option<String> + Send + Sync>,
+/// Makes each job's room (entrypoint step 3): the consultation spawns its Room through it.
+pub trait JobRooms: Send + Sync + 'static {
+    fn room(&self, url: &str, token: &Secret, session_id: &SessionId) -> Arc<dyn RoomConnector>;
 }
 
-/// Joins a job's room (entrypoint step 3). The room-audio issue (#7) implements it over
-/// LiveKit signalling + WebRTC.
-#[async_trait]
-pub trait RoomConnector: Send + Sync + 'static {
-    /// Joins `url` with the assignment's `token` as the agent of `session_id`'s room.
-    async fn join(&self, url: &str, token: &Secret, session_id: &SessionId) -> Result<JoinedRoom, String>;
-}
-
-/// The production connector until room media lands: it fails step 3 and says why.
-pub struct RoomMediaMissing;
-
-pub const ROOM_MEDIA_MISSING: &str = "room media is not implemented yet (issue 7)";
-
-#[async_trait]
-impl RoomConnector for RoomMediaMissing {
-    async fn join(&self, _url: &str, _token: &Secret, _session_id: &SessionId) -> Result<JoinedRoom, String> {
-        Err(ROOM_MEDIA_MISSING.to_owned())
+impl JobRooms for LiveKitRooms {
+    fn room(&self, url: &str, token: &Secret, _session_id: &SessionId) -> Arc<dyn RoomConnector> {
+        Arc::new(LiveKitRooms::room(self, url, token.clone()))
     }
 }
 
@@ -60,12 +38,12 @@ pub struct AgentDescription {
 /// Runs jobs: one consultation per job through the [`VoiceHandler`].
 pub struct Entrypoint {
     handler: Arc<VoiceHandler>,
-    rooms: Arc<dyn RoomConnector>,
+    rooms: Arc<dyn JobRooms>,
     agent: AgentDescription,
 }
 
 impl Entrypoint {
-    pub fn new(handler: Arc<VoiceHandler>, rooms: Arc<dyn RoomConnector>, agent: AgentDescription) -> Self {
+    pub fn new(handler: Arc<VoiceHandler>, rooms: Arc<dyn JobRooms>, agent: AgentDescription) -> Self {
         Self { handler, rooms, agent }
     }
 }
@@ -78,8 +56,18 @@ fn step_failed(step: u8, cause: impl std::fmt::Display) -> String {
 
 /// Ends the consultation (idempotent) and waits for its outcome.
 async fn end(handle: &ConsultationHandle, reason: EndReason) -> Result<SessionOutcome, String> {
-    let _ = handle.actor.send_message(ConsultationMsg::End(reason));
+    // A consultation that is already gone has its outcome in the lifecycle: wait for it anyway.
+    if handle.actor.send_message(ConsultationMsg::End(reason)).is_err() {
+        tracing::debug!(session_id = %handle.session_id, "consultation already stopped");
+    }
     handle.wait_finished().await
+}
+
+/// Ends a consultation that failed before it was ready; the job's result is the step's failure.
+async fn finish_failed(handle: &ConsultationHandle, cause: String) {
+    if let Err(e) = end(handle, EndReason::Failed(cause)).await {
+        tracing::error!(session_id = %handle.session_id, error = %e, "the failed consultation was not finalized");
+    }
 }
 
 fn job_result(outcome: Result<SessionOutcome, String>) -> Result<(), String> {
@@ -111,36 +99,20 @@ impl JobRunner for Entrypoint {
         tracing::info!(prompt_chars = self.agent.system_prompt.chars().count(), "AGENT STEP 2/5: Creating VoiceAgent with the system prompt");
 
         tracing::info!(url = %job.url, "AGENT STEP 3/5: Connecting to the LiveKit room");
-        let room = tokio::select! {
-            joined = self.rooms.join(&job.url, &job.token, &session_id) => joined.map_err(|cause| step_failed(3, cause))?,
-            _ = wait_terminated(&mut terminated) => return Err(step_failed(3, "LiveKit terminated the job before the room was joined")),
+        // The consultation owns the room: its Room child joins first, then the realtime session opens.
+        let media = self.rooms.room(&job.url, &job.token, &session_id);
+        let handle = self.handler.create_room_session(session_id.clone(), job.room.clone(), media).await.map_err(|e| step_failed(3, e))?;
+        let joined = tokio::select! {
+            joined = handle.wait_joined() => joined,
+            _ = wait_terminated(&mut terminated) => Err("LiveKit terminated the job before the room was joined".to_owned()),
         };
-        let JoinedRoom { audio_out, mut caller_audio, leave, media_failure } = room;
+        if let Err(cause) = joined {
+            let message = step_failed(3, &cause);
+            finish_failed(&handle, cause).await;
+            return Err(message);
+        }
 
         tracing::info!("AGENT STEP 4/5: Creating AgentSession and registering event handlers");
-        let handle = match self.handler.create_session(session_id.clone(), job.room.clone(), audio_out).await {
-            Ok(h) => h,
-            Err(e) => {
-                leave();
-                return Err(step_failed(4, e));
-            }
-        };
-        // Caller audio into the consultation; the stream ending means the caller left.
-        let pump = {
-            let actor = handle.actor.clone();
-            tokio::spawn(async move {
-                while let Some(pcm) = caller_audio.recv().await {
-                    if actor.send_message(ConsultationMsg::CallerAudio(pcm)).is_err() {
-                        return;
-                    }
-                }
-                let reason = match media_failure() {
-                    Some(cause) => EndReason::Failed(format!("room media failed: {cause}")),
-                    None => EndReason::CallerLeft,
-                };
-                let _ = actor.send_message(ConsultationMsg::End(reason));
-            })
-        };
 
         tracing::info!("AGENT STEP 5/5: Starting the session and sending the greeting");
         let ready = tokio::select! {
@@ -149,9 +121,7 @@ impl JobRunner for Entrypoint {
         };
         if let Err(cause) = ready {
             let message = step_failed(5, &cause);
-            let _ = end(&handle, EndReason::Failed(cause)).await;
-            pump.abort();
-            leave();
+            finish_failed(&handle, cause).await;
             return Err(message);
         }
         tracing::info!(%session_id, "=== AGENT FULLY READY ===");
@@ -160,8 +130,6 @@ impl JobRunner for Entrypoint {
             outcome = handle.wait_finished() => outcome,
             _ = wait_terminated(&mut terminated) => end(&handle, terminated_reason()).await,
         };
-        pump.abort();
-        leave();
         job_result(outcome)
     }
 }

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, RealtimeFlavour};
 use crate::console::{self, ConsoleControl};
 use crate::logging::LevelControl;
-use crate::entrypoint::{AgentDescription, Entrypoint, RoomConnector};
+use crate::entrypoint::{AgentDescription, Entrypoint, JobRooms};
 use crate::health::{self, HealthServer};
 use crate::livekit::link::{spawn_link, LinkArgs, LinkHandle, LinkSettings};
 use crate::livekit::{LiveKitClient, WorkerMode};
@@ -32,7 +32,7 @@ pub struct WorkerParts {
     pub connector: Arc<dyn RealtimeConnector>,
     pub extractor: Arc<dyn AnketaExtractor>,
     pub store: Arc<dyn DialogueStore>,
-    pub rooms: Arc<dyn RoomConnector>,
+    pub rooms: Arc<dyn JobRooms>,
 }
 
 /// Puts the worker into drain: LiveKit sees FULL, new jobs and sessions are refused, running

@@ -106,7 +106,7 @@ async fn agent_hears_the_caller_speaks_back_and_a_cut_is_heard_within_200ms() {
 
     // Hear: the caller's speech reached the consultation, shaped like the source.
     let ended = tokio::time::timeout(Duration::from_secs(10), room.ended()).await.expect("room ends after the caller left");
-    assert_eq!(ended, RoomEnd::CallerLeft);
+    assert_eq!(ended, Ok(RoomEnd::CallerLeft));
     let frames = tokio::time::timeout(Duration::from_secs(5), heard).await.expect("caller stream closed").unwrap();
     let mut pcm: Vec<i16> = Vec::new();
     let mut first_t = None;
@@ -142,9 +142,9 @@ async fn agent_hears_the_caller_speaks_back_and_a_cut_is_heard_within_200ms() {
     server.shutdown().await;
 }
 
-/// A caller who mutes, leaves and comes back within the grace period keeps the consultation
-/// going; the consultation's audio stream stays continuous through the mute; the second
-/// departure ends the room.
+/// A caller who mutes, then drops off (no leave: a lost connection) and comes back within the
+/// grace period keeps the consultation going; the consultation's audio stream stays continuous
+/// through the mute; the second departure (a hang-up) ends the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
     init_logs();
@@ -166,6 +166,8 @@ async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
     let speech = dir.path().join("speech.wav");
     espeak("Алло, вы меня слышите?", &speech);
     let caller_args = |n: u32, mute: &str| -> Vec<String> {
+        // The first caller's connection is lost; the second hangs up.
+        let departure: &[&str] = if n == 1 { &["--vanish"] } else { &[] };
         [
             "--url", &server.url(), "--token", &server.participant_token(room_name, "caller"),
             "--wav", speech.to_str().unwrap(), "--lead-in", "0.5", "--pause", "0.5", "--tail", "1", "--mute-for", mute,
@@ -173,6 +175,7 @@ async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
             "--envelope", dir.path().join(format!("heard{n}.json")).to_str().unwrap(),
         ]
         .iter()
+        .chain(departure)
         .map(|s| s.to_string())
         .collect()
     };
@@ -191,7 +194,7 @@ async fn a_caller_who_mutes_leaves_and_rejoins_is_still_heard() {
     let mut second = PythonPeer::spawn("caller2", "caller.py", &caller_args(2, "0"), &[], dir.path());
     let back = second.event("phrase_start", Duration::from_secs(60)).await["t"].as_f64().unwrap();
     second.wait_success(Duration::from_secs(60)).await;
-    assert_eq!(tokio::time::timeout(Duration::from_secs(15), room.ended()).await.expect("ends after the second departure"), RoomEnd::CallerLeft);
+    assert_eq!(tokio::time::timeout(Duration::from_secs(15), room.ended()).await.expect("ends after the second departure"), Ok(RoomEnd::CallerLeft));
 
     let frames = heard.await.unwrap();
     let samples_between = |from: f64, to: f64| frames.iter().filter(|(t, _)| *t >= from && *t < to).map(|(_, p)| p.len()).sum::<usize>() as f64 / 24_000.0;
@@ -246,30 +249,115 @@ impl Relay {
     }
 }
 
-/// Signalling lost for good (every resume refused): the room ends as a media failure and the
-/// entrypoint is told the cause, so the consultation fails with it instead of "caller left".
+/// A consultation whose Room is its child, with in-memory realtime, store and extractor.
+struct Call {
+    handler: consultant_actors::VoiceHandler,
+    telemetry: consultant_actors::telemetry::Telemetry,
+    realtime: Arc<consultant_fakes::memory::ScriptedRealtime>,
+}
+
+async fn call() -> Call {
+    use consultant_actors::consultation::Ports;
+    use consultant_actors::settings::ConsultationSettings;
+    use consultant_fakes::memory::{CountingExtractor, MemoryStore, ScriptedRealtime};
+    let realtime = ScriptedRealtime::new();
+    let ports = Ports { connector: realtime.clone(), store: Arc::new(MemoryStore::default()), extractor: CountingExtractor::new() };
+    let telemetry = consultant_actors::telemetry::Telemetry::new();
+    let settings = Arc::new(ConsultationSettings::for_tests(Vec::new()));
+    let handler = consultant_actors::VoiceHandler::start(settings, ports, telemetry.clone()).await.unwrap();
+    Call { handler, telemetry, realtime }
+}
+
+/// Signalling lost for good (every resume refused, then every rejoin refused): the Room fails,
+/// its Consultation restarts it inside the restart window (the console's tree counts the
+/// restarts under the consultation), then fails the consultation with the cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unrecoverable_signalling_loss_is_a_media_failure_with_the_cause() {
-    use consultant::entrypoint::RoomConnector;
-    use consultant_actors::SessionId;
+async fn a_room_that_cannot_be_repaired_is_restarted_by_its_consultation_then_fails_it() {
+    use consultant_actors::SessionStatus;
     init_logs();
     let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
     let room_name = "consultation-lost";
     server.create_room(room_name, &[]);
     let relay = Relay::start(server.addr()).await;
-    let rooms = room::LiveKitRooms::default();
-    let joined = rooms
-        .join(&format!("http://{}", relay.addr), &agent_token(&server, room_name, "agent-AJ_lost"), &SessionId::parse("lost").unwrap())
-        .await
-        .expect("joins through the relay");
-    assert_eq!((joined.media_failure)(), None);
-    let mut caller_audio = joined.caller_audio;
+    let c = call().await;
+    let mut events = c.telemetry.subscribe();
+    let media = room::LiveKitRooms::default().room(&format!("http://{}", relay.addr), agent_token(&server, room_name, "agent-AJ_lost"));
+    let id = consultant_actors::SessionId::parse("lost").unwrap();
+    let handle = c.handler.create_room_session(id.clone(), room_name.into(), Arc::new(media)).await.unwrap();
+    handle.wait_joined().await.expect("joins through the relay");
+    handle.wait_ready().await.expect("realtime session up once the agent is in the room");
+    assert_eq!(c.realtime.connections(), 1);
+    let room_path = "worker/consultation/lost/room";
+    let tree = c.telemetry.snapshot().actors;
+    let node = tree.iter().find(|a| a.path == room_path).expect("the Room is in the tree under its consultation");
+    assert_eq!((node.kind, node.total_restarts), ("room", 0));
+
     relay.cut();
-    let closed = tokio::time::timeout(Duration::from_secs(30), async { while caller_audio.recv().await.is_some() {} }).await;
-    assert!(closed.is_ok(), "the caller stream did not close after signalling was lost for good");
-    let cause = (joined.media_failure)().expect("a media failure is reported");
-    println!("cause: {cause}");
-    assert!(cause.contains("resume failed after 5 attempts"), "{cause}");
-    (joined.leave)();
+    let mut restarts = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            tokio::select! {
+                outcome = handle.wait_finished() => break outcome.expect("an outcome"),
+                Ok(e) = events.recv() => if e.path == room_path && (e.kind == "restart" || e.kind == "failure") {
+                    let seen = c.telemetry.snapshot().actors.into_iter().find(|a| a.path == room_path).map(|a| a.total_restarts);
+                    restarts.push((e.kind, e.message, seen));
+                },
+            }
+        }
+    })
+    .await
+    .expect("the consultation ended after the room could not be repaired");
+    for r in &restarts {
+        println!("room supervision: {r:?}");
+    }
+    // First the resumes run out, then every rejoin is refused: five restarts, then the end.
+    assert!(restarts[0].1.contains("resume failed after 5 attempts"), "{restarts:?}");
+    let restarted: Vec<_> = restarts.iter().filter(|r| r.0 == "restart").collect();
+    assert_eq!(restarted.len(), 5, "{restarts:?}");
+    assert_eq!(restarted.iter().map(|r| r.2).collect::<Vec<_>>(), (1..=5).map(Some).collect::<Vec<_>>(), "restart counts in the tree");
+    assert_eq!(restarts.last().unwrap().0, "failure");
+    assert_eq!(outcome.status, SessionStatus::Failed);
+    let failure = outcome.failure.unwrap();
+    assert!(failure.starts_with("room failed 6 times within 60s; last: could not join the room"), "{failure}");
+    assert_eq!(c.realtime.connections(), 1, "the realtime session was never touched by the room's restarts");
+    server.shutdown().await;
+}
+
+/// The caller hangs up (the official SDK's disconnect sends a leave): the consultation is
+/// finalized within a second, without waiting for a rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_hangs_up_ends_the_consultation_within_a_second() {
+    use consultant_actors::SessionStatus;
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let room_name = "consultation-hangup";
+    server.create_room(room_name, &[]);
+    let c = call().await;
+    // A long grace: only a hang-up can end the call quickly.
+    let rooms = room::LiveKitRooms { options: RoomOptions { rejoin_grace: Duration::from_secs(30), ..Default::default() } };
+    let media = rooms.room(&server.url(), agent_token(&server, room_name, "agent-AJ_hangup"));
+    let id = consultant_actors::SessionId::parse("hangup").unwrap();
+    let handle = c.handler.create_room_session(id, room_name.into(), Arc::new(media)).await.unwrap();
+    handle.wait_ready().await.expect("ready");
+    let speech = dir.path().join("speech.wav");
+    espeak("До свидания", &speech);
+    let args: Vec<String> = [
+        "--url", &server.url(), "--token", &server.participant_token(room_name, "caller"),
+        "--wav", speech.to_str().unwrap(), "--lead-in", "0.3", "--pause", "0.3", "--tail", "0.5",
+        "--record", dir.path().join("heard.wav").to_str().unwrap(),
+        "--envelope", dir.path().join("heard.json").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut caller = PythonPeer::spawn("caller", "caller.py", &args, &[], dir.path());
+    let leaving = caller.event("leaving", Duration::from_secs(60)).await["t"].as_f64().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.wait_finished()).await.expect("finalized").expect("an outcome");
+    let after = outcome.ended_at.timestamp_micros() as f64 / 1e6 - leaving;
+    println!("finalized {:.0} ms after the caller hung up", after * 1000.0);
+    assert_eq!((outcome.status, outcome.failure.as_deref()), (SessionStatus::Completed, None));
+    assert!(after < 1.0, "finalized {after:.2} s after the hang-up");
+    caller.wait_success(Duration::from_secs(20)).await;
     server.shutdown().await;
 }

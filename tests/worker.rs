@@ -8,13 +8,14 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use consultant::config::Config;
-use consultant::entrypoint::{JoinedRoom, RoomConnector, RoomMediaMissing};
+use consultant::entrypoint::JobRooms;
+use consultant_actors::ports::RoomConnector;
+use consultant_fakes::rooms::{MemoryRoom, RefusingRoom};
 use consultant::livekit::{LiveKitClient, WorkerMode};
 use consultant::secret::Secret;
 use consultant::store::SqliteStore;
@@ -85,25 +86,34 @@ struct MemoryRooms {
     joins: Mutex<Vec<JoinRecord>>,
     /// Caller audio senders by session: dropping one is "the caller left".
     callers: Mutex<HashMap<SessionId, mpsc::Sender<Arc<[i16]>>>>,
-    /// Rooms left (the entrypoint leaves when the consultation is over).
-    left: Arc<AtomicUsize>,
+    rooms: Mutex<Vec<Arc<MemoryRoom>>>,
 }
 
-#[async_trait]
-impl RoomConnector for MemoryRooms {
-    async fn join(&self, url: &str, token: &Secret, session_id: &SessionId) -> Result<JoinedRoom, String> {
-        let (tx, rx) = mpsc::channel(64);
+impl JobRooms for MemoryRooms {
+    fn room(&self, url: &str, token: &Secret, session_id: &SessionId) -> Arc<dyn RoomConnector> {
         self.joins.lock().unwrap().push(JoinRecord { url: url.into(), token: token.expose().into(), session_id: session_id.clone() });
-        self.callers.lock().unwrap().insert(session_id.clone(), tx);
-        let left_counter = self.left.clone();
-        Ok(JoinedRoom {
-            audio_out: RecordingAudio::new(),
-            caller_audio: rx,
-            leave: Box::new(move || {
-                left_counter.fetch_add(1, Ordering::SeqCst);
-            }),
-            media_failure: Box::new(|| None),
-        })
+        let (room, caller) = MemoryRoom::new(&format!("agent-{session_id}"));
+        self.callers.lock().unwrap().insert(session_id.clone(), caller);
+        self.rooms.lock().unwrap().push(room.clone());
+        room
+    }
+}
+
+impl MemoryRooms {
+    /// Rooms left (the consultation leaves its room when it is over).
+    fn left(&self) -> usize {
+        self.rooms.lock().unwrap().iter().map(|r| r.left.load(Ordering::SeqCst)).sum()
+    }
+}
+
+/// A LiveKit without room media: every join is refused with the same cause.
+struct NoMedia;
+
+pub const NO_MEDIA: &str = "this test's LiveKit has no room media";
+
+impl JobRooms for NoMedia {
+    fn room(&self, _url: &str, _token: &Secret, _session_id: &SessionId) -> Arc<dyn RoomConnector> {
+        Arc::new(RefusingRoom { audio: RecordingAudio::new(), cause: NO_MEDIA.into() })
     }
 }
 
@@ -193,7 +203,7 @@ async fn start_with(server: LoopbackServer, s: Setup) -> Running {
         connector: realtime.clone(),
         extractor: CountingExtractor::new(),
         store: store.clone(),
-        rooms: if s.media { rooms.clone() } else { Arc::new(RoomMediaMissing) },
+        rooms: if s.media { rooms.clone() } else { Arc::new(NoMedia) },
     };
     let worker = Worker::start(&config, s.mode, parts).await.expect("worker starts");
     Running { server, worker: Some(worker), rooms, realtime, store, _dir: dir }
@@ -584,7 +594,7 @@ async fn availability_assignment_and_termination() {
     let history = r.server.job(&job).unwrap().history;
     assert_eq!(history.iter().filter(|s| **s == JobStatus::JsSuccess).count(), 1, "{history:?}");
     assert!(r.worker().handler().list().await.is_empty());
-    assert_eq!(r.rooms.left.load(Ordering::SeqCst), 1, "the room is left when the consultation is over");
+    assert_eq!(r.rooms.left(), 1, "the room is left when the consultation is over");
     r.stop().await;
 }
 
@@ -617,9 +627,10 @@ async fn step_3_failure_is_reported_as_failed_with_the_cause() {
     let job = job_for_room(&r.server, "consultation-nomedia").await;
     let failed = r.server.wait_for_job_status(&job, JobStatus::JsFailed, WAIT).await.expect("JS_FAILED reported");
     assert!(failed.history.contains(&JobStatus::JsRunning));
-    assert_eq!(failed.error, "STEP 3/5 FAILED: room media is not implemented yet (issue 7)");
+    let expected = format!("STEP 3/5 FAILED: room: could not join the room: {NO_MEDIA}");
+    assert_eq!(failed.error, expected);
     let text = log_text();
-    assert!(text.contains("STEP 3/5 FAILED: room media is not implemented yet (issue 7)"));
+    assert!(text.contains(&expected));
     assert_eq!(r.realtime.connections(), 0, "no consultation is started without a room");
     let lines = log_lines_with("nomedia");
     assert!(lines.iter().any(|l| l.contains("=== AGENT ENTRYPOINT CALLED ===")));

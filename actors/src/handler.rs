@@ -7,9 +7,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorRef};
 
 pub use crate::consultation::SessionOutcome;
-use crate::consultation::{finalize_consultation, ConsultationMsg, EndReason, FinalizeJob, Ports};
+use crate::consultation::{finalize_consultation, CallMedia, ConsultationMsg, EndReason, FinalizeJob, Ports};
 use crate::dialogue::SessionId;
-use crate::ports::{AgentAudioOutput, StoreError};
+use crate::ports::{AgentAudioOutput, RoomConnector, StoreError};
 use crate::session::SessionStatus;
 use crate::settings::ConsultationSettings;
 pub use crate::supervisor::{ConsultationHandle, StartError};
@@ -63,36 +63,41 @@ impl VoiceHandler {
         let mut outcomes = Vec::new();
         for status in [SessionStatus::Starting, SessionStatus::Active, SessionStatus::Finalizing] {
             for record in self.ports.store.sessions_with_status(status).await? {
-                let dialogue = self.ports.store.load_messages(&record.session_id).await?;
-                let anketa = self.ports.store.latest_anketa(&record.session_id).await?.map(|r| r.anketa).unwrap_or_default();
-                tracing::warn!(session_id = %record.session_id, messages = dialogue.len(), was = %record.status, "recovering a session left open by a previous process");
-                let job = FinalizeJob {
-                    session_id: record.session_id.clone(),
-                    room: record.room.clone(),
-                    status: SessionStatus::Interrupted,
-                    failure: Some("the worker stopped during the consultation".into()),
-                    reason: "recovery after restart".into(),
-                    started_at: record.started_at,
-                    dialogue,
-                    anketa,
-                    fields_timeout: self.settings.final_extraction_timeout,
-                    store: self.ports.store.clone(),
-                    extractor: self.ports.extractor.clone(),
-                    persistence: None,
-                    turn_latency_ms: Vec::new(),
-                };
+                tracing::warn!(session_id = %record.session_id, was = %record.status, "recovering a session left open by a previous process");
+                let job = FinalizeJob::from_store(
+                    &record,
+                    self.ports.store.clone(),
+                    self.ports.extractor.clone(),
+                    SessionStatus::Interrupted,
+                    "the worker stopped during the consultation".into(),
+                    "recovery after restart".into(),
+                    self.settings.final_extraction_timeout,
+                )
+                .await?;
                 outcomes.push(finalize_consultation(job).await);
             }
         }
         Ok(outcomes)
     }
 
-    /// Starts a consultation: its Persistence, Extraction and Realtime actors are spawned and
-    /// the realtime connection is opened. Wait with [`ConsultationHandle::wait_ready`].
+    /// Starts a consultation without a room: its Persistence, Extraction and Realtime actors
+    /// are spawned and the realtime connection is opened; the caller's audio is fed with
+    /// [`VoiceHandler::process_user_audio`]. Wait with [`ConsultationHandle::wait_ready`].
     pub async fn create_session(&self, session_id: SessionId, room: String, audio_out: Arc<dyn AgentAudioOutput>) -> Result<ConsultationHandle, HandlerError> {
+        self.start_consultation(session_id, room, CallMedia::Local(audio_out)).await
+    }
+
+    /// Starts a consultation in a LiveKit room: the Room is its child too, joined first; the
+    /// realtime session opens once the agent is in the room. Wait with
+    /// [`ConsultationHandle::wait_joined`], then [`ConsultationHandle::wait_ready`].
+    pub async fn create_room_session(&self, session_id: SessionId, room: String, media: Arc<dyn RoomConnector>) -> Result<ConsultationHandle, HandlerError> {
+        self.start_consultation(session_id, room, CallMedia::Room(media)).await
+    }
+
+    async fn start_consultation(&self, session_id: SessionId, room: String, media: CallMedia) -> Result<ConsultationHandle, HandlerError> {
         let result = self
             .supervisor
-            .call(|reply| SupervisorMsg::Start { session_id, room, audio_out, reply }, Some(CALL_TIMEOUT))
+            .call(|reply| SupervisorMsg::Start { session_id, room, media, reply }, Some(CALL_TIMEOUT))
             .await
             .map_err(|e| HandlerError::Supervisor(e.to_string()))?;
         match result {

@@ -10,15 +10,18 @@
 //! ```text
 //! WorkerSupervisor
 //!  '- Consultation <session_id>    one per job (VoiceHandler session)
+//!      |- Room        (LiveKit media: caller audio in, agent voice out; rejoined on failure)
 //!      |- Realtime    (restarted on failure, dialogue replayed)
 //!      |- Persistence (every final dialogue message, status, anketa)
 //!      '- Extraction  (anketa every N messages and at the end)
 //! ```
 
 pub mod anketa;
+pub mod caller_audio;
 pub mod consultation;
 pub mod dialogue;
 pub mod extraction;
+pub mod finalize;
 pub mod handler;
 pub mod persistence;
 pub mod ports;
@@ -27,7 +30,9 @@ pub mod restart;
 pub mod session;
 pub mod settings;
 pub mod supervisor;
+pub mod tasks;
 pub mod telemetry;
+pub mod turns;
 
 pub use anketa::{Anketa, AnketaField, FieldKind};
 pub use dialogue::{DialogueMessage, Role, SessionId, SessionIdError};

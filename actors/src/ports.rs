@@ -1,11 +1,13 @@
 //! The ports: what the actors need from the outside world, at the domain level.
 //!
-//! `src/` implements them over the real protocols; tests implement them in memory.
+//! `src/` implements them over the real protocols (Azure/OpenAI Realtime, LiveKit room media,
+//! SQLite, DeepSeek); tests implement them in memory.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use ractor::ActorCell;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -148,6 +150,73 @@ pub trait AgentAudioOutput: Send + Sync + 'static {
     /// A dialogue message as stored (for an interrupted answer, the part heard), to be shown
     /// to the room's participants. Never blocks. Default: not shown.
     fn transcript(&self, _message: &DialogueMessage) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Room (LiveKit media: the caller's audio in, the agent's voice out)
+// ---------------------------------------------------------------------------------------------
+
+/// Why the room is over for a consultation, when nothing failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomEnd {
+    /// The caller hung up (a client-initiated leave), or left and did not come back within the
+    /// rejoin grace.
+    CallerLeft,
+    /// The server closed the room or removed the agent from it.
+    RoomClosed(String),
+}
+
+/// What a Room tells its Consultation, as typed messages in the Consultation's mailbox.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomEvent {
+    /// The agent joined: its track is published and the publisher's peer connection is up.
+    Joined { identity: String },
+    /// One frame of the caller's audio, PCM16 mono 24 kHz.
+    CallerAudio(Arc<[i16]>),
+    /// The room is over; the Room actor stops after sending this.
+    Ended(RoomEnd),
+}
+
+/// Why room media failed. The Room actor fails with it; its Consultation restarts the Room
+/// inside the restart window, and past it ends the consultation as failed with this cause.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoomFailure {
+    /// The server refused the agent (bad or expired token, room full): a rejoin cannot help.
+    #[error("the server refused the join ({0}); check the LiveKit API key and secret")]
+    Refused(String),
+    /// Joining did not complete (signalling, peer connections, publishing the agent's track).
+    #[error("could not join the room: {0}")]
+    Join(String),
+    /// Signalling or media failed beyond what a resume or an ICE restart could repair.
+    #[error("room media failed: {0}")]
+    Media(String),
+}
+
+impl RoomFailure {
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RoomFailure::Refused(_))
+    }
+}
+
+/// Where a Room delivers its events. The Consultation implements it over its own mailbox;
+/// the caller's audio is the only thing it may shed, and only when the consultation is behind.
+pub trait RoomEvents: Send + Sync + 'static {
+    /// Never blocks. False when the event was not taken: caller audio shed (the room counts
+    /// it), or the receiver is gone.
+    fn deliver(&self, event: RoomEvent) -> bool;
+}
+
+/// One call's room. The Consultation spawns it as a linked child and restarts it after a
+/// failure, so an implementation keeps what must survive a restart (the latest token, the
+/// agent's audio output) in itself, not in the actor.
+#[async_trait]
+pub trait RoomConnector: Send + Sync + 'static {
+    /// Where the agent's voice goes: the same output for every restart of the Room.
+    fn audio_out(&self) -> Arc<dyn AgentAudioOutput>;
+    /// Spawns the Room actor linked under `supervisor` and returns its cell at once: the actor
+    /// joins from its own mailbox, reports [`RoomEvent::Joined`], sends the caller's audio, and
+    /// fails with a [`RoomFailure`] when media cannot be repaired.
+    async fn spawn_room(&self, supervisor: ActorCell, events: Arc<dyn RoomEvents>) -> Result<ActorCell, RoomFailure>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ impl Actor for RealtimeActor {
                 let result = tokio::time::timeout(policy.timeout, state.args.connector.connect(state.args.setup.clone())).await;
                 let failure = match result {
                     Ok(Ok(connection)) => {
+                        let audio = connection.commands.clone();
                         state.commands = Some(connection.commands);
                         let mut events = connection.events;
                         let me = myself.clone();
@@ -116,7 +117,7 @@ impl Actor for RealtimeActor {
                                 cause: RealtimeFailure::Transient("event stream ended".into()),
                             }));
                         }));
-                        state.args.parent.send_message(ConsultationMsg::RealtimeReady { generation })?;
+                        state.args.parent.send_message(ConsultationMsg::RealtimeReady { generation, audio })?;
                         return Ok(());
                     }
                     Ok(Err(failure)) => failure,

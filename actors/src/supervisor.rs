@@ -9,11 +9,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::watch;
 
 use crate::consultation::{
-    finalize_consultation, ConsultationActor, ConsultationArgs, ConsultationMsg, EndReason, FinalizeJob, Lifecycle,
-    Ports, SessionOutcome,
+    finalize_consultation, CallMedia, ConsultationActor, ConsultationArgs, ConsultationMsg, EndReason, FinalizeJob,
+    Lifecycle, Ports, SessionOutcome,
 };
 use crate::dialogue::SessionId;
-use crate::ports::AgentAudioOutput;
+use crate::ports::SessionRecord;
 use crate::session::SessionStatus;
 use crate::settings::ConsultationSettings;
 use crate::telemetry::Telemetry;
@@ -27,12 +27,22 @@ pub struct ConsultationHandle {
 }
 
 impl ConsultationHandle {
+    /// Waits until the agent is in the room (at once without a room), or the consultation
+    /// ended before that (then its failure is returned).
+    pub async fn wait_joined(&self) -> Result<(), String> {
+        self.wait_past(|l| matches!(l, Lifecycle::Starting)).await
+    }
+
     /// Waits until the realtime session is up and the greeting requested, or the consultation
     /// ended before that (then its failure is returned).
     pub async fn wait_ready(&self) -> Result<(), String> {
+        self.wait_past(|l| matches!(l, Lifecycle::Starting | Lifecycle::Joined)).await
+    }
+
+    async fn wait_past(&self, before: impl Fn(&Lifecycle) -> bool) -> Result<(), String> {
         let mut rx = self.lifecycle.clone();
         let seen = rx
-            .wait_for(|l| !matches!(l, Lifecycle::Starting))
+            .wait_for(|l| !before(l))
             .await
             .map_err(|_| "the consultation stopped before it was ready".to_owned())?
             .clone();
@@ -77,7 +87,7 @@ pub enum SupervisorMsg {
     Start {
         session_id: SessionId,
         room: String,
-        audio_out: Arc<dyn AgentAudioOutput>,
+        media: CallMedia,
         reply: RpcReplyPort<Result<ConsultationHandle, StartError>>,
     },
     End { session_id: SessionId, reason: EndReason },
@@ -116,7 +126,7 @@ impl Actor for WorkerSupervisor {
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, message: SupervisorMsg, state: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Start { session_id, room, audio_out, reply } => {
+            SupervisorMsg::Start { session_id, room, media, reply } => {
                 if state.draining {
                     let _ = reply.send(Err(StartError::Draining));
                     return Ok(());
@@ -132,7 +142,7 @@ impl Actor for WorkerSupervisor {
                     room: room.clone(),
                     settings: state.args.settings.clone(),
                     ports: state.args.ports.clone(),
-                    audio_out,
+                    media,
                     telemetry: state.args.telemetry.clone(),
                     lifecycle: lifecycle.clone(),
                 };
@@ -197,26 +207,25 @@ impl Actor for WorkerSupervisor {
             let store = state.args.ports.store.clone();
             let extractor = state.args.ports.extractor.clone();
             let timeout = state.args.settings.final_extraction_timeout;
+            let record = SessionRecord {
+                session_id,
+                room: running.room,
+                status: SessionStatus::Active,
+                started_at: running.started_at,
+                ended_at: None,
+                failure: None,
+            };
             tokio::spawn(async move {
-                let dialogue = store.load_messages(&session_id).await.unwrap_or_default();
-                let anketa = store.latest_anketa(&session_id).await.ok().flatten().map(|r| r.anketa).unwrap_or_default();
-                let job = FinalizeJob {
-                    session_id,
-                    room: running.room,
-                    status: SessionStatus::Failed,
-                    failure: Some(format!("consultation crashed: {error}")),
-                    reason: format!("crash: {error}"),
-                    started_at: running.started_at,
-                    dialogue,
-                    anketa,
-                    fields_timeout: timeout,
-                    store,
-                    extractor,
-                    persistence: None,
-                    turn_latency_ms: Vec::new(),
-                };
-                let outcome = finalize_consultation(job).await;
-                let _ = running.lifecycle.send(Lifecycle::Finished(Box::new(outcome)));
+                let failure = format!("consultation crashed: {error}");
+                let job = FinalizeJob::from_store(&record, store, extractor, SessionStatus::Failed, failure, format!("crash: {error}"), timeout).await;
+                match job {
+                    Ok(job) => {
+                        let outcome = finalize_consultation(job).await;
+                        running.lifecycle.send_replace(Lifecycle::Finished(Box::new(outcome)));
+                    }
+                    // Left open in the store: start-up recovery finalizes it from there.
+                    Err(e) => tracing::error!(session_id = %record.session_id, error = %e, "could not read the crashed consultation back; left for recovery"),
+                }
             });
         }
         Ok(())

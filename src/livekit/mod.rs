@@ -1,7 +1,7 @@
 //! LiveKit control plane (the seed's `livekit_client.py`, and more): access tokens, room names,
 //! room creation with explicit agent dispatch, and the agent-worker link (`/agent`).
 //!
-//! Media (joining a room, audio) is not here: see `crate::entrypoint::RoomConnector`.
+//! Media (joining a room, audio) is not here: see `crate::room`.
 
 pub mod link;
 pub mod load;

@@ -4,7 +4,7 @@ Used by the consultant's room and end-to-end tests (tests/room.rs, tests/e2e.rs)
 the other side is our Rust worker.
 
   caller.py --url URL --token TOKEN --wav a.wav [--wav b.wav ...] [--pause 4] [--pause-after 1:2.5]
-            [--lead-in 1] [--mute-for 2]
+            [--lead-in 1] [--mute-for 2] [--vanish]
             --record heard.wav --envelope heard.json [--tail 6] [--wait-agent 20]
 
 Joins, subscribes to the first agent audio track and records it (48 kHz mono PCM16), waits for
@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 import wave
@@ -151,7 +152,8 @@ async def run(args):
     await push_silence(source, args.tail)
     await source.wait_for_playout()
     say("leaving")
-    await room.disconnect()
+    if not args.vanish:
+        await room.disconnect()
     if state["reader"]:
         state["reader"].cancel()
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
@@ -166,6 +168,10 @@ async def run(args):
     if not heard.is_set():
         print("the agent's audio track was never received", file=sys.stderr)
         sys.exit(2)
+    if args.vanish:
+        # Gone like a dropped network: no leave request, the process just ends.
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def main():
@@ -180,6 +186,8 @@ def main():
     ap.add_argument("--lead-in", type=float, default=1.0)
     ap.add_argument("--tail", type=float, default=3.0)
     ap.add_argument("--wait-agent", type=float, default=20.0)
+    ap.add_argument("--vanish", action="store_true",
+                    help="at the end drop off without a leave request (a lost connection, not a hang-up)")
     ap.add_argument("--record", required=True)
     ap.add_argument("--envelope", required=True)
     args = ap.parse_args()

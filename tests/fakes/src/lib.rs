@@ -4,3 +4,4 @@
 pub mod memory;
 pub mod deepseek;
 pub mod realtime;
+pub mod rooms;

@@ -102,7 +102,7 @@ pub(crate) fn close_room_locked(sh: &SharedRef, g: &mut Inner, name: &str, reaso
 
 /// A participant left (leave request, socket gone, replaced). Terminates the jobs whose agent
 /// it was, tells the others, and closes the room when it is empty.
-pub(crate) fn participant_left_locked(sh: &SharedRef, g: &mut Inner, room: &str, conn_id: u64, reason: &str) {
+pub(crate) fn participant_left_locked(sh: &SharedRef, g: &mut Inner, room: &str, conn_id: u64, reason: &str, why: proto::DisconnectReason) {
     let Some(r) = g.rooms.get_mut(room) else { return };
     let Some(key) = r.participants.iter().find(|(_, p)| p.conn_id == conn_id).map(|(k, _)| *k) else {
         return; // already gone
@@ -112,6 +112,7 @@ pub(crate) fn participant_left_locked(sh: &SharedRef, g: &mut Inner, room: &str,
     let empty = r.participants.is_empty();
     let mut gone = p.info();
     gone.state = proto::participant_info::State::Disconnected as i32;
+    gone.disconnect_reason = why as i32;
     let others: Vec<_> = r.participants.values().filter_map(|o| o.signal.clone()).collect();
     for tx in others {
         let _ = tx.send(crate::rtc::SignalOut::Update(vec![gone.clone()]));

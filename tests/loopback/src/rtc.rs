@@ -244,7 +244,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                 {
                     let _ = old_tx.send(SignalOut::Leave("duplicate identity".into()));
                 }
-                rooms::participant_left_locked(&sh, &mut g, &room_name, old_conn, "replaced by a new connection");
+                rooms::participant_left_locked(&sh, &mut g, &room_name, old_conn, "replaced by a new connection", proto::DisconnectReason::DuplicateIdentity);
             }
             Ok((join, conn_id, tracks))
         }
@@ -271,7 +271,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
     };
     let participant_sid = join.participant.as_ref().map(|p| p.sid.clone()).unwrap_or_default();
     if sink.send(encode(Resp::Join(join), false)).await.is_err() {
-        s.cleanup("signal send failed");
+        s.cleanup("signal send failed", proto::DisconnectReason::ConnectionTimeout);
         return;
     }
     sh.media.send(MediaCmd::AddParticipant {
@@ -290,8 +290,9 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
 
 /// How a signalling connection ended.
 enum Exit {
-    /// Leave (either side), refused media, shutdown: the participant is gone now.
-    Gone(String),
+    /// Leave (either side), refused media, shutdown: the participant is gone now, for the
+    /// reason the others are told (`ParticipantInfo.disconnect_reason`, as livekit-server sets it).
+    Gone(String, proto::DisconnectReason),
     /// The socket was lost without leave: the participant may resume within the grace.
     Lost(String),
 }
@@ -307,7 +308,7 @@ async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc
             _ = shutdown.changed() => {
                 let _ = sink.send(encode(leave_msg(proto::DisconnectReason::ServerShutdown), s.json)).await;
                 let _ = sink.close().await;
-                return Exit::Gone("server shutdown".into());
+                return Exit::Gone("server shutdown".into(), proto::DisconnectReason::ServerShutdown);
             }
             out = rx.recv() => {
                 let Some(out) = out else { return Exit::Lost("signal channel closed".into()) };
@@ -320,12 +321,12 @@ async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc
                     }), None),
                     SignalOut::Leave(reason) => {
                         let r = if reason.contains("duplicate") { proto::DisconnectReason::DuplicateIdentity } else { proto::DisconnectReason::RoomDeleted };
-                        (leave_msg(r), Some(reason))
+                        (leave_msg(r), Some((reason, r)))
                     }
                     SignalOut::MediaFailed(reason) => {
                         tracing::warn!(room = %s.room, identity = %s.identity, %reason, "media failure, disconnecting participant");
                         sh.emit_now(ServerEvent::ProtocolError { peer: s.identity.clone(), detail: reason.clone() });
-                        (leave_msg(proto::DisconnectReason::StateMismatch), Some(reason))
+                        (leave_msg(proto::DisconnectReason::StateMismatch), Some((reason, proto::DisconnectReason::StateMismatch)))
                     }
                     SignalOut::DropSocket => {
                         // Fault hook: vanish like a broken network (no close frame, no leave).
@@ -333,9 +334,9 @@ async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc
                     }
                 };
                 if sink.send(encode(msg, s.json)).await.is_err() { return Exit::Lost("signal send failed".into()); }
-                if let Some(reason) = end {
+                if let Some((reason, why)) = end {
                     let _ = sink.close().await;
-                    return Exit::Gone(reason);
+                    return Exit::Gone(reason, why);
                 }
             }
             frame = stream.next() => {
@@ -367,7 +368,7 @@ async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc
                 match s.handle(req) {
                     Handled::Reply(r) => if sink.send(encode(*r, s.json)).await.is_err() { return Exit::Lost("signal send failed".into()); },
                     Handled::None => {}
-                    Handled::Leave => { let _ = sink.close().await; return Exit::Gone("leave requested".into()); }
+                    Handled::Leave => { let _ = sink.close().await; return Exit::Gone("leave requested".into(), proto::DisconnectReason::ClientInitiated); }
                 }
             }
         }
@@ -580,7 +581,7 @@ impl Session {
     /// End of one signalling connection: gone now, or after the resume grace.
     fn finish(&self, exit: Exit) {
         match exit {
-            Exit::Gone(reason) => self.cleanup(&reason),
+            Exit::Gone(reason, why) => self.cleanup(&reason, why),
             Exit::Lost(reason) => {
                 let sh = self.sh.clone();
                 let gen = {
@@ -616,14 +617,15 @@ impl Session {
                             .is_some_and(|p| p.signal.is_none() && p.signal_gen == gen)
                     };
                     if still_lost {
-                        me.cleanup(&reason);
+                        // livekit-server: a peer that never came back timed out.
+                        me.cleanup(&reason, proto::DisconnectReason::ConnectionTimeout);
                     }
                 });
             }
         }
     }
 
-    fn cleanup(&self, reason: &str) {
+    fn cleanup(&self, reason: &str, why: proto::DisconnectReason) {
         let sh = &self.sh;
         sh.media.send(MediaCmd::RemoveParticipant { pub_pc: self.pub_pc, sub_pc: self.sub_pc });
         let mut g = sh.lock();
@@ -636,6 +638,6 @@ impl Session {
         if !tracks.is_empty() {
             sh.media.send(MediaCmd::TracksGone { track_sids: tracks });
         }
-        rooms::participant_left_locked(sh, &mut g, &self.room, self.conn_id, reason);
+        rooms::participant_left_locked(sh, &mut g, &self.room, self.conn_id, reason, why);
     }
 }

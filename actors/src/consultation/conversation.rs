@@ -1,0 +1,223 @@
+//! What the call does: realtime events into turns and speech, barge-in, the timer (wrap-up,
+//! goodbye, time limit), the proactive realtime recycle, and the start of finalization.
+
+use std::time::Instant;
+
+use ractor::ActorRef;
+
+use super::{ChildKind, ConsultationActor, ConsultationMsg, ConsultationState, EndReason, FinalizeJob};
+use crate::finalize::finalize_consultation;
+use crate::persistence::PersistenceMsg;
+use crate::ports::{RealtimeCommand, RealtimeEvent, ResponseStatus};
+use crate::session::{SessionStatus, TimerPhase};
+use crate::turns::FinalText;
+
+impl ConsultationState {
+    /// Final messages join the dialogue, the console, the room's transcript and the store.
+    pub(super) fn store_final(&mut self, ready: Vec<FinalText>) {
+        for FinalText { role, text, interrupted } in ready {
+            let message = self.session.push_message(role, text, interrupted);
+            self.args.telemetry.consultation_update(&self.session.session_id, |v| {
+                v.push_line(message.seq, message.role, &message.text);
+                v.persistence_backlog += 1;
+            });
+            self.audio_out.transcript(&message);
+            if let Some(p) = &self.persistence {
+                if let Err(e) = p.send_message(PersistenceMsg::Append(message)) {
+                    // Kept in the dialogue: the next Persistence (or finalize) writes it.
+                    tracing::warn!(session_id = %self.session.session_id, error = %e, "persistence gone; message kept for its restart");
+                }
+            }
+        }
+    }
+
+    pub(super) fn current_instructions(&self) -> String {
+        let s = &self.args.settings;
+        match self.session.timer {
+            TimerPhase::Running => s.system_prompt.clone(),
+            TimerPhase::WrappingUp | TimerPhase::Expired => format!("{}\n\n{}", s.system_prompt, s.wrapup_instruction),
+        }
+    }
+
+    fn request_goodbye(&mut self) {
+        self.goodbye_requested = true;
+        self.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(self.args.settings.goodbye_instruction.clone()) });
+    }
+}
+
+impl ConsultationActor {
+    pub(super) fn on_realtime_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RealtimeEvent) {
+        match event {
+            RealtimeEvent::SessionReady { .. } => {}
+            RealtimeEvent::SpeechStarted { .. } => {
+                // Barge-in: stop the agent at once and tell the model what was really heard.
+                if let Some(played) = state.audio_out.interrupt() {
+                    if let Some(heard) = state.turns.agent_interrupted(&played) {
+                        state.send_realtime(RealtimeCommand::Truncate { item_id: played.item_id.clone(), content_index: 0, audio_end_ms: heard });
+                        tracing::info!(session_id = %state.session.session_id, item_id = %played.item_id, played_ms = heard, "barge-in: agent interrupted");
+                    }
+                }
+                state.speech_stopped_at = None;
+            }
+            RealtimeEvent::SpeechStopped { .. } => {
+                state.speech_stopped_at = Some(Instant::now());
+                state.awaiting_first_audio = true;
+            }
+            RealtimeEvent::UserItemCommitted { item_id } => {
+                if state.turns.user_committed(&item_id) {
+                    let wait = state.args.settings.transcript_wait;
+                    myself.send_after(wait, move || ConsultationMsg::TranscriptTimeout { item_id });
+                }
+            }
+            RealtimeEvent::UserTranscript { item_id, text } => {
+                let ready = state.turns.user_transcript(&item_id, Some(&text));
+                state.store_final(ready);
+            }
+            RealtimeEvent::UserTranscriptFailed { item_id, reason } => {
+                tracing::warn!(session_id = %state.session.session_id, %item_id, %reason, "caller transcription failed");
+                let ready = state.turns.user_transcript(&item_id, None);
+                state.store_final(ready);
+            }
+            RealtimeEvent::ResponseStarted { .. } => state.response_active = true,
+            RealtimeEvent::AgentItemStarted { item_id, .. } => {
+                let ready = state.turns.agent_item_started(&item_id);
+                state.store_final(ready);
+            }
+            RealtimeEvent::AgentAudio { item_id, pcm } => {
+                let (ready, play) = state.turns.agent_audio(&item_id, pcm.len());
+                state.store_final(ready);
+                if !play {
+                    return; // interrupted: late audio of a cut answer is not played
+                }
+                if state.awaiting_first_audio {
+                    state.awaiting_first_audio = false;
+                    if let Some(stopped) = state.speech_stopped_at.take() {
+                        let ms = stopped.elapsed().as_millis() as u64;
+                        state.turn_latency_ms.push(ms);
+                        state.args.telemetry.consultation_update(&state.session.session_id, |v| v.push_latency(ms));
+                    }
+                }
+                state.audio_out.play(&item_id, pcm);
+            }
+            RealtimeEvent::AgentTranscriptDelta { item_id, delta } => state.turns.agent_transcript_delta(&item_id, &delta),
+            RealtimeEvent::AgentTranscriptDone { item_id, text } => state.turns.agent_transcript_done(&item_id, &text),
+            RealtimeEvent::ResponseDone { status, reason, usage, .. } => {
+                state.response_active = false;
+                if let Some(usage) = usage {
+                    state.args.telemetry.consultation_update(&state.session.session_id, |v| {
+                        v.usage.input_tokens += usage.input_tokens;
+                        v.usage.output_tokens += usage.output_tokens;
+                    });
+                }
+                if status == ResponseStatus::Failed {
+                    tracing::warn!(session_id = %state.session.session_id, reason = reason.as_deref().unwrap_or(""), "realtime response failed");
+                }
+                let ready = state.turns.finish_agent(Some(status));
+                state.store_final(ready);
+                if state.goodbye_requested {
+                    state.goodbye_spoken = true;
+                } else if state.session.timer == TimerPhase::Expired {
+                    state.request_goodbye();
+                }
+            }
+            RealtimeEvent::Error { code, message } => {
+                tracing::warn!(session_id = %state.session.session_id, code = code.as_deref().unwrap_or(""), %message, "realtime error event");
+                state.args.telemetry.event("realtime_error", state.child_path(ChildKind::Realtime), format!("{}: {message}", code.unwrap_or_default()));
+            }
+            RealtimeEvent::Disconnected { .. } => {} // handled by the Realtime actor failing
+        }
+    }
+
+    pub(super) fn on_tick(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState) {
+        let settings = state.args.settings.clone();
+        let elapsed = state.session.elapsed();
+        let wrapup_at = settings.max_duration.saturating_sub(settings.wrapup_before);
+        if state.session.timer == TimerPhase::Running && elapsed >= wrapup_at && elapsed < settings.max_duration {
+            state.session.timer = TimerPhase::WrappingUp;
+            tracing::info!(session_id = %state.session.session_id, remaining = ?state.session.remaining(), "wrap-up instruction sent");
+            state.send_realtime(RealtimeCommand::UpdateInstructions(state.current_instructions()));
+        }
+        if state.session.timer != TimerPhase::Expired && elapsed >= settings.max_duration {
+            state.session.timer = TimerPhase::Expired;
+            state.goodbye_deadline = Some(Instant::now() + settings.goodbye_grace);
+            tracing::info!(session_id = %state.session.session_id, "time limit reached; saying goodbye");
+            if state.response_active {
+                state.audio_out.interrupt();
+                state.send_realtime(RealtimeCommand::CancelResponse);
+            } else {
+                state.request_goodbye();
+            }
+        }
+        if state.session.timer == TimerPhase::Expired {
+            let said = state.goodbye_spoken && !state.audio_out.is_playing();
+            let overdue = state.goodbye_deadline.is_some_and(|d| Instant::now() >= d);
+            if said || overdue {
+                Self::begin_finalize(myself, state, EndReason::TimeLimit);
+                return;
+            }
+        }
+        // Proactive recycle before the provider's session limit, while nobody is speaking.
+        if let (Some(after), Some(since)) = (settings.realtime_recycle_after, state.realtime.connected_at) {
+            let quiet = !state.response_active && state.turns.is_idle() && !state.audio_out.is_playing() && state.speech_stopped_at.is_none();
+            if since.elapsed() >= after && quiet {
+                tracing::info!(session_id = %state.session.session_id, "recycling the realtime session before its limit");
+                Self::stop_realtime_for_restart(state, "recycle");
+            }
+        }
+        state.publish_caller_buffer();
+    }
+
+    pub(super) fn begin_finalize(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, reason: EndReason) {
+        if state.finalizing {
+            return;
+        }
+        tracing::info!(session_id = %state.session.session_id, reason = %reason.describe(), "consultation ending");
+        state.finalizing = true;
+        // What is in flight becomes final now: the caller heard what was played.
+        if state.audio_out.is_playing() {
+            if let Some(played) = state.audio_out.interrupt() {
+                state.turns.agent_interrupted(&played);
+            }
+        }
+        let mut ready = state.turns.finish_agent(Some(ResponseStatus::Incomplete));
+        // Caller turns still waiting for a transcript are given up.
+        ready.extend(state.turns.close());
+        state.store_final(ready);
+        for (kind, actor) in [
+            (ChildKind::Realtime, state.realtime.actor.take().map(|a| a.get_cell())),
+            (ChildKind::Extraction, state.extraction.take().map(|a| a.get_cell())),
+            // Leaving the room ends the job's media at once; the caller hears nothing more.
+            (ChildKind::Room, state.room.actor.take()),
+        ] {
+            if let Some(cell) = actor {
+                cell.stop(Some(format!("finalizing ({})", kind.name())));
+            }
+        }
+        state.realtime.audio = None;
+        state.session.status = SessionStatus::Finalizing;
+        state.args.telemetry.consultation_update(&state.session.session_id, |v| v.status = SessionStatus::Finalizing);
+        let (status, failure) = reason.status();
+        let job = FinalizeJob {
+            session_id: state.session.session_id.clone(),
+            room: state.session.room.clone(),
+            status,
+            failure,
+            reason: reason.describe(),
+            started_at: state.session.started_at,
+            dialogue: state.session.dialogue.clone(),
+            anketa: state.session.anketa.clone(),
+            fields_timeout: state.args.settings.final_extraction_timeout,
+            store: state.args.ports.store.clone(),
+            extractor: state.args.ports.extractor.clone(),
+            persistence: state.persistence.clone(),
+            turn_latency_ms: state.turn_latency_ms.clone(),
+        };
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let outcome = finalize_consultation(job).await;
+            if me.send_message(ConsultationMsg::FinalizeDone(Box::new(outcome))).is_err() {
+                tracing::error!("consultation stopped before its finalization finished");
+            }
+        });
+    }
+}

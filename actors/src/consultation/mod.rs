@@ -1,0 +1,577 @@
+//! The Consultation actor: one per session. It owns the `VoiceConsultationSession` (dialogue,
+//! timer, status) and supervises its Room, Realtime, Persistence and Extraction children: a
+//! failed child is restarted with backoff inside an intensity window; past it the consultation
+//! is finalized as failed (a failed Extraction never ends the call, a failing store never cuts
+//! it).
+//!
+//! - [`children`]: spawning, telling children apart, and the restart decisions.
+//! - [`conversation`]: what the call does with realtime events, the timer and the end.
+//! - `crate::turns` assembles the dialogue; `crate::finalize` ends it.
+
+mod children;
+mod conversation;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{mpsc, watch};
+
+use crate::anketa::Anketa;
+use crate::caller_audio::CallerGap;
+pub use crate::caller_audio::CALLER_BACKLOG;
+use crate::dialogue::{DialogueMessage, SessionId};
+use crate::extraction::{ExtractionMsg, ExtractionRequest};
+pub use crate::finalize::{finalize_consultation, FinalizeJob, SessionOutcome};
+use crate::persistence::PersistenceMsg;
+use crate::ports::{
+    AgentAudioOutput, AnketaExtractor, AnketaRecord, DialogueStore, RealtimeCommand, RealtimeConnector, RealtimeEvent,
+    RealtimeFailure, RoomConnector, RoomEvent, RoomFailure, SessionRecord,
+};
+use crate::realtime::RealtimeMsg;
+use crate::restart::RestartTracker;
+use crate::session::{SessionStatus, VoiceConsultationSession};
+use crate::settings::ConsultationSettings;
+use crate::telemetry::{ActorStatus, ConsultationView, RealtimeLinkState, RealtimeView, Telemetry};
+use crate::turns::Turns;
+pub use crate::turns::{heard_prefix, REALTIME_RATE, UNINTELLIGIBLE};
+
+/// The external services a consultation uses.
+#[derive(Clone)]
+pub struct Ports {
+    pub connector: Arc<dyn RealtimeConnector>,
+    pub store: Arc<dyn DialogueStore>,
+    pub extractor: Arc<dyn AnketaExtractor>,
+}
+
+/// Where the call's audio comes from and goes.
+#[derive(Clone)]
+pub enum CallMedia {
+    /// A LiveKit room, run by a Room child of the consultation.
+    Room(Arc<dyn RoomConnector>),
+    /// No room: the caller's audio is fed through `VoiceHandler::process_user_audio`
+    /// (`consultant simulate`, tests) and the agent's voice goes to this output.
+    Local(Arc<dyn AgentAudioOutput>),
+}
+
+impl CallMedia {
+    fn audio_out(&self) -> Arc<dyn AgentAudioOutput> {
+        match self {
+            CallMedia::Room(room) => room.audio_out(),
+            CallMedia::Local(out) => out.clone(),
+        }
+    }
+}
+
+/// Why a consultation ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EndReason {
+    CallerLeft,
+    /// The LiveKit server closed the room or removed the agent.
+    RoomClosed(String),
+    TimeLimit,
+    Operator(String),
+    Shutdown,
+    Failed(String),
+}
+
+impl EndReason {
+    fn status(&self) -> (SessionStatus, Option<String>) {
+        match self {
+            EndReason::Failed(why) => (SessionStatus::Failed, Some(why.clone())),
+            _ => (SessionStatus::Completed, None),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            EndReason::CallerLeft => "caller left".into(),
+            EndReason::RoomClosed(why) => format!("room closed: {why}"),
+            EndReason::TimeLimit => "time limit reached".into(),
+            EndReason::Operator(who) => format!("ended by operator {who}"),
+            EndReason::Shutdown => "worker shutdown".into(),
+            EndReason::Failed(why) => format!("failed: {why}"),
+        }
+    }
+}
+
+/// Lifecycle as seen from outside (VoiceHandler, the LiveKit job, simulate).
+#[derive(Clone, Debug)]
+pub enum Lifecycle {
+    Starting,
+    /// The agent is in the room (the entrypoint's step 3 is done); skipped without a room.
+    Joined,
+    /// Realtime connected and the greeting requested (the entrypoint's step 5 is done).
+    Ready,
+    Finished(Box<SessionOutcome>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildKind {
+    Room,
+    Realtime,
+    Persistence,
+    Extraction,
+}
+
+impl ChildKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChildKind::Room => "room",
+            ChildKind::Realtime => "realtime",
+            ChildKind::Persistence => "persistence",
+            ChildKind::Extraction => "extraction",
+        }
+    }
+}
+
+pub enum ConsultationMsg {
+    /// Caller audio fed directly (no room), PCM16 mono 24 kHz.
+    CallerAudio(Arc<[i16]>),
+    /// From the Room child of this generation.
+    Room { generation: u64, event: RoomEvent },
+    RealtimeConnecting { generation: u64, attempt: u32 },
+    /// The realtime session is up; caller audio goes straight into its socket writer's queue.
+    RealtimeReady { generation: u64, audio: mpsc::Sender<RealtimeCommand> },
+    Realtime { generation: u64, event: RealtimeEvent },
+    Persisted { seq: u32 },
+    AnketaExtracted { anketa: Anketa, message_count: usize },
+    ExtractionFailed { error: String, message_count: usize },
+    RestartChild(ChildKind),
+    TranscriptTimeout { item_id: String },
+    Tick,
+    End(EndReason),
+    /// Operator: run an extraction now.
+    ExtractNow,
+    /// Operator: reconnect the realtime session (dialogue replayed).
+    ForceReconnect,
+    FinalizeDone(Box<SessionOutcome>),
+}
+
+pub struct ConsultationArgs {
+    pub session_id: SessionId,
+    pub room: String,
+    pub settings: Arc<ConsultationSettings>,
+    pub ports: Ports,
+    pub media: CallMedia,
+    pub telemetry: Telemetry,
+    pub lifecycle: Arc<watch::Sender<Lifecycle>>,
+}
+
+/// The Room child and what outlives its restarts.
+#[derive(Default)]
+struct RoomChild {
+    actor: Option<ActorCell>,
+    generation: u64,
+    joined_once: bool,
+    /// Caller frames sent by the room and not yet handled here.
+    backlog: Arc<AtomicUsize>,
+}
+
+/// The Realtime child and its link.
+#[derive(Default)]
+struct RealtimeChild {
+    actor: Option<ActorRef<RealtimeMsg>>,
+    generation: u64,
+    /// The socket writer's queue while the session is up: caller audio skips the actor.
+    audio: Option<mpsc::Sender<RealtimeCommand>>,
+    connected_at: Option<Instant>,
+    ready_once: bool,
+    /// Stopped on purpose (recycle, forced reconnect): restart without counting a failure.
+    planned_restart: bool,
+}
+
+pub struct ConsultationState {
+    args: ConsultationArgs,
+    audio_out: Arc<dyn AgentAudioOutput>,
+    path: String,
+    session: VoiceConsultationSession,
+    room: RoomChild,
+    realtime: RealtimeChild,
+    persistence: Option<ActorRef<PersistenceMsg>>,
+    extraction: Option<ActorRef<ExtractionMsg>>,
+    restarts: [RestartTracker; 4],
+    turns: Turns,
+    response_active: bool,
+    goodbye_requested: bool,
+    goodbye_spoken: bool,
+    goodbye_deadline: Option<Instant>,
+    persisted_upto: u32,
+    caller_gap: CallerGap,
+    speech_stopped_at: Option<Instant>,
+    awaiting_first_audio: bool,
+    turn_latency_ms: Vec<u64>,
+    finalizing: bool,
+}
+
+pub struct ConsultationActor;
+
+impl ConsultationState {
+    fn child_path(&self, kind: ChildKind) -> String {
+        format!("{}/{}", self.path, kind.name())
+    }
+
+    fn set_link(&self, link: RealtimeLinkState) {
+        let connected = matches!(link, RealtimeLinkState::Connected);
+        self.args.telemetry.consultation_update(&self.session.session_id, |v| {
+            if connected {
+                v.realtime.connected_at = Some(Utc::now());
+            }
+            v.realtime.link = link;
+        });
+    }
+
+    fn send_realtime(&self, command: RealtimeCommand) {
+        if let Some(rt) = &self.realtime.actor {
+            if rt.send_message(RealtimeMsg::Command(command)).is_err() {
+                tracing::debug!(session_id = %self.session.session_id, "realtime actor gone; command dropped (it is being restarted)");
+            }
+        }
+    }
+
+    fn gap_limit(&self) -> usize {
+        (self.args.settings.caller_gap_buffer.as_millis() as u64 * REALTIME_RATE / 1000) as usize
+    }
+
+    /// The caller's audio: straight into the realtime socket's queue while the session is up,
+    /// held in the gap buffer while it is not. Only this audio is ever shed, and it is counted.
+    fn caller_audio(&mut self, pcm: Arc<[i16]>) {
+        if self.finalizing {
+            return;
+        }
+        if let Some(audio) = &self.realtime.audio {
+            match audio.try_send(RealtimeCommand::AppendAudio(pcm)) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(RealtimeCommand::AppendAudio(pcm))) => {
+                    self.caller_gap.dropped_samples += pcm.len() as u64;
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(RealtimeCommand::AppendAudio(pcm))) => {
+                    // The socket is gone; the Realtime actor fails next. Hold until the restart.
+                    self.realtime.audio = None;
+                    let limit = self.gap_limit();
+                    self.caller_gap.hold(pcm, limit);
+                }
+                Err(_) => unreachable!("only audio is sent on this queue"),
+            }
+        } else {
+            let limit = self.gap_limit();
+            self.caller_gap.hold(pcm, limit);
+        }
+        self.publish_caller_buffer();
+    }
+
+    fn publish_caller_buffer(&self) {
+        let (held, dropped) = (self.caller_gap.held_ms(), self.caller_gap.dropped_ms());
+        self.args.telemetry.consultation_update(&self.session.session_id, |v| {
+            v.caller_buffer_ms = held;
+            v.caller_dropped_ms = dropped;
+        });
+    }
+
+    fn view(&self) -> ConsultationView {
+        ConsultationView {
+            session_id: self.session.session_id.clone(),
+            room: self.session.room.clone(),
+            status: self.session.status,
+            started_at: self.session.started_at,
+            max_duration_secs: self.session.max_duration.as_secs(),
+            messages: self.session.dialogue.len(),
+            transcript_tail: Default::default(),
+            turn_latency_ms: Default::default(),
+            usage: Default::default(),
+            realtime: RealtimeView {
+                recycle_after_secs: self.args.settings.realtime_recycle_after.map(|d| d.as_secs()),
+                ..Default::default()
+            },
+            anketa_filled: 0,
+            anketa_fields: self.args.settings.anketa_fields.len(),
+            last_extraction_at_message: None,
+            extractions: 0,
+            extraction_failures: 0,
+            persistence_backlog: 0,
+            caller_buffer_ms: 0,
+            caller_dropped_ms: 0,
+            failure: None,
+        }
+    }
+
+    fn set_status(&mut self, status: SessionStatus) {
+        self.session.status = status;
+        self.args.telemetry.consultation_update(&self.session.session_id, |v| v.status = status);
+        self.args.telemetry.event("status", self.path.clone(), status.as_str());
+        if let Some(p) = &self.persistence {
+            if p.send_message(PersistenceMsg::SetStatus { status, failure: None, ended_at: None }).is_err() {
+                tracing::warn!(session_id = %self.session.session_id, %status, "persistence gone; the status is stored by its restart or by finalize");
+            }
+        }
+    }
+
+    fn request_extraction(&self, dialogue: Arc<[DialogueMessage]>) {
+        if let Some(ex) = &self.extraction {
+            let request = ExtractionRequest { dialogue, previous: self.session.anketa.clone() };
+            if ex.send_message(ExtractionMsg::Extract(request)).is_err() {
+                tracing::warn!(session_id = %self.session.session_id, "extraction actor gone; this extraction is skipped");
+            }
+        }
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for ConsultationActor {
+    type Msg = ConsultationMsg;
+    type State = ConsultationState;
+    type Arguments = ConsultationArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: ConsultationArgs) -> Result<ConsultationState, ActorProcessingErr> {
+        let session = VoiceConsultationSession::new(args.session_id.clone(), args.room.clone(), args.settings.max_duration);
+        let path = format!("worker/consultation/{}", args.session_id);
+        let audio_out = args.media.audio_out();
+        let mut state = ConsultationState {
+            args,
+            audio_out,
+            path,
+            session,
+            room: RoomChild::default(),
+            realtime: RealtimeChild::default(),
+            persistence: None,
+            extraction: None,
+            restarts: Default::default(),
+            turns: Turns::default(),
+            response_active: false,
+            goodbye_requested: false,
+            goodbye_spoken: false,
+            goodbye_deadline: None,
+            persisted_upto: 0,
+            caller_gap: CallerGap::default(),
+            speech_stopped_at: None,
+            awaiting_first_audio: false,
+            turn_latency_ms: Vec::new(),
+            finalizing: false,
+        };
+        state.args.telemetry.actor_started(&state.path, "consultation");
+        state.args.telemetry.consultation_upsert(state.view());
+        Self::spawn_child(&myself, &mut state, ChildKind::Persistence).await?;
+        let record = SessionRecord {
+            session_id: state.session.session_id.clone(),
+            room: state.session.room.clone(),
+            status: SessionStatus::Starting,
+            started_at: state.session.started_at,
+            ended_at: None,
+            failure: None,
+        };
+        // The session row must exist before any message: wait for it here.
+        state.args.ports.store.open_session(&record).await?;
+        Self::spawn_child(&myself, &mut state, ChildKind::Extraction).await?;
+        // As the entrypoint's steps go: the room first, the realtime session once the agent is in it.
+        let first = if matches!(state.args.media, CallMedia::Room(_)) { ChildKind::Room } else { ChildKind::Realtime };
+        Self::spawn_child(&myself, &mut state, first).await?;
+        myself.send_interval(Duration::from_secs(1), || ConsultationMsg::Tick);
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut ConsultationState) -> Result<(), ActorProcessingErr> {
+        state.args.telemetry.actor_removed(&state.path);
+        state.args.telemetry.consultation_removed(&state.session.session_id);
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, message: ConsultationMsg, state: &mut ConsultationState) -> Result<(), ActorProcessingErr> {
+        match message {
+            ConsultationMsg::CallerAudio(pcm) => state.caller_audio(pcm),
+            ConsultationMsg::Room { generation, event } => {
+                if let RoomEvent::CallerAudio(_) = &event {
+                    state.room.backlog.fetch_sub(1, Ordering::AcqRel);
+                }
+                if generation == state.room.generation {
+                    Self::on_room_event(&myself, state, event).await?;
+                }
+            }
+            ConsultationMsg::RealtimeConnecting { generation, attempt } => {
+                // A late notice from an actor that has already failed must not hide the restart.
+                if generation == state.realtime.generation && state.realtime.actor.is_some() {
+                    let link = if state.realtime.ready_once {
+                        RealtimeLinkState::Reconnecting { attempt }
+                    } else {
+                        RealtimeLinkState::Connecting { attempt }
+                    };
+                    state.set_link(link);
+                }
+            }
+            ConsultationMsg::RealtimeReady { generation, audio } => {
+                if generation == state.realtime.generation && state.realtime.actor.is_some() && !state.finalizing {
+                    Self::on_realtime_ready(state, generation, audio);
+                }
+            }
+            ConsultationMsg::Realtime { generation, event } => {
+                // Supervision events overtake mailbox messages: once the child is known to have
+                // failed, its events still queued here are stale (the turn was already closed).
+                if generation == state.realtime.generation && state.realtime.actor.is_some() && !state.finalizing {
+                    Self::on_realtime_event(&myself, state, event);
+                }
+            }
+            ConsultationMsg::Persisted { seq } => {
+                state.persisted_upto = state.persisted_upto.max(seq);
+                let interval = state.args.settings.extraction_interval.max(1);
+                state.args.telemetry.consultation_update(&state.session.session_id, |v| {
+                    v.persistence_backlog = v.persistence_backlog.saturating_sub(1);
+                });
+                if seq as usize % interval == 0 && !state.finalizing {
+                    state.request_extraction(state.session.dialogue[..seq as usize].to_vec().into());
+                }
+            }
+            ConsultationMsg::AnketaExtracted { anketa, message_count } => {
+                state.session.anketa.merge(&anketa);
+                state.session.anketa_at_message = message_count;
+                let filled = state.session.anketa.filled();
+                tracing::info!(session_id = %state.session.session_id, message_count, fields_filled = filled, "periodic_anketa_extracted");
+                state.args.telemetry.consultation_update(&state.session.session_id, |v| {
+                    v.anketa_filled = filled;
+                    v.last_extraction_at_message = Some(message_count);
+                    v.extractions += 1;
+                });
+                if let Some(p) = &state.persistence {
+                    let record = AnketaRecord { anketa: state.session.anketa.clone(), message_count, is_final: false, at: Utc::now() };
+                    if p.send_message(PersistenceMsg::SaveAnketa(record)).is_err() {
+                        tracing::warn!(session_id = %state.session.session_id, message_count, "persistence gone; this periodic anketa is kept in memory for the final one");
+                    }
+                }
+            }
+            ConsultationMsg::ExtractionFailed { error, message_count } => {
+                tracing::warn!(session_id = %state.session.session_id, message_count, %error, "periodic anketa extraction failed; the dialogue goes on");
+                state.args.telemetry.consultation_update(&state.session.session_id, |v| v.extraction_failures += 1);
+                state.args.telemetry.event("extraction", state.child_path(ChildKind::Extraction), error);
+            }
+            ConsultationMsg::RestartChild(kind) => {
+                if !state.finalizing {
+                    Self::spawn_child(&myself, state, kind).await?;
+                }
+            }
+            ConsultationMsg::TranscriptTimeout { item_id } => {
+                if let Some(ready) = state.turns.transcript_timed_out(&item_id) {
+                    tracing::warn!(session_id = %state.session.session_id, %item_id, "no transcript for a caller turn; moving on (a late one is still kept)");
+                    state.store_final(ready);
+                }
+            }
+            ConsultationMsg::Tick => {
+                if !state.finalizing {
+                    Self::on_tick(&myself, state);
+                }
+            }
+            ConsultationMsg::End(reason) => Self::begin_finalize(&myself, state, reason),
+            ConsultationMsg::ExtractNow => state.request_extraction(state.session.dialogue.clone().into()),
+            ConsultationMsg::ForceReconnect => Self::stop_realtime_for_restart(state, "operator forced reconnect"),
+            ConsultationMsg::FinalizeDone(outcome) => {
+                state.session.status = outcome.status;
+                state.args.telemetry.event("status", state.path.clone(), format!("{} ({} messages)", outcome.status, outcome.dialogue.len()));
+                state.args.lifecycle.send_replace(Lifecycle::Finished(outcome));
+                if let Some(p) = state.persistence.take() {
+                    p.stop(None);
+                }
+                myself.stop(Some("finalized".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut ConsultationState) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                let Some(kind) = Self::which_child(state, &cell) else { return Ok(()) };
+                let fatal = error.downcast_ref::<RealtimeFailure>().is_some_and(RealtimeFailure::is_fatal)
+                    || error.downcast_ref::<RoomFailure>().is_some_and(RoomFailure::is_fatal);
+                Self::on_child_failure(&myself, state, kind, error.to_string(), fatal);
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let reason = reason.unwrap_or_default();
+                match Self::which_child(state, &cell) {
+                    Some(ChildKind::Room) if !state.finalizing => {
+                        // A Room stops by itself only after telling why (RoomEvent::Ended).
+                        Self::forget_child(state, ChildKind::Room);
+                        tracing::info!(session_id = %state.session.session_id, %reason, "room left");
+                    }
+                    Some(kind) if !state.finalizing => {
+                        Self::on_child_failure(&myself, state, kind, format!("stopped unexpectedly: {reason}"), false);
+                    }
+                    Some(_) => {}
+                    // A planned stop (recycle, forced reconnect) has already cleared the child's ref.
+                    None if state.realtime.planned_restart && state.realtime.actor.is_none() && !state.finalizing => {
+                        state.realtime.planned_restart = false;
+                        tracing::info!(session_id = %state.session.session_id, %reason, "restarting realtime (planned)");
+                        state.set_link(RealtimeLinkState::Reconnecting { attempt: 1 });
+                        Self::spawn_child(&myself, state, ChildKind::Realtime).await?;
+                    }
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl ConsultationActor {
+    async fn on_room_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RoomEvent) -> Result<(), ActorProcessingErr> {
+        match event {
+            RoomEvent::CallerAudio(pcm) => state.caller_audio(pcm),
+            RoomEvent::Joined { identity } => {
+                let path = state.child_path(ChildKind::Room);
+                state.args.telemetry.actor_status(&path, ActorStatus::Running);
+                if state.room.joined_once {
+                    tracing::info!(session_id = %state.session.session_id, %identity, "room rejoined");
+                    state.args.telemetry.event("room", path, format!("rejoined as {identity}"));
+                    return Ok(());
+                }
+                state.room.joined_once = true;
+                state.args.telemetry.event("room", path, format!("joined as {identity}"));
+                state.args.lifecycle.send_replace(Lifecycle::Joined);
+                if !state.finalizing && state.realtime.actor.is_none() {
+                    Self::spawn_child(myself, state, ChildKind::Realtime).await?;
+                }
+            }
+            RoomEvent::Ended(end) => {
+                let reason = match end {
+                    crate::ports::RoomEnd::CallerLeft => EndReason::CallerLeft,
+                    crate::ports::RoomEnd::RoomClosed(why) => EndReason::RoomClosed(why),
+                };
+                Self::begin_finalize(myself, state, reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_realtime_ready(state: &mut ConsultationState, generation: u64, audio: mpsc::Sender<RealtimeCommand>) {
+        state.realtime.connected_at = Some(Instant::now());
+        state.realtime.audio = Some(audio);
+        state.set_link(RealtimeLinkState::Connected);
+        state.args.telemetry.actor_status(&state.child_path(ChildKind::Realtime), ActorStatus::Running);
+        // Audio held during the gap goes out after the replay, oldest first.
+        for pcm in state.caller_gap.drain() {
+            state.caller_audio(pcm);
+        }
+        state.publish_caller_buffer();
+        if !state.realtime.ready_once {
+            state.realtime.ready_once = true;
+            // The agent greets first (the entrypoint's step 5).
+            state.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(state.args.settings.greeting_instruction.clone()) });
+            state.set_status(SessionStatus::Active);
+            state.args.lifecycle.send_replace(Lifecycle::Ready);
+        } else {
+            let replayed = state.session.dialogue.len();
+            tracing::info!(session_id = %state.session.session_id, generation, replayed, "realtime reconnected; dialogue replayed");
+            state.args.telemetry.event("reconnect", state.child_path(ChildKind::Realtime), format!("generation {generation}, {replayed} messages replayed"));
+        }
+    }
+
+    /// Stops the Realtime child so that it is restarted at once without counting a failure.
+    fn stop_realtime_for_restart(state: &mut ConsultationState, why: &str) {
+        if let Some(rt) = state.realtime.actor.take() {
+            state.realtime.planned_restart = true;
+            state.realtime.connected_at = None;
+            state.realtime.audio = None;
+            rt.stop(Some(why.into()));
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `finalize_consultation` (the Python module's finalize step): drains what is unsaved,
+//! generates the final anketa from the whole dialogue and stores it with the final status.
+//! One path for every end: a consultation that ends, one that crashed, and start-up recovery
+//! of sessions a dead process left open.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::ActorRef;
+
+use crate::anketa::Anketa;
+use crate::dialogue::{DialogueMessage, SessionId};
+use crate::persistence::PersistenceMsg;
+use crate::ports::{AnketaExtractor, AnketaRecord, DialogueStore, SessionRecord, StoreError};
+use crate::session::SessionStatus;
+
+/// The result of a finished consultation (what `end_session` returns).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionOutcome {
+    pub session_id: SessionId,
+    pub room: String,
+    pub status: SessionStatus,
+    pub failure: Option<String>,
+    pub dialogue: Vec<DialogueMessage>,
+    pub anketa: Anketa,
+    pub started_at: chrono::DateTime<Utc>,
+    pub ended_at: chrono::DateTime<Utc>,
+    /// Caller speech end -> first agent audio, per turn.
+    pub turn_latency_ms: Vec<u64>,
+}
+
+
+/// Everything `finalize_consultation` needs; it runs off the actor so that a slow DeepSeek
+/// never blocks a mailbox.
+pub struct FinalizeJob {
+    pub session_id: SessionId,
+    pub room: String,
+    pub status: SessionStatus,
+    pub failure: Option<String>,
+    pub reason: String,
+    pub started_at: chrono::DateTime<Utc>,
+    pub dialogue: Vec<DialogueMessage>,
+    pub anketa: Anketa,
+    pub fields_timeout: Duration,
+    pub store: Arc<dyn DialogueStore>,
+    pub extractor: Arc<dyn AnketaExtractor>,
+    /// The live Persistence actor, drained first so every message is durable; None when it is
+    /// gone (messages are then written directly).
+    pub persistence: Option<ActorRef<PersistenceMsg>>,
+    pub turn_latency_ms: Vec<u64>,
+}
+
+/// Generates the final anketa from the whole dialogue and stores it with the final status.
+/// Used at the end of every consultation and by start-up recovery of interrupted sessions.
+pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
+    tracing::info!(session_id = %job.session_id, reason = %job.reason, messages = job.dialogue.len(), "=== FINALIZE START ===");
+    let drained = match &job.persistence {
+        Some(p) => p.call(PersistenceMsg::Flush, Some(Duration::from_secs(10))).await.is_ok_and(|r| r.is_success()),
+        None => false,
+    };
+    if !drained {
+        for message in &job.dialogue {
+            if let Err(e) = job.store.append_message(&job.session_id, message).await {
+                tracing::error!(session_id = %job.session_id, seq = message.seq, error = %e, "could not store a dialogue message during finalize");
+            }
+        }
+    }
+    let mut anketa = job.anketa.clone();
+    let mut failure = job.failure.clone();
+    let mut status = job.status;
+    if !job.dialogue.is_empty() {
+        match tokio::time::timeout(job.fields_timeout, job.extractor.extract(&job.dialogue, &job.anketa)).await {
+            Ok(Ok(extracted)) => anketa.merge(&extracted),
+            Ok(Err(e)) => {
+                tracing::error!(session_id = %job.session_id, error = %e, "final anketa extraction failed; keeping the last periodic anketa");
+            }
+            Err(_) => {
+                tracing::error!(session_id = %job.session_id, timeout = ?job.fields_timeout, "final anketa extraction timed out; keeping the last periodic anketa");
+            }
+        }
+    }
+    let ended_at = Utc::now();
+    let record = AnketaRecord { anketa: anketa.clone(), message_count: job.dialogue.len(), is_final: true, at: ended_at };
+    if let Err(e) = job.store.save_anketa(&job.session_id, &record).await {
+        tracing::error!(session_id = %job.session_id, error = %e, "could not store the final anketa");
+        status = SessionStatus::Failed;
+        failure = Some(format!("final anketa not stored: {e}"));
+    }
+    if let Err(e) = job.store.set_status(&job.session_id, status, failure.as_deref(), Some(ended_at)).await {
+        tracing::error!(session_id = %job.session_id, error = %e, "could not store the final status");
+    }
+    tracing::info!(session_id = %job.session_id, status = %status, fields = anketa.filled(), "final_anketa_saved");
+    SessionOutcome {
+        session_id: job.session_id,
+        room: job.room,
+        status,
+        failure,
+        dialogue: job.dialogue,
+        anketa,
+        started_at: job.started_at,
+        ended_at,
+        turn_latency_ms: job.turn_latency_ms,
+    }
+}
+
+
+impl FinalizeJob {
+    /// A session that no live actor holds (its consultation crashed, or the process died):
+    /// everything comes from the store.
+    pub async fn from_store(
+        record: &SessionRecord,
+        store: Arc<dyn DialogueStore>,
+        extractor: Arc<dyn AnketaExtractor>,
+        status: SessionStatus,
+        failure: String,
+        reason: String,
+        fields_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let dialogue = store.load_messages(&record.session_id).await?;
+        let anketa = store.latest_anketa(&record.session_id).await?.map(|r| r.anketa).unwrap_or_default();
+        Ok(Self {
+            session_id: record.session_id.clone(),
+            room: record.room.clone(),
+            status,
+            failure: Some(failure),
+            reason,
+            started_at: record.started_at,
+            dialogue,
+            anketa,
+            fields_timeout,
+            store,
+            extractor,
+            persistence: None,
+            turn_latency_ms: Vec::new(),
+        })
+    }
+}

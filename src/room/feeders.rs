@@ -1,0 +1,100 @@
+//! The Room actor's feeder tasks: they turn sockets and clocks into messages, and end when the
+//! actor is gone (a send fails) or when their owner drops them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use tokio::task::JoinHandle;
+
+use super::actor::RoomMsg;
+use super::codec::{AgentEncoder, FRAME_24K};
+use super::peer::Peer;
+use super::playout::Playout;
+
+const TICK: Duration = Duration::from_millis(10);
+const FRAME: Duration = Duration::from_millis(20);
+/// Silence sent after an answer so the far end's jitter buffer ends on silence, not on
+/// concealment of the last word.
+const TRAILING_SILENCE_FRAMES: u32 = 10;
+
+/// Datagrams of one peer connection's socket.
+pub fn udp_reader(myself: ActorRef<RoomMsg>, peer: &Peer, peer_gen: u64) -> JoinHandle<()> {
+    let socket = peer.socket.clone();
+    let target = peer.target;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, source)) => {
+                    let msg = RoomMsg::Datagram { target, peer_gen, data: buf[..n].to_vec(), source, at: Instant::now() };
+                    if myself.send_message(msg).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, target = target.name(), "udp receive"),
+            }
+        }
+    })
+}
+
+/// The 10 ms clock for str0m's timers, pings and the caller's silence filling.
+pub fn ticker(myself: ActorRef<RoomMsg>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(TICK);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            if myself.send_message(RoomMsg::Tick).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// The agent-voice clock: one frame every 20 ms while there is speech (and a short tail of
+/// silence after it), nothing while idle. The first frame of an answer leaves as soon as it is
+/// queued. A late wake-up never sends the missed frames in a burst.
+pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>) -> Result<JoinHandle<()>, String> {
+    let mut encoder = AgentEncoder::new().map_err(|e| e.to_string())?;
+    Ok(tokio::spawn(async move {
+        let mut frame = [0i16; FRAME_24K];
+        let mut next: Option<tokio::time::Instant> = None;
+        let mut silent = TRAILING_SILENCE_FRAMES;
+        loop {
+            match next {
+                None => {
+                    playout.woken().await;
+                    next = Some(tokio::time::Instant::now());
+                }
+                Some(t) => tokio::time::sleep_until(t).await,
+            }
+            let f = playout.next_frame(&mut frame);
+            if f.after_cut {
+                encoder.reset();
+            }
+            silent = if f.speech_samples > 0 { 0 } else { silent.saturating_add(1) };
+            let packet = match encoder.encode(&frame) {
+                Ok(p) => p.to_vec(),
+                Err(e) => {
+                    tracing::error!(error = %e, "agent voice encoding failed");
+                    continue;
+                }
+            };
+            let at = Instant::now();
+            if myself.send_message(RoomMsg::AgentPacket { packet, speech: f.speech_samples > 0, at }).is_err() {
+                return;
+            }
+            if silent >= TRAILING_SILENCE_FRAMES {
+                next = None;
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let mut t = next.unwrap_or(now) + FRAME;
+            if t + FRAME < now {
+                t = now + FRAME; // we were late: resume the cadence from now
+            }
+            next = Some(t);
+        }
+    }))
+}
