@@ -67,7 +67,7 @@ fn describe_model(config: &Config) -> String {
     match r.flavour {
         RealtimeFlavour::AzurePreview => format!("Azure OpenAI Realtime (preview {}), deployment {}", r.api_version, r.deployment),
         RealtimeFlavour::AzureGa => format!("Azure OpenAI Realtime (GA), deployment {}", r.deployment),
-        RealtimeFlavour::Openai => format!("OpenAI Realtime, model {}", r.model),
+        RealtimeFlavour::OpenAi | RealtimeFlavour::OpenAiBeta => format!("OpenAI Realtime, model {}", r.model),
     }
 }
 
