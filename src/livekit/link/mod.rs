@@ -94,6 +94,8 @@ pub struct LinkArgs {
     pub client: Arc<LiveKitClient>,
     pub runner: Arc<dyn JobRunner>,
     pub telemetry: Telemetry,
+    /// Shared with the console, so the worker view and the load report agree.
+    pub process: ProcessSampler,
 }
 
 pub enum LinkMsg {
@@ -160,7 +162,7 @@ pub struct LinkState {
     fatal: Option<String>,
     jobs: JobBook,
     draining: bool,
-    sampler: ProcessSampler,
+    /// The last sample of the shared process sampler (`args.process`).
     stats: ProcessStats,
     last_status: proto::WorkerStatus,
     ticker: Option<JoinHandle<()>>,
@@ -226,8 +228,7 @@ impl LinkState {
             w.draining = self.draining;
             w.jobs = jobs;
             w.started_at.get_or_insert_with(Utc::now);
-            w.rss_bytes = self.stats.rss_bytes;
-            w.cpu_percent = self.stats.cpu * 100.0;
+            self.stats.show(w);
         });
     }
 
@@ -283,8 +284,7 @@ impl Actor for WorkerLink {
         args.telemetry.actor_started("worker/livekit", "livekit_link");
         let ticker = myself.send_interval(args.settings.update_interval, || LinkMsg::Tick);
         myself.send_message(LinkMsg::Connect)?;
-        let mut sampler = ProcessSampler::new();
-        let stats = sampler.sample();
+        let stats = args.process.sample();
         let state = LinkState {
             args,
             status_tx,
@@ -298,7 +298,6 @@ impl Actor for WorkerLink {
             fatal: None,
             jobs: JobBook::default(),
             draining: false,
-            sampler,
             stats,
             last_status: proto::WorkerStatus::WsAvailable,
             ticker: Some(ticker),
@@ -384,7 +383,7 @@ impl Actor for WorkerLink {
                 on_server_message(&myself, state, *message);
             }
             LinkMsg::Tick => {
-                state.stats = state.sampler.sample();
+                state.stats = state.args.process.sample();
                 state.send_status();
             }
             LinkMsg::AssignmentOverdue { job_id } => state.on_assignment_overdue(&job_id),
