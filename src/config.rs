@@ -58,16 +58,8 @@ pub struct LivekitConfig {
     pub reconnect_max_tries: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RealtimeFlavour {
-    /// `/openai/realtime?api-version=..&deployment=..`, beta protocol.
-    AzurePreview,
-    /// `/openai/v1/realtime?model=<deployment>`, GA protocol.
-    AzureGa,
-    /// `wss://api.openai.com/v1/realtime?model=..`.
-    Openai,
-}
+/// `realtime.flavour`: one type for the file, the environment and the realtime client.
+pub use crate::realtime::RealtimeFlavour;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,7 +298,7 @@ impl Config {
                     }
                 }
                 Service::Realtime => {
-                    if self.realtime.endpoint.is_empty() && self.realtime.flavour != RealtimeFlavour::Openai {
+                    if self.realtime.endpoint.is_empty() && self.realtime.flavour != RealtimeFlavour::OpenAi {
                         missing.push("AZURE_OPENAI_ENDPOINT");
                     }
                     if self.realtime.api_key.is_empty() {
@@ -413,6 +405,17 @@ mod tests {
         let text = SHIPPED.replace("[storage]", "[storage]\ntypo_key = 1");
         let err = load(&text, &[]).unwrap_err().to_string();
         assert!(err.contains("typo_key"), "{err}");
+    }
+
+    #[test]
+    fn flavours_are_spelled_as_in_config_toml() {
+        for flavour in RealtimeFlavour::CONFIGURABLE {
+            let c = load(SHIPPED, &[("CONSULTANT_REALTIME_FLAVOUR", flavour.as_str())]).unwrap();
+            assert_eq!(c.realtime.flavour, flavour);
+            assert!(SHIPPED.contains(&format!("\"{flavour}\"")), "config.toml documents {flavour}");
+        }
+        let err = load(SHIPPED, &[("CONSULTANT_REALTIME_FLAVOUR", "azure_ga")]).unwrap_err().to_string();
+        assert!(err.contains("azure_ga") && err.contains("azure-preview, azure-ga, openai"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::entrypoint::{AgentDescription, Entrypoint, JobRooms};
 use crate::health::{self, HealthServer};
 use crate::livekit::link::{spawn_link, LinkArgs, LinkHandle, LinkSettings};
 use crate::livekit::{LiveKitClient, WorkerMode};
+use crate::process_stats::ProcessSampler;
 
 /// How long the link gets to report the last job statuses before the process exits.
 const FINAL_REPORT_WAIT: Duration = Duration::from_secs(3);
@@ -60,6 +61,8 @@ pub struct Worker {
     link_task: Option<JoinHandle<()>>,
     health: HealthServer,
     drain_timeout: Duration,
+    /// Read by the LiveKit link and the console alike.
+    process: ProcessSampler,
 }
 
 fn describe_model(config: &Config) -> String {
@@ -67,7 +70,7 @@ fn describe_model(config: &Config) -> String {
     match r.flavour {
         RealtimeFlavour::AzurePreview => format!("Azure OpenAI Realtime (preview {}), deployment {}", r.api_version, r.deployment),
         RealtimeFlavour::AzureGa => format!("Azure OpenAI Realtime (GA), deployment {}", r.deployment),
-        RealtimeFlavour::Openai => format!("OpenAI Realtime, model {}", r.model),
+        RealtimeFlavour::OpenAi | RealtimeFlavour::OpenAiBeta => format!("OpenAI Realtime, model {}", r.model),
     }
 }
 
@@ -87,11 +90,13 @@ impl Worker {
         let client = Arc::new(LiveKitClient::new(&config.livekit)?);
         let agent = AgentDescription { model: describe_model(config), system_prompt: config.consultation.system_prompt.clone() };
         let runner = Arc::new(Entrypoint::new(handler.clone(), parts.rooms, agent));
+        let process = ProcessSampler::new();
         let args = LinkArgs {
             settings: LinkSettings::from_config(&config.livekit, mode),
             client,
             runner,
             telemetry: telemetry.clone(),
+            process: process.clone(),
         };
         let listener = health::bind(&config.livekit.health_listen).await?;
         let (link, link_task) = spawn_link(args, handler.supervisor().get_cell()).await.context("starting the LiveKit link")?;
@@ -105,6 +110,7 @@ impl Worker {
             link_task: Some(link_task),
             health,
             drain_timeout: Duration::from_secs(config.livekit.drain_timeout_secs),
+            process,
         })
     }
 
@@ -118,6 +124,10 @@ impl Worker {
 
     pub fn link(&self) -> &LinkHandle {
         &self.link
+    }
+
+    pub fn process_sampler(&self) -> &ProcessSampler {
+        &self.process
     }
 
     pub fn health_addr(&self) -> SocketAddr {
@@ -272,7 +282,8 @@ pub async fn run(
     });
     let console = if config.console.enabled {
         let drain = worker.drain_hook();
-        let control = ConsoleControl::new(worker.handler(), level, Arc::new(move || drain.drain()));
+        let control = ConsoleControl::new(worker.handler(), level, Arc::new(move || drain.drain()))
+            .with_process_sampler(worker.process_sampler().clone());
         match console::serve(&config.console, control).await {
             Ok(server) => {
                 tracing::info!(url = %server.url(), "debug console listening");

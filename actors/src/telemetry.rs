@@ -129,6 +129,8 @@ pub struct WorkerView {
     pub jobs: Vec<JobView>,
     pub started_at: Option<DateTime<Utc>>,
     pub rss_bytes: u64,
+    /// CPU of the worker process in percent of one core (100 = one core busy), averaged
+    /// over the last 10 s; the load report's CPU share is this / (100 x cores).
     pub cpu_percent: f64,
     /// Counters of the realtime client, shared by all consultations.
     pub realtime: RealtimeCounters,

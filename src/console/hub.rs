@@ -16,6 +16,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::protocol::{ConsoleStats, PROTOCOL_VERSION};
+pub use crate::process_stats::{cpu_ticks, rss_bytes, ProcessSampler};
 
 /// A serialized server frame, shared by every client it goes to.
 pub type Frame = Arc<str>;
@@ -134,15 +135,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(telemetry: Telemetry, counters: Arc<Counters>) -> Self {
-        Self {
-            telemetry,
-            counters,
-            clients: HashMap::new(),
-            published: Published::default(),
-            events_lost_pending: 0,
-            process: ProcessSampler::new(),
-        }
+    /// `process` is the worker's shared sampler, so the console shows what LiveKit is told.
+    pub fn new(telemetry: Telemetry, counters: Arc<Counters>, process: ProcessSampler) -> Self {
+        Self { telemetry, counters, clients: HashMap::new(), published: Published::default(), events_lost_pending: 0, process }
     }
 
     /// Runs until `shutdown` turns true.
@@ -202,13 +197,8 @@ impl Hub {
     }
 
     fn serialize(&mut self) -> Serialized {
-        let (rss, cpu) = self.process.sample();
-        if let Some(rss) = rss {
-            self.telemetry.worker_update(|w| {
-                w.rss_bytes = rss;
-                w.cpu_percent = cpu;
-            });
-        }
+        let stats = self.process.sample();
+        self.telemetry.worker_update(|w| stats.show(w));
         let TelemetrySnapshot { worker, actors, consultations, events, events_dropped } = self.telemetry.snapshot();
         let worker = to_json(&WorkerTopic { worker: &worker, console: self.counters.stats() });
         Serialized {
@@ -371,66 +361,6 @@ fn diff_topic(topic: &str, published: &mut HashMap<String, String>, current: Vec
     Some(out.into())
 }
 
-/// Resident memory and CPU use of this process, from /proc (Linux; None elsewhere).
-pub struct ProcessSampler {
-    last: Option<(Instant, u64)>,
-}
-
-/// Clock ticks per second of /proc/self/stat times (USER_HZ, 100 on Linux).
-const USER_HZ: u64 = 100;
-
-impl ProcessSampler {
-    pub fn new() -> Self {
-        Self { last: None }
-    }
-
-    /// (RSS bytes, CPU % of one core since the previous sample).
-    pub fn sample(&mut self) -> (Option<u64>, f64) {
-        let rss = rss_bytes();
-        let Some(ticks) = cpu_ticks() else { return (rss, 0.0) };
-        let now = Instant::now();
-        let percent = match self.last {
-            Some((at, before)) => {
-                let wall = now.duration_since(at).as_secs_f64();
-                if wall > 0.0 {
-                    (ticks.saturating_sub(before) as f64 / USER_HZ as f64) / wall * 100.0
-                } else {
-                    0.0
-                }
-            }
-            None => 0.0,
-        };
-        self.last = Some((now, ticks));
-        (rss, percent)
-    }
-}
-
-impl Default for ProcessSampler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// VmRSS of this process in bytes.
-pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// utime + stime of this process, in clock ticks.
-pub fn cpu_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name may hold spaces: fields are counted after its closing parenthesis.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,9 +388,8 @@ mod tests {
 
     #[test]
     fn process_sampler_reads_proc() {
-        let mut s = ProcessSampler::new();
-        let (rss, _) = s.sample();
-        assert!(rss.unwrap() > 1_000_000);
+        let s = ProcessSampler::new();
+        assert!(s.sample().rss_bytes > 1_000_000);
         assert!(cpu_ticks().is_some());
     }
 }

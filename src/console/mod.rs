@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ConsoleConfig;
 use crate::logging::LevelControl;
+use crate::process_stats::ProcessSampler;
 use auth::Tokens;
 use connection::{Place, Shared};
 use hub::{Counters, Hub};
@@ -48,11 +49,26 @@ pub struct ConsoleControl {
     /// None when the process did not install the reloadable logger (tests).
     pub level: Option<LevelControl>,
     pub drain: DrainHook,
+    /// The process sampler the worker view's CPU and RSS come from; the worker passes the
+    /// one its LiveKit link reads, so both report the same figures.
+    pub process: ProcessSampler,
 }
 
 impl ConsoleControl {
+    /// With a sampler of its own; [`ConsoleControl::with_process_sampler`] shares one.
     pub fn new(handler: &VoiceHandler, level: Option<LevelControl>, drain: DrainHook) -> Self {
-        Self { telemetry: handler.telemetry().clone(), supervisor: handler.supervisor().clone(), level, drain }
+        Self {
+            telemetry: handler.telemetry().clone(),
+            supervisor: handler.supervisor().clone(),
+            level,
+            drain,
+            process: ProcessSampler::new(),
+        }
+    }
+
+    pub fn with_process_sampler(mut self, process: ProcessSampler) -> Self {
+        self.process = process;
+        self
     }
 }
 
@@ -250,7 +266,7 @@ impl ConsoleActor {
     fn start_hub(myself: &ActorRef<ConsoleMsg>, state: &mut ConsoleState) {
         let (tx, rx) = mpsc::channel(HUB_REQUESTS);
         state.shared = Some(Arc::new(shared(&state.args, tx)));
-        let hub = Hub::new(state.args.control.telemetry.clone(), state.args.counters.clone());
+        let hub = Hub::new(state.args.control.telemetry.clone(), state.args.counters.clone(), state.args.control.process.clone());
         let body = hub.run(rx, state.args.options.delta_interval, state.args.shutdown.clone());
         if let Some(old) = state.hub.replace(supervised(myself.clone(), Task::Hub, body)) {
             old.abort();

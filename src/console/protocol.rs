@@ -226,6 +226,7 @@ pub struct WireWorker {
     pub jobs: Vec<Value>,
     pub started_at: Option<String>,
     pub rss_bytes: u64,
+    /// Percent of one core (100 = one core busy), averaged over the last 10 s.
     pub cpu_percent: f64,
     pub realtime: WireRealtimeCounters,
 }

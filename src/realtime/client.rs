@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::config::{Protocol, RealtimeConfig, RealtimeFlavour};
+use super::config::{Protocol, RealtimeConfig, RealtimeFlavour, DEFAULT_AZURE_PREVIEW_API_VERSION};
 use super::protocol::{self, is_fatal_code, ErrorInfo, ParseError, ServerEvent};
 use super::stats::RealtimeStats;
 
@@ -109,9 +109,13 @@ impl AzureRealtimeClient {
         match status.as_u16() {
             401 | 403 => {
                 let extra = match flavour {
-                    RealtimeFlavour::AzureGa => "; the GA endpoint /openai/v1/realtime also answers 401 when an api-version is sent: leave AZURE_OPENAI_REALTIME_API_VERSION unused (flavour azure_ga) or switch to flavour azure_preview",
-                    RealtimeFlavour::AzurePreview => "; check that the key belongs to this resource",
-                    _ => "; check the OpenAI API key",
+                    RealtimeFlavour::AzureGa => format!(
+                        "; the GA endpoint /openai/v1/realtime also answers 401 when an api-version is sent: keep {} (realtime.api_version / AZURE_OPENAI_REALTIME_API_VERSION is then unused) or switch to {}",
+                        RealtimeFlavour::AzureGa.setting(),
+                        RealtimeFlavour::AzurePreview.setting()
+                    ),
+                    RealtimeFlavour::AzurePreview => "; check that the key belongs to this resource".to_owned(),
+                    _ => "; check the OpenAI API key".to_owned(),
                 };
                 let var = if flavour.is_azure() { "AZURE_OPENAI_API_KEY" } else { "OPENAI_API_KEY" };
                 RealtimeFailure::Fatal(format!("realtime handshake refused with {status} at {url}: check {var}{extra}{detail}"))
@@ -119,12 +123,15 @@ impl AzureRealtimeClient {
             404 => {
                 let advice = match flavour {
                     RealtimeFlavour::AzurePreview => format!(
-                        "wrong api-version ({}) or path (/openai/realtime) for this resource, or no deployment named {:?}: set AZURE_OPENAI_REALTIME_API_VERSION to a live preview version (e.g. 2025-04-01-preview) or use flavour azure_ga (path /openai/v1/realtime)",
-                        self.config.api_version, self.config.deployment
+                        "wrong api-version ({}) or path (/openai/realtime) for this resource, or no deployment named {:?}: set realtime.api_version (AZURE_OPENAI_REALTIME_API_VERSION) to a live preview version (e.g. {DEFAULT_AZURE_PREVIEW_API_VERSION}) or use {} (path /openai/v1/realtime)",
+                        self.config.api_version,
+                        self.config.deployment,
+                        RealtimeFlavour::AzureGa.setting()
                     ),
                     RealtimeFlavour::AzureGa => format!(
-                        "wrong path (/openai/v1/realtime) or deployment {:?} for this resource: check AZURE_OPENAI_DEPLOYMENT_NAME, or use flavour azure_preview with an api-version (path /openai/realtime)",
-                        self.config.deployment
+                        "wrong path (/openai/v1/realtime) or deployment {:?} for this resource: check realtime.deployment (AZURE_OPENAI_DEPLOYMENT_NAME), or use {} with realtime.api_version (AZURE_OPENAI_REALTIME_API_VERSION) set (path /openai/realtime)",
+                        self.config.deployment,
+                        RealtimeFlavour::AzurePreview.setting()
                     ),
                     _ => format!("wrong path (/v1/realtime) or model {:?}", self.config.model),
                 };
@@ -202,9 +209,11 @@ impl AzureRealtimeClient {
         }
         if error.kind.as_deref() == Some("invalid_request_error") {
             return RealtimeFailure::Fatal(format!(
-                "the realtime service rejected the session configuration for flavour {} ({}): if the endpoint speaks the other protocol generation, switch realtime.flavour (azure_preview <-> azure_ga)",
+                "the realtime service rejected the session configuration for flavour {} ({}): if the endpoint speaks the other protocol generation, switch realtime.flavour between \"{}\" and \"{}\"",
                 self.config.flavour,
-                error.describe()
+                error.describe(),
+                RealtimeFlavour::AzurePreview,
+                RealtimeFlavour::AzureGa
             ));
         }
         RealtimeFailure::Transient(format!("realtime error while configuring the session: {}", error.describe()))
@@ -558,5 +567,52 @@ impl Reader {
             | ServerEvent::Unknown(_) => return Step::Continue,
         };
         self.emit(out).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    /// Words of `text` that look like a flavour name (lowercase, starting azure/openai).
+    fn flavour_words(text: &str) -> Vec<&str> {
+        text.split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
+            .filter(|w| w.starts_with("azure") || w.starts_with("openai"))
+            .collect()
+    }
+
+    fn messages(flavour: RealtimeFlavour) -> Vec<String> {
+        // An endpoint whose host names no flavour-like word, so only the advice is scanned.
+        let client = AzureRealtimeClient::new(RealtimeConfig::new(flavour, "http://127.0.0.1:9", Secret::new("k"))).unwrap();
+        let rejected = ErrorInfo { kind: Some("invalid_request_error".into()), ..Default::default() };
+        let text = |f: RealtimeFailure| match f {
+            RealtimeFailure::Fatal(m) | RealtimeFailure::Transient(m) => m,
+            other => panic!("handshake and setup errors are fatal or transient: {other:?}"),
+        };
+        vec![
+            text(client.handshake_failure(StatusCode::UNAUTHORIZED, None)),
+            text(client.handshake_failure(StatusCode::NOT_FOUND, None)),
+            text(client.setup_error(&rejected)),
+        ]
+    }
+
+    #[test]
+    fn advice_names_only_flavours_the_config_accepts() {
+        for flavour in RealtimeFlavour::CONFIGURABLE {
+            let texts = messages(flavour);
+            for text in &texts {
+                for word in flavour_words(text) {
+                    assert!(word.parse::<RealtimeFlavour>().is_ok(), "{flavour}: `{word}` is no realtime.flavour in: {text}");
+                }
+                assert!(!text.contains("api_version") || text.contains("realtime.api_version"), "{flavour}: {text}");
+            }
+            if flavour.is_azure() {
+                // The 404 advice points at the other Azure flavour, in config.toml's words.
+                let other = if flavour == RealtimeFlavour::AzureGa { RealtimeFlavour::AzurePreview } else { RealtimeFlavour::AzureGa };
+                assert!(texts[1].contains(&format!("realtime.flavour = \"{other}\"")), "{}", texts[1]);
+                assert!(texts[1].contains("AZURE_OPENAI_REALTIME_API_VERSION"), "{}", texts[1]);
+            }
+        }
     }
 }

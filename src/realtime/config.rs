@@ -3,24 +3,33 @@
 //! from config.toml and the environment; it is self-contained so tests build it directly.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::Deserialize;
 
 use crate::secret::Secret;
 
-/// Which realtime service and protocol generation to speak.
+/// Which realtime service and protocol generation to speak: `realtime.flavour` of config.toml
+/// (and `CONSULTANT_REALTIME_FLAVOUR`). Parsed, displayed and deserialized under one set of
+/// names, the ones config.toml uses, so advice naming a flavour can be pasted back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum RealtimeFlavour {
-    /// Azure preview: `/openai/realtime?api-version=&deployment=`, flat session, beta names.
+    /// `azure-preview`: `/openai/realtime?api-version=&deployment=`, flat session, beta names.
     AzurePreview,
-    /// Azure GA: `/openai/v1/realtime?model=<deployment>`, `session.type`, GA names.
+    /// `azure-ga`: `/openai/v1/realtime?model=<deployment>`, `session.type`, GA names.
     AzureGa,
-    /// OpenAI direct, GA protocol (no OpenAI-Beta header).
+    /// `openai`: OpenAI direct, GA protocol (no OpenAI-Beta header).
     OpenAi,
-    /// OpenAI direct, beta protocol (`OpenAI-Beta: realtime=v1`).
+    /// OpenAI direct, beta protocol (`OpenAI-Beta: realtime=v1`). Not configurable (tests
+    /// reach the beta protocol through it); displayed as `openai-beta`.
     OpenAiBeta,
 }
+
+/// A `realtime.flavour` value that is none of [`RealtimeFlavour::CONFIGURABLE`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown realtime flavour `{0}`; realtime.flavour is one of: azure-preview, azure-ga, openai")]
+pub struct UnknownFlavour(pub String);
 
 /// The two protocol generations: event names and session shape differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,29 +50,46 @@ impl RealtimeFlavour {
         matches!(self, RealtimeFlavour::AzurePreview | RealtimeFlavour::AzureGa)
     }
 
+    /// The flavours config.toml accepts, in the order its comment lists them.
+    pub const CONFIGURABLE: [RealtimeFlavour; 3] = [RealtimeFlavour::AzurePreview, RealtimeFlavour::AzureGa, RealtimeFlavour::OpenAi];
+
+    /// The name config.toml uses.
     pub fn as_str(self) -> &'static str {
         match self {
-            RealtimeFlavour::AzurePreview => "azure_preview",
-            RealtimeFlavour::AzureGa => "azure_ga",
+            RealtimeFlavour::AzurePreview => "azure-preview",
+            RealtimeFlavour::AzureGa => "azure-ga",
             RealtimeFlavour::OpenAi => "openai",
-            RealtimeFlavour::OpenAiBeta => "openai_beta",
+            RealtimeFlavour::OpenAiBeta => "openai-beta",
         }
     }
 
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-            "azure_preview" | "azure" => Some(RealtimeFlavour::AzurePreview),
-            "azure_ga" => Some(RealtimeFlavour::AzureGa),
-            "openai" | "openai_ga" => Some(RealtimeFlavour::OpenAi),
-            "openai_beta" => Some(RealtimeFlavour::OpenAiBeta),
-            _ => None,
-        }
+    /// How to select this flavour, as an operator would write it in config.toml.
+    pub fn setting(self) -> String {
+        format!("realtime.flavour = \"{self}\"")
     }
 }
 
 impl fmt::Display for RealtimeFlavour {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RealtimeFlavour {
+    type Err = UnknownFlavour;
+
+    /// Exactly the names config.toml accepts (surrounding blanks aside).
+    fn from_str(raw: &str) -> Result<Self, UnknownFlavour> {
+        let name = raw.trim();
+        RealtimeFlavour::CONFIGURABLE.into_iter().find(|f| f.as_str() == name).ok_or_else(|| UnknownFlavour(raw.to_owned()))
+    }
+}
+
+impl TryFrom<String> for RealtimeFlavour {
+    type Error = UnknownFlavour;
+
+    fn try_from(raw: String) -> Result<Self, UnknownFlavour> {
+        raw.parse()
     }
 }
 
@@ -133,12 +159,7 @@ impl RealtimeConfig {
     /// From the `[realtime]` section of config.toml (already env-overridden and validated)
     /// and the consultation language.
     pub fn from_section(section: &crate::config::RealtimeSection, language: &str) -> Self {
-        use crate::config::RealtimeFlavour as Configured;
-        let flavour = match section.flavour {
-            Configured::AzurePreview => RealtimeFlavour::AzurePreview,
-            Configured::AzureGa => RealtimeFlavour::AzureGa,
-            Configured::Openai => RealtimeFlavour::OpenAi,
-        };
+        let flavour = section.flavour;
         let endpoint = if section.endpoint.trim().is_empty() && !flavour.is_azure() { DEFAULT_OPENAI_ENDPOINT.to_owned() } else { section.endpoint.clone() };
         let language = language.trim();
         Self {
@@ -191,7 +212,8 @@ impl RealtimeConfig {
         }
         if self.flavour == RealtimeFlavour::AzurePreview && self.api_version.trim().is_empty() {
             return Err(format!(
-                "the Azure preview realtime api-version is empty; set AZURE_OPENAI_REALTIME_API_VERSION (e.g. {DEFAULT_AZURE_PREVIEW_API_VERSION}) or use flavour azure_ga"
+                "the Azure preview realtime api-version is empty; set realtime.api_version or AZURE_OPENAI_REALTIME_API_VERSION (e.g. {DEFAULT_AZURE_PREVIEW_API_VERSION}), or use {}",
+                RealtimeFlavour::AzureGa.setting()
             ));
         }
         if !(0.0..=1.0).contains(&self.vad.threshold) {
@@ -275,5 +297,22 @@ mod tests {
         c.api_key = Secret::new("");
         assert!(c.validate().unwrap_err().contains("AZURE_OPENAI_API_KEY"));
         assert!(!format!("{:?}", config(RealtimeFlavour::AzureGa, "https://x").api_key).contains('k'));
+    }
+
+    #[test]
+    fn flavours_round_trip_under_config_names() {
+        for flavour in RealtimeFlavour::CONFIGURABLE {
+            let name = flavour.to_string();
+            assert_eq!(name.parse::<RealtimeFlavour>(), Ok(flavour));
+            let section: std::collections::HashMap<String, RealtimeFlavour> = toml::from_str(&format!("flavour = \"{name}\"")).unwrap();
+            assert_eq!(section["flavour"], flavour, "{name} deserializes as it displays");
+        }
+        assert_eq!(RealtimeFlavour::CONFIGURABLE.map(|f| f.as_str()), ["azure-preview", "azure-ga", "openai"]);
+        // The beta protocol is for tests only: its name is not a setting.
+        assert!("openai-beta".parse::<RealtimeFlavour>().is_err());
+        for old in ["azure_ga", "azure_preview", "azure", "Azure-GA"] {
+            let err = old.parse::<RealtimeFlavour>().unwrap_err();
+            assert!(err.to_string().contains("azure-preview, azure-ga, openai"), "{err}");
+        }
     }
 }

@@ -7,5 +7,5 @@ pub mod protocol;
 pub mod stats;
 
 pub use client::AzureRealtimeClient;
-pub use config::{Protocol, RealtimeConfig, RealtimeFlavour, VadSettings};
+pub use config::{Protocol, RealtimeConfig, RealtimeFlavour, UnknownFlavour, VadSettings};
 pub use stats::{RealtimeStats, RealtimeStatsSnapshot};
