@@ -1,5 +1,5 @@
 //! Configuration: `config.toml` (every setting documented there, with working defaults),
-//! overridden by the seed's environment variables (and a `.env` file in the working
+//! overridden by the Python module's environment variables (and a `.env` file in the working
 //! directory). Errors name the file, the key and the reason; missing secrets are listed by
 //! environment variable, only for the services the command needs.
 
@@ -161,7 +161,7 @@ pub enum Service {
     DeepSeek,
 }
 
-/// The environment variables that override the file (the seed's, plus DeepSeek's and ours).
+/// The environment variables that override the file (the Python module's, plus DeepSeek's and ours).
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("AZURE_OPENAI_ENDPOINT", "realtime.endpoint"),
     ("AZURE_OPENAI_API_KEY", "realtime.api_key"),

@@ -63,6 +63,14 @@ async fn end(handle: &ConsultationHandle, reason: EndReason) -> Result<SessionOu
     handle.wait_finished().await
 }
 
+/// A consultation that ended before it was ready without failing (the caller hung up first):
+/// the job is done, not failed.
+fn ended_without_failure(handle: &ConsultationHandle) -> Option<Result<(), String>> {
+    let outcome = handle.outcome().filter(|o| o.status != SessionStatus::Failed)?;
+    tracing::info!(session_id = %outcome.session_id, status = %outcome.status, "the consultation ended before the agent was ready");
+    Some(job_result(Ok(outcome)))
+}
+
 /// Ends a consultation that failed before it was ready; the job's result is the step's failure.
 async fn finish_failed(handle: &ConsultationHandle, cause: String) {
     if let Err(e) = end(handle, EndReason::Failed(cause)).await {
@@ -107,6 +115,9 @@ impl JobRunner for Entrypoint {
             _ = wait_terminated(&mut terminated) => Err("LiveKit terminated the job before the room was joined".to_owned()),
         };
         if let Err(cause) = joined {
+            if let Some(done) = ended_without_failure(&handle) {
+                return done;
+            }
             let message = step_failed(3, &cause);
             finish_failed(&handle, cause).await;
             return Err(message);
@@ -120,6 +131,9 @@ impl JobRunner for Entrypoint {
             _ = wait_terminated(&mut terminated) => Err("LiveKit terminated the job before the session was ready".to_owned()),
         };
         if let Err(cause) = ready {
+            if let Some(done) = ended_without_failure(&handle) {
+                return done;
+            }
             let message = step_failed(5, &cause);
             finish_failed(&handle, cause).await;
             return Err(message);

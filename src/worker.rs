@@ -47,7 +47,9 @@ pub struct DrainHook {
 impl DrainHook {
     pub fn drain(&self) {
         self.link.drain();
-        let _ = self.supervisor.send_message(SupervisorMsg::Drain);
+        if self.supervisor.send_message(SupervisorMsg::Drain).is_err() {
+            tracing::warn!("drain asked of a stopped worker supervisor");
+        }
     }
 }
 
@@ -145,13 +147,18 @@ impl Worker {
     }
 
     async fn stop_after_final_reports(self) {
-        let _ = tokio::time::timeout(FINAL_REPORT_WAIT, self.link.wait_for(|s| s.jobs == 0 || s.out_of_service())).await;
+        if tokio::time::timeout(FINAL_REPORT_WAIT, self.link.wait_for(|s| s.jobs == 0 || s.out_of_service())).await.is_err() {
+            tracing::warn!(wait = ?FINAL_REPORT_WAIT, "stopping before LiveKit was told every job's final status");
+        }
         self.link.shutdown();
         if let Some(task) = self.link_task {
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+                tracing::warn!("the LiveKit link did not stop within 2 s");
+            }
         }
         self.health.stop();
-        self.handler.supervisor().stop(Some("worker shutdown".into()));
+        // Everything under the supervisor, and every task the actors started, has ended after this.
+        self.handler.stop().await;
     }
 
     /// Runs until a signal (or the link gives up), with the mode's policy. `Err` carries the

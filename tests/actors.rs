@@ -14,7 +14,7 @@ use consultant_actors::session::SessionStatus;
 use consultant_actors::settings::ConsultationSettings;
 use consultant_actors::telemetry::{RealtimeLinkState, Telemetry};
 use consultant_actors::VoiceHandler;
-use consultant_fakes::memory::{CountingExtractor, RecordingAudio, ScriptedRealtime};
+use consultant_fakes::memory::{CountingExtractor, MemoryStore, RecordingAudio, ScriptedRealtime};
 
 fn fields() -> Vec<AnketaField> {
     vec![
@@ -49,6 +49,21 @@ async fn world(settings: ConsultationSettings) -> World {
     let telemetry = Telemetry::new();
     let handler = VoiceHandler::start(Arc::new(settings), ports, telemetry.clone()).await.unwrap();
     World { _dir: dir, store, realtime, extractor, telemetry, handler }
+}
+
+/// The consultation core with an in-memory store, for tests on tokio's paused clock.
+struct PausedWorld {
+    realtime: Arc<ScriptedRealtime>,
+    telemetry: Telemetry,
+    handler: VoiceHandler,
+}
+
+async fn paused_world(settings: ConsultationSettings) -> PausedWorld {
+    let realtime = ScriptedRealtime::new();
+    let ports = Ports { connector: realtime.clone(), store: Arc::new(MemoryStore::default()), extractor: CountingExtractor::new() };
+    let telemetry = Telemetry::new();
+    let handler = VoiceHandler::start(Arc::new(settings), ports, telemetry.clone()).await.unwrap();
+    PausedWorld { realtime, telemetry, handler }
 }
 
 fn sid(s: &str) -> SessionId {
@@ -297,23 +312,32 @@ async fn a_late_user_transcript_keeps_the_dialogue_in_order() {
     w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
 }
 
-#[tokio::test]
+/// On tokio's paused clock: the 30-minute default limit passes in no time.
+#[tokio::test(start_paused = true)]
 async fn the_time_limit_brings_a_wrap_up_then_a_goodbye_then_the_end() {
-    let mut s = settings();
-    s.max_duration = Duration::from_secs(3);
-    s.wrapup_before = Duration::from_secs(2);
-    let w = world(s).await;
+    let s = settings();
+    assert_eq!((s.max_duration, s.wrapup_before), (Duration::from_secs(1800), Duration::from_secs(120)));
+    let w = paused_world(s).await;
     let id = sid("timer");
     let handle = w.handler.create_session(id.clone(), "consultation-timer".into(), RecordingAudio::new()).await.unwrap();
     handle.wait_ready().await.unwrap();
     let rt = w.realtime.session(1).await;
+    let started = tokio::time::Instant::now();
     let mut seen = Vec::new();
-    wait_until("goodbye requested", || {
+    let goodbye = |c: &RealtimeCommand| matches!(c, RealtimeCommand::CreateResponse { instructions: Some(i) } if i.contains("попрощайся"));
+    let wrapup = |c: &RealtimeCommand| matches!(c, RealtimeCommand::UpdateInstructions(i) if i.contains("подходит к концу"));
+    let mut wrapup_at = None;
+    while !seen.iter().any(goodbye) {
+        assert!(started.elapsed() < Duration::from_secs(1900), "no goodbye by {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
         seen.extend(rt.commands());
-        seen.iter().any(|c| matches!(c, RealtimeCommand::CreateResponse { instructions: Some(i) } if i.contains("попрощайся")))
-    })
-    .await;
-    assert!(seen.iter().any(|c| matches!(c, RealtimeCommand::UpdateInstructions(i) if i.contains("подходит к концу"))));
+        if wrapup_at.is_none() && seen.iter().any(wrapup) {
+            wrapup_at = Some(started.elapsed());
+        }
+    }
+    let (wrapup_at, goodbye_at) = (wrapup_at.expect("a wrap-up instruction before the goodbye"), started.elapsed());
+    assert!(wrapup_at >= Duration::from_secs(1679) && wrapup_at < Duration::from_secs(1682), "wrap-up at {wrapup_at:?}");
+    assert!(goodbye_at >= Duration::from_secs(1799) && goodbye_at < Duration::from_secs(1802), "goodbye at {goodbye_at:?}");
     rt.agent_says("bye", "Спасибо, всего доброго!", 100).await;
     let outcome = handle.wait_finished().await.unwrap();
     assert_eq!(outcome.status, SessionStatus::Completed);
@@ -466,12 +490,13 @@ async fn a_full_disk_loses_no_message_and_does_not_end_the_call() {
     assert_eq!(outcome.status, SessionStatus::Completed);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_connect_shows_as_reconnecting_until_the_restart() {
     let mut s = settings();
     s.connect.attempts = 1;
     s.restart.backoff_initial = Duration::from_secs(3);
-    let w = world(s).await;
+    // Paused time needs a store that never waits on a blocking thread (the clock would jump).
+    let w = paused_world(s).await;
     w.realtime.fail_connects.store(1000, Ordering::SeqCst);
     let id = sid("relink");
     let _handle = w.handler.create_session(id.clone(), "consultation-relink".into(), RecordingAudio::new()).await.unwrap();

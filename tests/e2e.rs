@@ -4,7 +4,7 @@
 //! and fake DeepSeek servers. Checked: the caller hears the greeting and an answer to each
 //! phrase, a barge-in cuts the agent within 200 ms, a realtime socket drop mid-call is survived,
 //! SQLite holds the dialogue in order with a periodic and a final anketa, and the log holds the
-//! seed's markers in order.
+//! Python module's markers in order.
 
 mod support;
 
@@ -99,7 +99,7 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
         .await
         .expect("the worker registers");
 
-    // The seed's server: the room is created with an explicit dispatch for our agent.
+    // The Python module's server: the room is created with an explicit dispatch for our agent.
     let room = "consultation-e2e-1";
     server.create_room(room, &[AGENT]);
     let job = server
@@ -215,7 +215,7 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
     let agent_track = subscribed["track_sid"].as_str().unwrap().to_owned();
     assert!(transcripts.iter().any(|(t, track)| t == answers[0] && *track == agent_track), "agent transcripts name the agent's track");
 
-    // --- The seed's markers, in order ---
+    // --- The Python module's markers, in order ---
     let markers = [
         "=== AGENT ENTRYPOINT CALLED ===",
         "AGENT STEP 1/5",

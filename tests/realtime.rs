@@ -256,7 +256,7 @@ async fn every_flavour_configures_replays_and_talks() {
 }
 
 #[tokio::test]
-async fn handshake_errors_carry_the_seeds_advice() {
+async fn handshake_errors_carry_the_python_modules_advice() {
     // Wrong key on Azure preview: fatal, names the variable, never shows the key.
     let fake = start_fake(RealtimeFlavour::AzurePreview, |_| {}).await;
     let mut config = config_for(&fake, RealtimeFlavour::AzurePreview);

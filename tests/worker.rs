@@ -919,3 +919,29 @@ async fn drain_lets_running_consultations_go_on_until_a_second_signal() {
     server.shutdown().await;
 }
 
+
+/// One shutdown path: with a call in progress, shutting the worker down finalizes the
+/// consultation, leaves its room, reports the job, stops every actor under the supervisor and
+/// ends every task the actors started.
+#[tokio::test]
+async fn shutdown_finalizes_the_running_call_and_leaves_nothing_running() {
+    let mut r = start(Setup::default()).await;
+    registered(&r.server, 1).await;
+    r.server.create_room("consultation-closing", &[AGENT]);
+    let job = job_for_room(&r.server, "consultation-closing").await;
+    r.server.wait_for_job_status(&job, JobStatus::JsRunning, WAIT).await.unwrap();
+    let sid = SessionId::parse("closing").unwrap();
+    let handler = r.worker().handler().clone();
+    let deadline = Instant::now() + WAIT;
+    while handler.get(&sid).await.is_none() {
+        assert!(Instant::now() < deadline, "the consultation never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r.worker.take().expect("running").shutdown().await;
+    assert_eq!(session_status(&r.store, &sid).await, Some(SessionStatus::Completed), "finalized by the shutdown");
+    assert_eq!(r.rooms.left(), 1, "the room was left");
+    assert!(handler.is_stopped(), "the supervisor and everything under it stopped");
+    assert_eq!(handler.running_tasks(), 0, "no task the actors started is still running");
+    assert!(handler.list().await.is_empty());
+    r.server.shutdown().await;
+}

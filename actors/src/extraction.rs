@@ -10,6 +10,7 @@ use crate::anketa::Anketa;
 use crate::consultation::ConsultationMsg;
 use crate::dialogue::DialogueMessage;
 use crate::ports::AnketaExtractor;
+use crate::tasks::OwnedTasks;
 
 pub struct ExtractionArgs {
     pub extractor: Arc<dyn AnketaExtractor>,
@@ -32,6 +33,8 @@ pub struct ExtractionState {
     running: bool,
     pending: Option<ExtractionRequest>,
     pub coalesced: u64,
+    /// The request in flight: stopping the actor (at finalize) abandons it.
+    request: OwnedTasks,
 }
 
 pub struct ExtractionActor;
@@ -41,11 +44,13 @@ impl ExtractionActor {
         state.running = true;
         let extractor = state.args.extractor.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
+        state.request.push(tokio::spawn(async move {
             let message_count = request.dialogue.len();
             let result = extractor.extract(&request.dialogue, &request.previous).await.map_err(|e| e.to_string());
-            let _ = me.send_message(ExtractionMsg::Finished { message_count, result });
-        });
+            if me.send_message(ExtractionMsg::Finished { message_count, result }).is_err() {
+                tracing::debug!(message_count, "extraction finished after its actor stopped; result dropped");
+            }
+        }));
     }
 }
 
@@ -56,7 +61,7 @@ impl Actor for ExtractionActor {
     type Arguments = ExtractionArgs;
 
     async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: ExtractionArgs) -> Result<ExtractionState, ActorProcessingErr> {
-        Ok(ExtractionState { args, running: false, pending: None, coalesced: 0 })
+        Ok(ExtractionState { args, running: false, pending: None, coalesced: 0, request: OwnedTasks::default() })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, message: ExtractionMsg, state: &mut ExtractionState) -> Result<(), ActorProcessingErr> {

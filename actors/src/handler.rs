@@ -1,10 +1,11 @@
-//! `VoiceHandler` (the seed's handler.py): creates, feeds and ends voice sessions. LiveKit jobs
+//! `VoiceHandler` (the Python module's handler.py): creates, feeds and ends voice sessions. LiveKit jobs
 //! and `consultant simulate` both drive consultations through it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use tokio_util::task::TaskTracker;
 
 pub use crate::consultation::SessionOutcome;
 use crate::consultation::{finalize_consultation, CallMedia, ConsultationMsg, EndReason, FinalizeJob, Ports};
@@ -17,6 +18,8 @@ use crate::supervisor::{SupervisorArgs, SupervisorMsg, WorkerSupervisor};
 use crate::telemetry::Telemetry;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each stage of shutdown may take before it is reported and skipped.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -34,6 +37,10 @@ pub enum HandlerError {
 
 pub struct VoiceHandler {
     supervisor: ActorRef<SupervisorMsg>,
+    /// The supervisor's task, awaited by [`VoiceHandler::stop`].
+    supervisor_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tasks the actors start outside their mailboxes (finalization).
+    tasks: TaskTracker,
     ports: Ports,
     settings: Arc<ConsultationSettings>,
     telemetry: Telemetry,
@@ -42,11 +49,12 @@ pub struct VoiceHandler {
 impl VoiceHandler {
     /// Starts the WorkerSupervisor. Call [`VoiceHandler::recover_interrupted`] once at start-up.
     pub async fn start(settings: Arc<ConsultationSettings>, ports: Ports, telemetry: Telemetry) -> Result<Self, HandlerError> {
-        let args = SupervisorArgs { settings: settings.clone(), ports: ports.clone(), telemetry: telemetry.clone() };
-        let (supervisor, _) = Actor::spawn(None, WorkerSupervisor, args)
+        let tasks = TaskTracker::new();
+        let args = SupervisorArgs { settings: settings.clone(), ports: ports.clone(), telemetry: telemetry.clone(), tasks: tasks.clone() };
+        let (supervisor, task) = Actor::spawn(None, WorkerSupervisor, args)
             .await
             .map_err(|e| HandlerError::Supervisor(e.to_string()))?;
-        Ok(Self { supervisor, ports, settings, telemetry })
+        Ok(Self { supervisor, supervisor_task: std::sync::Mutex::new(Some(task)), tasks, ports, settings, telemetry })
     }
 
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
@@ -109,7 +117,9 @@ impl VoiceHandler {
 
     /// Feeds caller audio (PCM16 mono 24 kHz). Never blocks.
     pub fn process_user_audio(&self, handle: &ConsultationHandle, pcm: Arc<[i16]>) {
-        let _ = handle.actor.send_message(ConsultationMsg::CallerAudio(pcm));
+        if handle.actor.send_message(ConsultationMsg::CallerAudio(pcm)).is_err() {
+            tracing::debug!(session_id = %handle.session_id, "caller audio for a consultation that has ended");
+        }
     }
 
     pub async fn get(&self, session_id: &SessionId) -> Option<ConsultationHandle> {
@@ -130,13 +140,18 @@ impl VoiceHandler {
     /// Ends a consultation properly (final anketa, status) and returns its dialogue and anketa.
     pub async fn end_session(&self, session_id: &SessionId, reason: EndReason) -> Result<SessionOutcome, HandlerError> {
         let handle = self.get(session_id).await.ok_or_else(|| HandlerError::UnknownSession(session_id.clone()))?;
-        let _ = handle.actor.send_message(ConsultationMsg::End(reason));
+        // Gone already: its outcome is in the lifecycle all the same.
+        if handle.actor.send_message(ConsultationMsg::End(reason)).is_err() {
+            tracing::debug!(%session_id, "consultation already stopped");
+        }
         handle.wait_finished().await.map_err(HandlerError::NoOutcome)
     }
 
     /// Refuse new sessions (drain).
     pub fn drain(&self) {
-        let _ = self.supervisor.send_message(SupervisorMsg::Drain);
+        if self.supervisor.send_message(SupervisorMsg::Drain).is_err() {
+            tracing::warn!("drain asked of a stopped worker supervisor");
+        }
     }
 
     /// Ends every consultation with `reason` and waits until all are finalized.
@@ -148,14 +163,46 @@ impl VoiceHandler {
                 handles.push(h);
             }
         }
-        let _ = self.supervisor.send_message(SupervisorMsg::EndAll { reason });
+        if self.supervisor.send_message(SupervisorMsg::EndAll { reason }).is_err() {
+            tracing::warn!("the worker supervisor has stopped; consultations cannot be ended through it");
+        }
         for h in handles {
-            let _ = h.wait_finished().await;
+            if let Err(e) = h.wait_finished().await {
+                tracing::error!(session_id = %h.session_id, error = %e, "consultation ended without an outcome");
+            }
         }
     }
 
-    pub async fn shutdown(self) {
+    /// The one shutdown path: every consultation finalized, every child of the supervisor
+    /// (the LiveKit link, the console) stopped, the supervisor stopped, and every task the
+    /// actors started ended. Idempotent.
+    pub async fn stop(&self) {
         self.end_all(EndReason::Shutdown).await;
-        self.supervisor.stop(None);
+        self.supervisor.stop_children_and_wait(Some("worker shutdown".into()), Some(STOP_TIMEOUT)).await;
+        self.supervisor.stop(Some("worker shutdown".into()));
+        let task = self.supervisor_task.lock().expect("supervisor task lock").take();
+        if let Some(task) = task {
+            if tokio::time::timeout(STOP_TIMEOUT, task).await.is_err() {
+                tracing::error!(timeout = ?STOP_TIMEOUT, "the worker supervisor did not stop in time");
+            }
+        }
+        self.tasks.close();
+        if tokio::time::timeout(STOP_TIMEOUT, self.tasks.wait()).await.is_err() {
+            tracing::error!(running = self.tasks.len(), "tasks still running at shutdown");
+        }
+    }
+
+    /// Tasks started by the actors that have not ended (0 after [`VoiceHandler::stop`]).
+    pub fn running_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether the supervisor (and so every actor under it) has stopped.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.supervisor.get_status(), ractor::ActorStatus::Stopped)
+    }
+
+    pub async fn shutdown(self) {
+        self.stop().await;
     }
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::consultation::ConsultationMsg;
 use crate::ports::{RealtimeCommand, RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup};
+use crate::tasks::OwnedTasks;
 
 /// How the Realtime actor connects: attempts, per-attempt timeout and backoff.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +56,7 @@ pub struct RealtimeArgs {
 }
 
 pub enum RealtimeMsg {
-    Connect { attempt: u32, last_cause: Option<String> },
+    Connect { attempt: u32 },
     Command(RealtimeCommand),
     Event(RealtimeEvent),
 }
@@ -64,7 +64,9 @@ pub enum RealtimeMsg {
 pub struct RealtimeState {
     args: RealtimeArgs,
     commands: Option<mpsc::Sender<RealtimeCommand>>,
-    reader: Option<JoinHandle<()>>,
+    /// Forwards the connection's events; dropped with the state, so it ends with the actor
+    /// even when the actor fails (ractor skips `post_stop` then).
+    reader: OwnedTasks,
     dropped_commands: u64,
 }
 
@@ -78,26 +80,25 @@ impl Actor for RealtimeActor {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: RealtimeArgs) -> Result<RealtimeState, ActorProcessingErr> {
         // Connecting can take seconds: do it from the mailbox so the parent's spawn returns now.
-        myself.send_message(RealtimeMsg::Connect { attempt: 1, last_cause: None })?;
-        Ok(RealtimeState { args, commands: None, reader: None, dropped_commands: 0 })
+        myself.send_message(RealtimeMsg::Connect { attempt: 1 })?;
+        Ok(RealtimeState { args, commands: None, reader: OwnedTasks::default(), dropped_commands: 0 })
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut RealtimeState) -> Result<(), ActorProcessingErr> {
         if let Some(tx) = state.commands.take() {
-            let _ = tx.try_send(RealtimeCommand::Close);
+            if tx.try_send(RealtimeCommand::Close).is_err() {
+                tracing::debug!("realtime writer full or gone at stop; the socket closes without a close frame");
+            }
         }
-        if let Some(reader) = state.reader.take() {
-            reader.abort();
-        }
+        state.reader.abort_all();
         Ok(())
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, message: RealtimeMsg, state: &mut RealtimeState) -> Result<(), ActorProcessingErr> {
         match message {
-            RealtimeMsg::Connect { attempt, last_cause } => {
-                let _ = last_cause;
+            RealtimeMsg::Connect { attempt } => {
                 let generation = state.args.generation;
-                let _ = state.args.parent.send_message(ConsultationMsg::RealtimeConnecting { generation, attempt });
+                state.args.parent.send_message(ConsultationMsg::RealtimeConnecting { generation, attempt })?;
                 let policy = state.args.policy;
                 let result = tokio::time::timeout(policy.timeout, state.args.connector.connect(state.args.setup.clone())).await;
                 let failure = match result {
@@ -106,16 +107,17 @@ impl Actor for RealtimeActor {
                         state.commands = Some(connection.commands);
                         let mut events = connection.events;
                         let me = myself.clone();
-                        state.reader = Some(tokio::spawn(async move {
+                        state.reader.push(tokio::spawn(async move {
                             while let Some(event) = events.recv().await {
                                 let last = matches!(event, RealtimeEvent::Disconnected { .. });
                                 if me.send_message(RealtimeMsg::Event(event)).is_err() || last {
                                     return;
                                 }
                             }
-                            let _ = me.send_message(RealtimeMsg::Event(RealtimeEvent::Disconnected {
-                                cause: RealtimeFailure::Transient("event stream ended".into()),
-                            }));
+                            let ended = RealtimeEvent::Disconnected { cause: RealtimeFailure::Transient("event stream ended".into()) };
+                            if me.send_message(RealtimeMsg::Event(ended)).is_err() {
+                                tracing::debug!("realtime event stream ended after its actor stopped");
+                            }
                         }));
                         state.args.parent.send_message(ConsultationMsg::RealtimeReady { generation, audio })?;
                         return Ok(());
@@ -133,8 +135,7 @@ impl Actor for RealtimeActor {
                 }
                 tracing::warn!(attempt, cause = %failure, "realtime connect attempt failed; retrying");
                 let next = attempt + 1;
-                let cause = failure.to_string();
-                myself.send_after(policy.delay_before(next), move || RealtimeMsg::Connect { attempt: next, last_cause: Some(cause) });
+                myself.send_after(policy.delay_before(next), move || RealtimeMsg::Connect { attempt: next });
             }
             RealtimeMsg::Command(command) => {
                 if let Some(tx) = &state.commands {

@@ -2,7 +2,9 @@
 //! backoff between restarts. ractor has no built-in strategy; supervisors consult this.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RestartPolicy {

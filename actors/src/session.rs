@@ -72,6 +72,8 @@ pub struct VoiceConsultationSession {
     pub room: String,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// The timer's start on tokio's clock (paused in tests, never moved by wall-clock steps).
+    started: tokio::time::Instant,
     pub max_duration: Duration,
     pub timer: TimerPhase,
     pub status: SessionStatus,
@@ -89,6 +91,7 @@ impl VoiceConsultationSession {
             room,
             started_at: Utc::now(),
             ended_at: None,
+            started: tokio::time::Instant::now(),
             max_duration,
             timer: TimerPhase::Running,
             status: SessionStatus::Starting,
@@ -100,8 +103,10 @@ impl VoiceConsultationSession {
     }
 
     pub fn elapsed(&self) -> Duration {
-        let end = self.ended_at.unwrap_or_else(Utc::now);
-        (end - self.started_at).to_std().unwrap_or_default()
+        match self.ended_at {
+            Some(end) => (end - self.started_at).to_std().unwrap_or_default(),
+            None => self.started.elapsed(),
+        }
     }
 
     pub fn remaining(&self) -> Duration {

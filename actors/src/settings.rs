@@ -37,7 +37,7 @@ pub struct ConsultationSettings {
 }
 
 impl ConsultationSettings {
-    /// Settings for tests and examples: short, Russian, the seed's defaults.
+    /// Settings for tests and examples: short, Russian, the Python module's defaults.
     pub fn for_tests(fields: Vec<AnketaField>) -> Self {
         Self {
             system_prompt: "Ты — вежливый голосовой консультант.".into(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::consultation::{
     finalize_consultation, CallMedia, ConsultationActor, ConsultationArgs, ConsultationMsg, EndReason, FinalizeJob,
@@ -52,6 +53,14 @@ impl ConsultationHandle {
         }
     }
 
+    /// The outcome, if the consultation has been finalized.
+    pub fn outcome(&self) -> Option<SessionOutcome> {
+        match &*self.lifecycle.borrow() {
+            Lifecycle::Finished(outcome) => Some((**outcome).clone()),
+            _ => None,
+        }
+    }
+
     /// Waits for the consultation to be finalized.
     pub async fn wait_finished(&self) -> Result<SessionOutcome, String> {
         let mut rx = self.lifecycle.clone();
@@ -81,6 +90,8 @@ pub struct SupervisorArgs {
     pub settings: Arc<ConsultationSettings>,
     pub ports: Ports,
     pub telemetry: Telemetry,
+    /// Every task the consultations start (finalization); awaited at shutdown.
+    pub tasks: TaskTracker,
 }
 
 pub enum SupervisorMsg {
@@ -112,6 +123,14 @@ pub struct SupervisorState {
 }
 
 pub struct WorkerSupervisor;
+
+/// A consultation that cannot take the message has already stopped: its supervision event
+/// finalizes it.
+fn end(running: &Running, reason: EndReason) {
+    if running.handle.actor.send_message(ConsultationMsg::End(reason)).is_err() {
+        tracing::debug!(session_id = %running.handle.session_id, "consultation already stopped");
+    }
+}
 
 #[ractor::async_trait]
 impl Actor for WorkerSupervisor {
@@ -145,6 +164,7 @@ impl Actor for WorkerSupervisor {
                     media,
                     telemetry: state.args.telemetry.clone(),
                     lifecycle: lifecycle.clone(),
+                    tasks: state.args.tasks.clone(),
                 };
                 match Actor::spawn_linked(None, ConsultationActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
@@ -162,12 +182,12 @@ impl Actor for WorkerSupervisor {
             }
             SupervisorMsg::End { session_id, reason } => {
                 if let Some(r) = state.running.get(&session_id) {
-                    let _ = r.handle.actor.send_message(ConsultationMsg::End(reason));
+                    end(r, reason);
                 }
             }
             SupervisorMsg::EndAll { reason } => {
                 for r in state.running.values() {
-                    let _ = r.handle.actor.send_message(ConsultationMsg::End(reason.clone()));
+                    end(r, reason.clone());
                 }
             }
             SupervisorMsg::Get { session_id, reply } => {
@@ -195,6 +215,13 @@ impl Actor for WorkerSupervisor {
         };
         let id = cell.get_id();
         let Some(session_id) = state.running.iter().find(|(_, r)| r.handle.actor.get_id() == id).map(|(k, _)| k.clone()) else {
+            // The LiveKit link and the console run under the supervisor too; they restart
+            // themselves, so their end is only reported.
+            if let Some(error) = crash {
+                let name = cell.get_name().unwrap_or_else(|| format!("actor {id}"));
+                tracing::error!(child = %name, %error, "a worker child failed");
+                state.args.telemetry.event("failure", "worker", format!("{name}: {error}"));
+            }
             return Ok(());
         };
         let running = state.running.remove(&session_id).expect("found above");
@@ -215,7 +242,7 @@ impl Actor for WorkerSupervisor {
                 ended_at: None,
                 failure: None,
             };
-            tokio::spawn(async move {
+            state.args.tasks.spawn(async move {
                 let failure = format!("consultation crashed: {error}");
                 let job = FinalizeJob::from_store(&record, store, extractor, SessionStatus::Failed, failure, format!("crash: {error}"), timeout).await;
                 match job {

@@ -1,5 +1,5 @@
 //! `consultant room create --session-id ID`: creates the consultation room with an explicit
-//! dispatch of our agent (RoomService.CreateRoom + RoomAgentDispatch, as the seed's server
+//! dispatch of our agent (RoomService.CreateRoom + RoomAgentDispatch, as the Python module's server
 //! does) and prints the caller's join JSON, like `consultant token`.
 
 use consultant_actors::SessionId;

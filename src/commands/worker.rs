@@ -1,4 +1,4 @@
-//! `consultant start` (production) and `consultant dev` (the seed's `run_voice_agent.py dev`).
+//! `consultant start` (production) and `consultant dev` (the Python module's `run_voice_agent.py dev`).
 
 use std::sync::Arc;
 

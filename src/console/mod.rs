@@ -19,7 +19,7 @@ pub mod tui;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use consultant_actors::handler::VoiceHandler;
 use consultant_actors::restart::{RestartDecision, RestartPolicy, RestartTracker};
@@ -369,7 +369,7 @@ impl Actor for ConsoleActor {
                     return Ok(());
                 }
                 let telemetry = &state.args.control.telemetry;
-                match state.restarts.on_failure(&state.policy, Instant::now(), why.clone()) {
+                match state.restarts.on_failure(&state.policy, tokio::time::Instant::now(), why.clone()) {
                     RestartDecision::Restart { delay, attempt } => {
                         tracing::error!(?task, %why, attempt, "console task ended; restarting it");
                         telemetry.actor_failed(CONSOLE_PATH, &why, attempt, true);

@@ -1,4 +1,4 @@
-//! LiveKit control plane (the seed's `livekit_client.py`, and more): access tokens, room names,
+//! LiveKit control plane (the Python module's `livekit_client.py`, and more): access tokens, room names,
 //! room creation with explicit agent dispatch, and the agent-worker link (`/agent`).
 //!
 //! Media (joining a room, audio) is not here: see `crate::room`.
@@ -130,7 +130,7 @@ pub struct JoinInfo {
     pub token: String,
 }
 
-/// Tokens and room management for one LiveKit project (the seed's `LiveKitClient`).
+/// Tokens and room management for one LiveKit project (the Python module's `LiveKitClient`).
 #[derive(Clone)]
 pub struct LiveKitClient {
     url: String,
@@ -276,7 +276,7 @@ impl LiveKitClient {
     }
 
     /// Creates the consultation room through `RoomService.CreateRoom` with a
-    /// `RoomAgentDispatch` for our agent name (explicit dispatch, as the seed's server does).
+    /// `RoomAgentDispatch` for our agent name (explicit dispatch, as the Python module's server does).
     pub async fn create_room(&self, session_id: &SessionId) -> Result<proto::Room, LiveKitError> {
         let request = proto::CreateRoomRequest {
             name: generate_room_name(session_id),

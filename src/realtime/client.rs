@@ -45,7 +45,7 @@ const EXPIRY_SLACK_SECS: i64 = 90;
 /// Azure's limit when the server did not say (30 min).
 const DEFAULT_SESSION_LIMIT: Duration = Duration::from_secs(30 * 60);
 
-/// The seed's AzureRealtimeClient: connects to Azure (preview or GA) or OpenAI Realtime.
+/// The Python module's AzureRealtimeClient: connects to Azure (preview or GA) or OpenAI Realtime.
 #[derive(Clone)]
 pub struct AzureRealtimeClient {
     config: Arc<RealtimeConfig>,
@@ -100,7 +100,7 @@ impl AzureRealtimeClient {
         Ok(request)
     }
 
-    /// Turns a refused handshake into a failure with the seed's advice.
+    /// Turns a refused handshake into a failure with the Python module's advice.
     fn handshake_failure(&self, status: StatusCode, body: Option<&[u8]>) -> RealtimeFailure {
         let url = self.config.websocket_url().map(|u| u.to_string()).unwrap_or_default();
         let body = body.map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).trim().to_owned()).filter(|b| !b.is_empty());

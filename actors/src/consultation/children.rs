@@ -3,7 +3,7 @@
 //! intensity window, or give up with the cause).
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 

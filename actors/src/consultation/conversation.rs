@@ -1,7 +1,7 @@
 //! What the call does: realtime events into turns and speech, barge-in, the timer (wrap-up,
 //! goodbye, time limit), the proactive realtime recycle, and the start of finalization.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ractor::ActorRef;
 
@@ -213,7 +213,7 @@ impl ConsultationActor {
             turn_latency_ms: state.turn_latency_ms.clone(),
         };
         let me = myself.clone();
-        tokio::spawn(async move {
+        state.args.tasks.spawn(async move {
             let outcome = finalize_consultation(job).await;
             if me.send_message(ConsultationMsg::FinalizeDone(Box::new(outcome))).is_err() {
                 tracing::error!("consultation stopped before its finalization finished");

@@ -13,11 +13,12 @@ mod conversation;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::anketa::Anketa;
 use crate::caller_audio::CallerGap;
@@ -158,6 +159,8 @@ pub struct ConsultationArgs {
     pub media: CallMedia,
     pub telemetry: Telemetry,
     pub lifecycle: Arc<watch::Sender<Lifecycle>>,
+    /// Where finalization runs, so that shutdown can wait for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The Room child and what outlives its restarts.
