@@ -12,6 +12,10 @@
 //!    so it bounds each of them from above (target p99 < 5 ms each).
 //! 3. Concurrent pairs of rooms (one agent speaking to one listener each) with clean audio, and
 //!    the process RSS per room.
+//! 4. The caller's frame from RTP to the realtime socket's queue through a consultation whose
+//!    Room is its child (speaker play() -> SFU -> Room decode -> Consultation -> the session's
+//!    command queue): first-frame latency, and the process CPU time per delivered 20 ms frame
+//!    with 16 calls at once (speakers, SFU and listeners all in this process).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,12 +214,114 @@ async fn concurrent(server: &LoopbackServer, pairs: usize) {
     }
 }
 
+/// One consultation listening to one speaker, with an in-memory realtime session and store.
+struct Call {
+    speaker: JoinedRoomAudio,
+    session: Arc<consultant_fakes::memory::ScriptedSession>,
+    _handle: consultant_actors::handler::ConsultationHandle,
+}
+
+async fn call(server: &LoopbackServer, handler: &consultant_actors::VoiceHandler, realtime: &consultant_fakes::memory::ScriptedRealtime, n: usize) -> Call {
+    let room_name = format!("consultation-rt-{n}");
+    let id = consultant_actors::SessionId::parse(&format!("rt-{n}")).unwrap();
+    let media = room::LiveKitRooms::default().room(&server.url(), token(server, &room_name, &format!("agent-rt-{n}"), true));
+    let handle = handler.create_room_session(id, room_name.clone(), Arc::new(media)).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let session = realtime.session(n).await;
+    let speaker = room::join(&server.url(), &token(server, &room_name, &format!("caller-{n}"), false), RoomOptions::default()).await.unwrap();
+    speaker.audio_out.release();
+    Call { speaker, session, _handle: handle }
+}
+
+/// The next loud caller frame the realtime session receives.
+async fn loud_append(session: &consultant_fakes::memory::ScriptedSession) -> Option<Instant> {
+    while let Some(c) = session.next_command().await {
+        if let consultant_actors::ports::RealtimeCommand::AppendAudio(pcm) = c {
+            if rms(&pcm) > 500.0 {
+                return Some(Instant::now());
+            }
+        }
+    }
+    None
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name: state, ppid, ..., utime (11th) and stime (12th), in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+async fn to_realtime(server: &LoopbackServer) {
+    use consultant_actors::consultation::Ports;
+    use consultant_fakes::memory::{CountingExtractor, MemoryStore, ScriptedRealtime};
+    let realtime = ScriptedRealtime::new();
+    let ports = Ports { connector: realtime.clone(), store: Arc::new(MemoryStore::default()), extractor: CountingExtractor::new() };
+    let settings = Arc::new(consultant_actors::ConsultationSettings::for_tests(Vec::new()));
+    let handler = consultant_actors::VoiceHandler::start(settings, ports, consultant_actors::telemetry::Telemetry::new()).await.unwrap();
+
+    let first = call(server, &handler, &realtime, 1).await;
+    let burst: Arc<[i16]> = tone(2400, 440.0, 8000.0, 24_000.0).into();
+    let mut samples = Vec::new();
+    for i in 0..110 {
+        first.session.commands();
+        let t0 = Instant::now();
+        first.speaker.audio_out.play("bench", burst.clone());
+        if let Ok(Some(t1)) = tokio::time::timeout(Duration::from_secs(2), loud_append(&first.session)).await {
+            if i >= 10 {
+                samples.push((t1 - t0).as_secs_f64() * 1e3);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "play() -> caller frame in the realtime session's queue (through the consultation): p50 {:.2} ms  p99 {:.2} ms  (n={}, {} lost)",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples.len(),
+        100 - samples.len()
+    );
+
+    let mut calls = vec![first];
+    for n in 2..=16 {
+        calls.push(call(server, &handler, &realtime, n).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let speech: Arc<[i16]> = tone(24_000 * 5, 300.0, 8000.0, 24_000.0).into();
+    for c in &calls {
+        c.session.commands();
+    }
+    let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+    for c in &calls {
+        c.speaker.audio_out.play("bench", speech.clone());
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (cpu, wall) = (cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64());
+    let frames: usize = calls
+        .iter()
+        .map(|c| c.session.commands().iter().filter(|c| matches!(c, consultant_actors::ports::RealtimeCommand::AppendAudio(p) if rms(p) > 1000.0)).count())
+        .sum();
+    println!(
+        "16 calls, 5 s of caller speech each: {frames} loud frames reached realtime (of {}); process CPU {:.0}% of a core, {:.1} us CPU per delivered frame (speaker, SFU and listener included)",
+        16 * 250,
+        cpu / wall * 100.0,
+        cpu * 1e6 / frames.max(1) as f64
+    );
+    for c in calls {
+        c.speaker.room.leave();
+    }
+    handler.stop().await;
+}
+
 fn main() {
     per_frame();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
         latency(&server).await;
+        to_realtime(&server).await;
         for pairs in [4, 8, 16] {
             concurrent(&server, pairs).await;
             tokio::time::sleep(Duration::from_secs(1)).await;

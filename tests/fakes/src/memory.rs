@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 pub struct ScriptedSession {
     pub setup: RealtimeSetup,
     events: mpsc::Sender<RealtimeEvent>,
-    commands: Mutex<mpsc::Receiver<RealtimeCommand>>,
+    commands: tokio::sync::Mutex<mpsc::Receiver<RealtimeCommand>>,
 }
 
 impl ScriptedSession {
@@ -37,12 +37,17 @@ impl ScriptedSession {
 
     /// Commands received so far (drains them).
     pub fn commands(&self) -> Vec<RealtimeCommand> {
-        let mut rx = self.commands.lock().unwrap();
+        let mut rx = self.commands.try_lock().expect("one reader of the commands at a time");
         let mut out = Vec::new();
         while let Ok(c) = rx.try_recv() {
             out.push(c);
         }
         out
+    }
+
+    /// The next command, as soon as it arrives (None once the connection is gone).
+    pub async fn next_command(&self) -> Option<RealtimeCommand> {
+        self.commands.lock().await.recv().await
     }
 
     /// A full caller turn: committed item then its transcript.
@@ -113,7 +118,7 @@ impl RealtimeConnector for ScriptedRealtime {
         }
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(4096);
-        let session = Arc::new(ScriptedSession { setup, events: ev_tx, commands: Mutex::new(cmd_rx) });
+        let session = Arc::new(ScriptedSession { setup, events: ev_tx, commands: tokio::sync::Mutex::new(cmd_rx) });
         self.sessions.lock().unwrap().push(session);
         self.notify.notify_waiters();
         Ok(RealtimeConnection { commands: cmd_tx, events: ev_rx })
