@@ -8,12 +8,13 @@ mod views;
 
 use std::time::Duration;
 
+use consultant_actors::telemetry::ActorInfo;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::widgets::ListState;
 use tokio::sync::mpsc;
 
 use super::client::{ClientError, ConsoleClient};
-use super::protocol::{Action, Command, ConsoleModel, ServerFrame, WireActor};
+use super::protocol::{Action, Command, ConsoleModel, ServerFrame};
 
 /// One line of the tree.
 #[derive(Clone, Debug)]
@@ -83,11 +84,11 @@ impl App {
         });
     }
 
-    fn matches(&self, actor: &WireActor, needle: &str) -> bool {
+    fn matches(&self, actor: &ActorInfo, needle: &str) -> bool {
         let c = consultation_of(&actor.path).and_then(|id| self.model.consultations.get(id));
         actor.path.to_lowercase().contains(needle)
-            || actor.status.contains(needle)
-            || c.is_some_and(|c| c.room.to_lowercase().contains(needle) || c.status.contains(needle))
+            || actor.status.as_str().contains(needle)
+            || c.is_some_and(|c| c.room.to_lowercase().contains(needle) || c.status.as_str().contains(needle))
     }
 
     fn selected_path(&self) -> Option<String> {
@@ -318,8 +319,11 @@ pub async fn run(url: String, client: ConsoleClient) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::console::protocol::{WireConsultation, WireSnapshot, WireWorker};
+    use crate::console::protocol::Snapshot;
     use chrono::Utc;
+    use consultant_actors::dialogue::SessionId;
+    use consultant_actors::session::SessionStatus;
+    use consultant_actors::telemetry::{ActorStatus, ConsultationView, TelemetrySnapshot, WorkerView};
     use ratatui::backend::TestBackend;
     use ratatui::crossterm::event::KeyEventState;
 
@@ -329,28 +333,47 @@ mod tests {
 
     fn app() -> App {
         let mut app = App::new("ws://test".into());
-        let actor = |path: &str, kind: &str, status: &str| WireActor {
+        let actor = |path: &str, kind: &'static str, status: ActorStatus| ActorInfo {
             path: path.into(),
             kind: kind.into(),
-            status: status.into(),
-            started_at: Utc::now().to_rfc3339(),
-            ..Default::default()
+            status,
+            started_at: Utc::now(),
+            restarts_in_window: 0,
+            total_restarts: 0,
+            last_failure: None,
         };
-        let snap = WireSnapshot {
-            worker: WireWorker { mode: "dev".into(), ..Default::default() },
-            actors: vec![
-                actor("worker", "supervisor", "running"),
-                actor("worker/consultation/abc", "consultation", "running"),
-                actor("worker/consultation/abc/realtime", "realtime", "restarting"),
-            ],
-            consultations: vec![WireConsultation {
-                session_id: "abc".into(),
-                room: "consultation-abc".into(),
-                status: "active".into(),
-                started_at: Utc::now().to_rfc3339(),
-                max_duration_secs: 1800,
+        let consultation = ConsultationView {
+            session_id: SessionId::parse("abc").unwrap(),
+            room: "consultation-abc".into(),
+            status: SessionStatus::Active,
+            started_at: Utc::now(),
+            max_duration_secs: 1800,
+            messages: 0,
+            transcript_tail: Default::default(),
+            turn_latency_ms: Default::default(),
+            usage: Default::default(),
+            realtime: Default::default(),
+            anketa_filled: 0,
+            anketa_fields: 0,
+            last_extraction_at_message: None,
+            extractions: 0,
+            extraction_failures: 0,
+            persistence_backlog: 0,
+            caller_buffer_ms: 0,
+            caller_dropped_ms: 0,
+            failure: None,
+        };
+        let snap = Snapshot {
+            board: TelemetrySnapshot {
+                worker: WorkerView { mode: "dev".into(), ..Default::default() },
+                actors: vec![
+                    actor("worker", "supervisor", ActorStatus::Running),
+                    actor("worker/consultation/abc", "consultation", ActorStatus::Running),
+                    actor("worker/consultation/abc/realtime", "realtime", ActorStatus::Restarting),
+                ],
+                consultations: vec![consultation],
                 ..Default::default()
-            }],
+            },
             ..Default::default()
         };
         app.on_frame(ServerFrame::Snapshot(Box::new(snap)));

@@ -1,13 +1,13 @@
 //! Drawing the console: header, supervision tree, detail pane, event log and footer.
 
 use chrono::{DateTime, Utc};
+use consultant_actors::telemetry::{ActorStatus, ConsultationView};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph, Wrap};
 use ratatui::Frame;
 
-use super::super::protocol::WireConsultation;
 use super::{consultation_of, App, Mode};
 
 impl App {
@@ -88,7 +88,7 @@ impl App {
                     a.total_restarts,
                     failure
                 );
-                ListItem::new(text).style(Style::default().fg(status_color(&a.status)))
+                ListItem::new(text).style(Style::default().fg(status_color(a.status)))
             })
             .collect();
         let title = if self.filter.is_empty() { " Supervision tree ".to_owned() } else { format!(" Supervision tree (filter: {}) ", self.filter) };
@@ -108,8 +108,8 @@ impl App {
             .iter()
             .skip(start)
             .map(|e| {
-                let at = e.at.get(11..19).unwrap_or(&e.at);
-                let color = match e.kind.as_str() {
+                let at = short_time(&e.at);
+                let color = match e.kind.as_ref() {
                     "failure" => Color::Red,
                     "restart" | "realtime_error" => Color::Yellow,
                     "audit" => Color::Cyan,
@@ -160,7 +160,7 @@ impl App {
         } else if let Some(a) = actor {
             lines.push(Line::from(Span::styled(a.path.clone(), Style::default().add_modifier(Modifier::BOLD))));
             lines.push(Line::from(format!("kind: {}  status: {}", a.kind, a.status)));
-            lines.push(Line::from(format!("up: {}", since(&a.started_at))));
+            lines.push(Line::from(format!("up: {}", since(a.started_at))));
             lines.push(Line::from(format!("restarts: {} in window, {} total", a.restarts_in_window, a.total_restarts)));
             lines.push(Line::from(format!("last failure: {}", a.last_failure.as_deref().unwrap_or("-"))));
             if a.kind == "supervisor" {
@@ -169,7 +169,8 @@ impl App {
                 lines.push(Line::from(format!("worker id: {}  reconnect attempt: {}", w.worker_id.as_deref().unwrap_or("-"), w.reconnect_attempt)));
                 lines.push(Line::from(format!("capacity: {}  jobs: {}", w.capacity, w.jobs.len())));
                 for job in &w.jobs {
-                    lines.push(Line::from(format!("  job {}", job)));
+                    // The job as JSON, the way it arrived.
+                    lines.push(Line::from(format!("  job {}", serde_json::json!(job))));
                 }
             }
             if a.kind == "console" {
@@ -184,15 +185,15 @@ impl App {
     }
 }
 
-fn consultation_lines(c: &WireConsultation) -> Vec<Line<'static>> {
-    let elapsed = parse_time(&c.started_at).map(|t| (Utc::now() - t).num_seconds().max(0) as u64).unwrap_or(0);
+fn consultation_lines(c: &ConsultationView) -> Vec<Line<'static>> {
+    let elapsed = (Utc::now() - c.started_at).num_seconds().max(0) as u64;
     let rt = &c.realtime;
-    let age = rt.connected_at.as_deref().map(since).unwrap_or_else(|| "-".into());
+    let age = rt.connected_at.map(since).unwrap_or_else(|| "-".into());
     let recycle = rt.recycle_after_secs.map(|s| mmss(s).to_string()).unwrap_or_else(|| "off".into());
     let latency = if c.turn_latency_ms.is_empty() {
         "-".to_owned()
     } else {
-        let mut sorted = c.turn_latency_ms.clone();
+        let mut sorted: Vec<u64> = c.turn_latency_ms.iter().copied().collect();
         sorted.sort_unstable();
         let recent: Vec<String> = c.turn_latency_ms.iter().rev().take(6).map(|v| v.to_string()).collect();
         format!("p50 {} ms, max {} ms; recent {}", sorted[sorted.len() / 2], sorted[sorted.len() - 1], recent.join(" "))
@@ -231,12 +232,12 @@ fn consultation_lines(c: &WireConsultation) -> Vec<Line<'static>> {
     lines
 }
 
-fn status_color(status: &str) -> Color {
+fn status_color(status: ActorStatus) -> Color {
     match status {
-        "running" => Color::Green,
-        "restarting" | "starting" => Color::Yellow,
-        "failed" => Color::Red,
-        _ => Color::Reset,
+        ActorStatus::Running => Color::Green,
+        ActorStatus::Restarting | ActorStatus::Starting => Color::Yellow,
+        ActorStatus::Failed => Color::Red,
+        ActorStatus::Stopped => Color::Reset,
     }
 }
 
@@ -248,16 +249,13 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+fn since(t: DateTime<Utc>) -> String {
+    mmss((Utc::now() - t).num_seconds().max(0) as u64)
 }
 
-fn since(s: &str) -> String {
-    parse_time(s).map(|t| mmss((Utc::now() - t).num_seconds().max(0) as u64)).unwrap_or_else(|| "-".into())
-}
-
-fn short_time(s: &str) -> String {
-    s.get(11..19).unwrap_or(s).to_owned()
+/// HH:MM:SS (UTC).
+fn short_time(t: &DateTime<Utc>) -> String {
+    t.format("%H:%M:%S").to_string()
 }
 
 fn mmss(secs: u64) -> String {
