@@ -271,19 +271,8 @@ pub async fn run(
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 every.tick().await;
-                let s = stats.snapshot();
-                telemetry.worker_update(|w| {
-                    w.realtime = consultant_actors::telemetry::RealtimeCounters {
-                        connects: s.connects,
-                        connect_failures: s.connect_failures,
-                        disconnects: s.disconnects,
-                        events_parsed: s.events_parsed,
-                        unknown_events: s.unknown_events,
-                        malformed_events: s.malformed_events,
-                        error_events: s.error_events,
-                        unknown_event_types: s.unknown_event_types,
-                    }
-                });
+                let counters = stats.snapshot().into();
+                telemetry.worker_update(|w| w.realtime = counters);
             }
         }))
     });

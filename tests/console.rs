@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use consultant::config::{ConsoleConfig, LoggingConfig};
 use consultant::console::client::{ClientError, ConsoleClient};
-use consultant::console::protocol::{Action, Command, ConsoleModel, ServerFrame, WireSnapshot};
+use consultant::console::protocol::{Action, Command, ConsoleModel, ServerFrame, Snapshot};
 use consultant::console::{serve_with, ConsoleControl, ConsoleOptions, ConsoleServer};
 use consultant::logging::LevelControl;
 use consultant::secret::Secret;
@@ -166,20 +166,21 @@ async fn snapshot_shows_the_tree_and_consultations_in_their_states() {
         v.realtime.unknown_event_types = vec![("response.mystery".into(), 2)];
     });
     let mut client = connect(&w, READ_TOKEN).await;
-    let s: WireSnapshot = client.snapshot().await.unwrap();
+    let snapshot: Snapshot = client.snapshot().await.unwrap();
+    let s = &snapshot.board;
 
     let actor = |p: &str| s.actors.iter().find(|a| a.path == p).unwrap_or_else(|| panic!("no actor {p} in {:?}", s.actors));
     assert_eq!(actor("worker").kind, "supervisor");
-    assert_eq!(actor("worker/console").status, "running");
+    assert_eq!(actor("worker/console").status.as_str(), "running");
     for child in ["realtime", "persistence", "extraction"] {
-        assert_eq!(actor(&format!("worker/consultation/active-1/{child}")).status, "running");
+        assert_eq!(actor(&format!("worker/consultation/active-1/{child}")).status.as_str(), "running");
     }
     let failing = actor("worker/consultation/failing-1/realtime");
-    assert_eq!(failing.status, "restarting");
+    assert_eq!(failing.status.as_str(), "restarting");
     assert!(failing.total_restarts >= 1 && failing.restarts_in_window >= 1);
     assert!(failing.last_failure.as_deref().unwrap().contains("test upstream refused"), "{failing:?}");
 
-    let c = |id: &str| s.consultations.iter().find(|c| c.session_id == id).unwrap();
+    let c = |id: &str| s.consultations.iter().find(|c| c.session_id.as_str() == id).unwrap();
     let active = c("active-1");
     assert_eq!((active.status.as_str(), active.room.as_str()), ("active", "consultation-active-1"));
     assert_eq!(active.realtime.link_state(), "connected");
@@ -190,7 +191,7 @@ async fn snapshot_shows_the_tree_and_consultations_in_their_states() {
     assert_eq!(active.anketa_fields, 2);
     assert_eq!(active.max_duration_secs, 1800);
     let failing = c("failing-1");
-    assert_eq!(failing.status, "starting");
+    assert_eq!(failing.status.as_str(), "starting");
     // Down and waiting for its restart (the board may still show the attempt that failed).
     assert!(failing.realtime.link_state().ends_with("connecting (attempt 1)"), "{:?}", failing.realtime);
     assert!(failing.realtime.last_close_cause.as_deref().unwrap().contains("refused"));
@@ -200,7 +201,7 @@ async fn snapshot_shows_the_tree_and_consultations_in_their_states() {
     // Tolerated unknown realtime events are counted and shown to operators.
     assert_eq!((s.worker.realtime.events_parsed, s.worker.realtime.unknown_events), (120, 2));
     assert_eq!(s.worker.realtime.unknown_event_types, vec![("response.mystery".to_owned(), 2)]);
-    assert_eq!(s.console.clients, 1);
+    assert_eq!(snapshot.console.clients, 1);
     client.close().await;
 }
 
@@ -233,9 +234,9 @@ async fn deltas_follow_the_snapshot_and_failures_are_pushed_at_once() {
     .await;
     assert!(started.elapsed() < Duration::from_secs(3), "deltas come about once a second");
     assert!(model.deltas_applied >= 1);
-    assert_eq!(model.actors["worker/consultation/failing-2/realtime"].status, "restarting");
+    assert_eq!(model.actors["worker/consultation/failing-2/realtime"].status.as_str(), "restarting");
     let last = &model.consultations["active-1"].transcript_tail;
-    assert_eq!(last.last().unwrap().text, "Конечно, расскажу про вклады");
+    assert_eq!(last.back().unwrap().text, "Конечно, расскажу про вклады");
 
     // Deltas come at most once per second per topic.
     let window = Instant::now();
@@ -317,7 +318,7 @@ async fn bad_input_gets_clear_errors_and_the_worker_keeps_serving() {
     assert!(stats.auth_failures >= 3, "{stats:?}");
     // And the worker still serves.
     let mut again = connect(&w, READ_TOKEN).await;
-    assert_eq!(again.snapshot().await.unwrap().consultations.len(), 3);
+    assert_eq!(again.snapshot().await.unwrap().board.consultations.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +350,7 @@ async fn hundred_connect_disconnect_cycles_keep_memory_flat() {
     assert!(growth < 24 * 1024 * 1024, "RSS grew by {growth} bytes over 100 cycles");
     assert!(w.server.stats().connections_total >= 110);
     let mut c = connect(&w, READ_TOKEN).await;
-    assert_eq!(c.snapshot().await.unwrap().consultations.len(), 3);
+    assert_eq!(c.snapshot().await.unwrap().board.consultations.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +423,7 @@ async fn operator_actions_are_performed_and_audited() {
         })
     })
     .await;
-    let events = op.snapshot().await.unwrap().events;
+    let events = op.snapshot().await.unwrap().board.events;
     assert!(events.iter().any(|e| e.kind == "audit" && e.message.contains("end consultation active-1")), "{events:?}");
 
     // Force a realtime reconnect and an extraction on another consultation.

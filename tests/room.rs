@@ -290,7 +290,7 @@ async fn a_room_that_cannot_be_repaired_is_restarted_by_its_consultation_then_fa
     let room_path = "worker/consultation/lost/room";
     let tree = c.telemetry.snapshot().actors;
     let node = tree.iter().find(|a| a.path == room_path).expect("the Room is in the tree under its consultation");
-    assert_eq!((node.kind, node.total_restarts), ("room", 0));
+    assert_eq!((node.kind.as_ref(), node.total_restarts), ("room", 0));
 
     relay.cut();
     let mut restarts = Vec::new();

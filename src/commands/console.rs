@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use chrono::SecondsFormat;
 use serde_json::json;
 
 use crate::cli::ConsoleArgs;
 use crate::config::Config;
 use crate::console::auth::client_token_from_file;
 use crate::console::client::ConsoleClient;
-use crate::console::protocol::WireSnapshot;
+use crate::console::protocol::Snapshot;
 use crate::console::tui;
 
 /// Where the console listens when neither --url nor a config says otherwise.
@@ -68,13 +69,14 @@ pub async fn run(config_path: &Path, args: ConsoleArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_once(view: &Once, s: &WireSnapshot, as_json: bool) -> anyhow::Result<()> {
+fn print_once(view: &Once, snapshot: &Snapshot, as_json: bool) -> anyhow::Result<()> {
+    let s = &snapshot.board;
     let value = match view {
         Once::Tree => json!(s.actors),
-        Once::Worker => json!({ "worker": s.worker, "console": s.console }),
+        Once::Worker => json!({ "worker": s.worker, "console": snapshot.console }),
         Once::Events => json!({ "events": s.events, "events_dropped": s.events_dropped }),
         Once::Consultation(id) => {
-            let Some(c) = s.consultations.iter().find(|c| &c.session_id == id) else {
+            let Some(c) = s.consultations.iter().find(|c| c.session_id.as_str() == id) else {
                 let running: Vec<&str> = s.consultations.iter().map(|c| c.session_id.as_str()).collect();
                 bail!("no running consultation `{id}` on this worker; running: {}", if running.is_empty() { "none".into() } else { running.join(", ") });
             };
@@ -104,7 +106,9 @@ fn print_once(view: &Once, s: &WireSnapshot, as_json: bool) -> anyhow::Result<()
         }
         Once::Events => {
             for e in &s.events {
-                println!("{} {:<10} {} {}", e.at, e.kind, e.path, e.message);
+                // As the timestamp reads on the wire.
+                let at = e.at.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+                println!("{at} {:<10} {} {}", e.kind, e.path, e.message);
             }
         }
         _ => println!("{}", serde_json::to_string_pretty(&value)?),

@@ -138,7 +138,7 @@ impl ConsoleClient {
     }
 
     /// Asks for one snapshot and waits for it (skipping live frames in between).
-    pub async fn snapshot(&mut self) -> Result<super::protocol::WireSnapshot, ClientError> {
+    pub async fn snapshot(&mut self) -> Result<super::protocol::Snapshot, ClientError> {
         self.send(&Command::Snapshot).await?;
         loop {
             match self.next_frame_within(CONNECT_TIMEOUT).await? {

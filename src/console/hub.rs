@@ -364,6 +364,149 @@ fn diff_topic(topic: &str, published: &mut HashMap<String, String>, current: Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::protocol::{ConsoleModel, ServerFrame};
+    use crate::realtime::RealtimeStats;
+    use chrono::Utc;
+    use consultant_actors::ports::TokenUsage;
+    use consultant_actors::telemetry::{ConsultationView, JobView, RealtimeLinkState, RealtimeView};
+    use consultant_actors::{Role, SessionId, SessionStatus};
+
+    /// A board with every kind of value the console shows.
+    fn busy_board() -> Telemetry {
+        let telemetry = Telemetry::new();
+        telemetry.actor_started("worker", "supervisor");
+        telemetry.actor_started("worker/consultation/abc", "consultation");
+        telemetry.actor_started("worker/consultation/abc/realtime", "realtime");
+        telemetry.actor_failed("worker/consultation/abc/realtime", "upstream refused (503)", 2, true);
+        let started = Utc::now();
+        let mut view = ConsultationView {
+            session_id: SessionId::parse("abc").unwrap(),
+            room: "consultation-abc".into(),
+            status: SessionStatus::Active,
+            started_at: started,
+            max_duration_secs: 1800,
+            messages: 0,
+            transcript_tail: Default::default(),
+            turn_latency_ms: Default::default(),
+            usage: TokenUsage { input_tokens: 1200, output_tokens: 45 },
+            realtime: RealtimeView {
+                link: RealtimeLinkState::Reconnecting { attempt: 2 },
+                connected_at: Some(started),
+                recycle_after_secs: Some(1500),
+                last_close_cause: Some("server closed the socket (1011)".into()),
+                reconnects: 3,
+                unknown_events: 1,
+            },
+            anketa_filled: 1,
+            anketa_fields: 2,
+            last_extraction_at_message: Some(2),
+            extractions: 1,
+            extraction_failures: 1,
+            persistence_backlog: 1,
+            caller_buffer_ms: 240,
+            caller_dropped_ms: 20,
+            failure: Some("extraction timed out".into()),
+        };
+        view.push_line(1, Role::User, "Здравствуйте, меня зовут Иван");
+        view.push_line(2, Role::Assistant, "Добрый день, Иван");
+        view.push_latency(420);
+        view.push_latency(380);
+        telemetry.consultation_upsert(view);
+        let stats = RealtimeStats::default();
+        RealtimeStats::add(&stats.connects, 4);
+        RealtimeStats::add(&stats.events_parsed, 120);
+        stats.unknown("response.mystery");
+        telemetry.worker_update(|w| {
+            w.mode = "dev".into();
+            w.agent_name = "consultant".into();
+            w.registration = "registered".into();
+            w.worker_id = Some("AW_1".into());
+            w.reconnect_attempt = 1;
+            w.status = "available".into();
+            w.load = 0.25;
+            w.capacity = 4;
+            w.jobs = vec![JobView {
+                job_id: "AJ_1".into(),
+                room: "consultation-abc".into(),
+                session_id: Some(SessionId::parse("abc").unwrap()),
+                state: "running".into(),
+                started_at: started,
+            }];
+            w.started_at = Some(started);
+            w.realtime = stats.snapshot().into();
+        });
+        telemetry
+    }
+
+    fn counters() -> Arc<Counters> {
+        let counters = Arc::new(Counters::default());
+        counters.max_clients.store(8, Ordering::Relaxed);
+        counters.connections_total.store(5, Ordering::Relaxed);
+        counters.auth_failures.store(2, Ordering::Relaxed);
+        counters
+    }
+
+    fn assert_model_shows(model: &ConsoleModel, board: &TelemetrySnapshot) {
+        assert_eq!(model.worker, board.worker);
+        assert_eq!(model.actors.values().cloned().collect::<Vec<_>>(), board.actors);
+        assert_eq!(model.consultations.values().cloned().collect::<Vec<_>>(), board.consultations);
+        assert_eq!(model.events.iter().cloned().collect::<Vec<_>>(), board.events);
+        assert_eq!(model.events_dropped, board.events_dropped);
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_into_the_clients_model() {
+        let telemetry = busy_board();
+        let counters = counters();
+        let mut hub = Hub::new(telemetry.clone(), counters.clone(), ProcessSampler::new());
+        let text = hub.snapshot_frame();
+        let frame: ServerFrame = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let mut model = ConsoleModel::default();
+        assert!(model.apply(&frame));
+        // Read after the frame: the hub put the process figures on the board as it sent them.
+        let board = telemetry.snapshot();
+        assert!(!board.consultations[0].transcript_tail.is_empty() && board.actors.iter().any(|a| a.last_failure.is_some()));
+        assert_model_shows(&model, &board);
+        assert_eq!(model.console, counters.stats());
+        // What the client reads serializes back to what the server sent.
+        let ServerFrame::Snapshot(snapshot) = &frame else { panic!("not a snapshot: {frame:?}") };
+        assert_eq!(to_json(&snapshot.board.consultations[0]), to_json(&board.consultations[0]));
+        assert_eq!(to_json(&snapshot.board.worker), to_json(&board.worker));
+    }
+
+    #[test]
+    fn deltas_bring_the_model_to_the_board() {
+        let telemetry = busy_board();
+        let mut hub = Hub::new(telemetry.clone(), counters(), ProcessSampler::new());
+        let (tx, mut rx) = mpsc::channel(16);
+        hub.on_request(HubRequest::Join { client: 1, topics: Topics::ALL, tx, dropped: Arc::new(AtomicBool::new(false)) });
+        let id = SessionId::parse("abc").unwrap();
+        telemetry.consultation_update(&id, |c| {
+            c.push_line(3, Role::User, "Я хочу открыть вклад");
+            c.realtime.link = RealtimeLinkState::Connected;
+        });
+        telemetry.actor_failed("worker/consultation/abc/realtime", "gave up", 3, false);
+        telemetry.actor_removed("worker/consultation/abc");
+        telemetry.worker_update(|w| w.load = 0.5);
+        hub.publish();
+        let mut model = ConsoleModel::default();
+        let mut frames = 0;
+        while let Ok(text) = rx.try_recv() {
+            let frame: ServerFrame = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert!(model.apply(&frame), "{frame:?}");
+            frames += 1;
+        }
+        assert_eq!(frames, 4, "a snapshot, then worker, tree and consultations deltas");
+        let mut board = telemetry.snapshot();
+        // The CPU average is a float parsed back from JSON: equal to within rounding.
+        assert!((model.worker.cpu_percent - board.worker.cpu_percent).abs() < 1e-9);
+        board.worker.cpu_percent = model.worker.cpu_percent;
+        // Events come in their own frames, pushed by the run loop.
+        model.events = board.events.iter().cloned().collect();
+        assert_model_shows(&model, &board);
+        assert_eq!(model.actors.keys().collect::<Vec<_>>(), vec!["worker"]);
+        assert_eq!(model.consultations["abc"].realtime.link, RealtimeLinkState::Connected);
+    }
 
     #[test]
     fn diff_sends_changes_and_removals_only() {

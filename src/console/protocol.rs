@@ -4,11 +4,12 @@
 //! Server -> client: `hello`, `snapshot`, `delta` (per topic, at most once a second),
 //! `events` (pushed at once), `ack`, `result`, `error`, `pong`.
 //!
-//! The server serializes the telemetry board's own types; the client reads them into the
-//! owned mirror types below (`Wire*`), which tolerate fields added by newer servers.
+//! The frames carry the telemetry board's own types (`consultant_actors::telemetry`): the
+//! server serializes them and the client reads the same types back, one schema for both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
+use consultant_actors::telemetry::{ActorInfo, ConsultationView, TelemetryEvent, TelemetrySnapshot, WorkerView};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -208,124 +209,9 @@ pub fn error_frame(error: &FrameError) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// What the client reads (owned mirrors of the telemetry board)
+// Frames the server sends. Their contents are the telemetry board's own types
+// (`consultant_actors::telemetry`), read back as they were written.
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireWorker {
-    pub mode: String,
-    pub agent_name: String,
-    pub registration: String,
-    pub worker_id: Option<String>,
-    pub reconnect_attempt: u32,
-    pub status: String,
-    pub load: f64,
-    pub capacity: usize,
-    pub draining: bool,
-    pub jobs: Vec<Value>,
-    pub started_at: Option<String>,
-    pub rss_bytes: u64,
-    /// Percent of one core (100 = one core busy), averaged over the last 10 s.
-    pub cpu_percent: f64,
-    pub realtime: WireRealtimeCounters,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireRealtimeCounters {
-    pub connects: u64,
-    pub connect_failures: u64,
-    pub disconnects: u64,
-    pub events_parsed: u64,
-    pub unknown_events: u64,
-    pub malformed_events: u64,
-    pub error_events: u64,
-    pub unknown_event_types: Vec<(String, u64)>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireActor {
-    pub path: String,
-    pub kind: String,
-    pub status: String,
-    pub started_at: String,
-    pub restarts_in_window: usize,
-    pub total_restarts: u64,
-    pub last_failure: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireRealtime {
-    /// `{"state":"connected"}`, `{"state":"reconnecting","attempt":2}`, ...
-    pub link: Value,
-    pub connected_at: Option<String>,
-    pub recycle_after_secs: Option<u64>,
-    pub last_close_cause: Option<String>,
-    pub reconnects: u64,
-    pub unknown_events: u64,
-}
-
-impl WireRealtime {
-    pub fn link_state(&self) -> String {
-        let state = self.link.get("state").and_then(Value::as_str).unwrap_or("unknown");
-        match self.link.get("attempt").and_then(Value::as_u64) {
-            Some(n) => format!("{state} (attempt {n})"),
-            None => state.to_owned(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireLine {
-    pub seq: u32,
-    pub role: String,
-    pub text: String,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireUsage {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireConsultation {
-    pub session_id: String,
-    pub room: String,
-    pub status: String,
-    pub started_at: String,
-    pub max_duration_secs: u64,
-    pub messages: usize,
-    pub transcript_tail: Vec<WireLine>,
-    pub turn_latency_ms: Vec<u64>,
-    pub usage: WireUsage,
-    pub realtime: WireRealtime,
-    pub anketa_filled: usize,
-    pub anketa_fields: usize,
-    pub last_extraction_at_message: Option<usize>,
-    pub extractions: u64,
-    pub extraction_failures: u64,
-    pub persistence_backlog: usize,
-    pub caller_buffer_ms: u64,
-    pub caller_dropped_ms: u64,
-    pub failure: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireEvent {
-    pub seq: u64,
-    pub at: String,
-    pub kind: String,
-    pub path: String,
-    pub message: String,
-}
 
 /// The console server's own counters.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -342,14 +228,12 @@ pub struct ConsoleStats {
     pub actions: u64,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(default)]
-pub struct WireSnapshot {
-    pub worker: WireWorker,
-    pub actors: Vec<WireActor>,
-    pub consultations: Vec<WireConsultation>,
-    pub events: Vec<WireEvent>,
-    pub events_dropped: u64,
+/// A `snapshot` frame: the board, with the console's counters beside its fields.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Snapshot {
+    #[serde(flatten)]
+    pub board: TelemetrySnapshot,
+    #[serde(default)]
     pub console: ConsoleStats,
 }
 
@@ -364,20 +248,21 @@ pub enum ServerFrame {
         #[serde(default)]
         delta_interval_ms: u64,
     },
-    Snapshot(Box<WireSnapshot>),
+    Snapshot(Box<Snapshot>),
     Delta {
         topic: String,
+        /// `ActorInfo` (tree) or `ConsultationView` (consultations) items.
         #[serde(default)]
         upsert: Vec<Value>,
         #[serde(default)]
         remove: Vec<String>,
         #[serde(default)]
-        worker: Option<WireWorker>,
+        worker: Option<WorkerView>,
         #[serde(default)]
         console: Option<ConsoleStats>,
     },
     Events {
-        events: Vec<WireEvent>,
+        events: Vec<TelemetryEvent>,
         #[serde(default)]
         lost: u64,
     },
@@ -409,10 +294,12 @@ pub enum ServerFrame {
 /// The client's picture of the worker: a snapshot with deltas and events applied.
 #[derive(Clone, Debug, Default)]
 pub struct ConsoleModel {
-    pub worker: WireWorker,
-    pub actors: BTreeMap<String, WireActor>,
-    pub consultations: BTreeMap<String, WireConsultation>,
-    pub events: std::collections::VecDeque<WireEvent>,
+    pub worker: WorkerView,
+    /// By actor path.
+    pub actors: BTreeMap<String, ActorInfo>,
+    /// By session id.
+    pub consultations: BTreeMap<String, ConsultationView>,
+    pub events: VecDeque<TelemetryEvent>,
     pub events_dropped: u64,
     pub console: ConsoleStats,
     pub deltas_applied: u64,
@@ -426,12 +313,13 @@ impl ConsoleModel {
     pub fn apply(&mut self, frame: &ServerFrame) -> bool {
         match frame {
             ServerFrame::Snapshot(s) => {
-                self.worker = s.worker.clone();
-                self.actors = s.actors.iter().map(|a| (a.path.clone(), a.clone())).collect();
-                self.consultations = s.consultations.iter().map(|c| (c.session_id.clone(), c.clone())).collect();
-                self.events = s.events.iter().cloned().collect();
+                let board = &s.board;
+                self.worker = board.worker.clone();
+                self.actors = board.actors.iter().map(|a| (a.path.clone(), a.clone())).collect();
+                self.consultations = board.consultations.iter().map(|c| (c.session_id.to_string(), c.clone())).collect();
+                self.events = board.events.iter().cloned().collect();
                 self.trim_events();
-                self.events_dropped = s.events_dropped;
+                self.events_dropped = board.events_dropped;
                 self.console = s.console.clone();
             }
             ServerFrame::Delta { topic, upsert, remove, worker, console } => {
@@ -449,7 +337,7 @@ impl ConsoleModel {
                         for path in remove {
                             self.actors.remove(path);
                         }
-                        for a in upsert.iter().filter_map(|v| serde_json::from_value::<WireActor>(v.clone()).ok()) {
+                        for a in upsert.iter().filter_map(|v| ActorInfo::deserialize(v).ok()) {
                             self.actors.insert(a.path.clone(), a);
                         }
                     }
@@ -457,8 +345,8 @@ impl ConsoleModel {
                         for id in remove {
                             self.consultations.remove(id);
                         }
-                        for c in upsert.iter().filter_map(|v| serde_json::from_value::<WireConsultation>(v.clone()).ok()) {
-                            self.consultations.insert(c.session_id.clone(), c);
+                        for c in upsert.iter().filter_map(|v| ConsultationView::deserialize(v).ok()) {
+                            self.consultations.insert(c.session_id.to_string(), c);
                         }
                     }
                     _ => return false,

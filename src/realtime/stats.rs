@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use consultant_actors::telemetry::RealtimeCounters;
 use serde::Serialize;
 
 /// How many distinct unknown event type names are remembered (the count goes on regardless).
@@ -72,5 +73,54 @@ impl RealtimeStats {
             error_events: get(&self.error_events),
             unknown_event_types: self.unknown_names.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
+    }
+}
+
+/// What the console's worker view shows of these counters (the audio ones stay local).
+impl From<RealtimeStatsSnapshot> for RealtimeCounters {
+    fn from(s: RealtimeStatsSnapshot) -> Self {
+        RealtimeCounters {
+            connects: s.connects,
+            connect_failures: s.connect_failures,
+            disconnects: s.disconnects,
+            events_parsed: s.events_parsed,
+            unknown_events: s.unknown_events,
+            malformed_events: s.malformed_events,
+            error_events: s.error_events,
+            unknown_event_types: s.unknown_event_types,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_counters_carry_what_the_client_counted() {
+        let stats = RealtimeStats::default();
+        RealtimeStats::add(&stats.connects, 3);
+        RealtimeStats::add(&stats.connect_failures, 1);
+        RealtimeStats::add(&stats.disconnects, 2);
+        RealtimeStats::add(&stats.events_parsed, 40);
+        RealtimeStats::add(&stats.malformed_events, 4);
+        RealtimeStats::add(&stats.error_events, 5);
+        RealtimeStats::add(&stats.audio_bytes_sent, 960);
+        stats.unknown("response.mystery");
+        stats.unknown("response.mystery");
+        let counters = RealtimeCounters::from(stats.snapshot());
+        assert_eq!(
+            counters,
+            RealtimeCounters {
+                connects: 3,
+                connect_failures: 1,
+                disconnects: 2,
+                events_parsed: 40,
+                unknown_events: 2,
+                malformed_events: 4,
+                error_events: 5,
+                unknown_event_types: vec![("response.mystery".into(), 2)],
+            }
+        );
     }
 }

@@ -4,17 +4,18 @@
 //! (oldest dropped) and to a bounded broadcast channel whose slow receivers lag and lose
 //! messages (counted) instead of growing memory or blocking a consultation.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 use tokio::sync::broadcast;
 
 use crate::dialogue::{Role, SessionId};
-use crate::ports::TokenUsage;
-use crate::session::SessionStatus;
+
+mod schema;
+pub use schema::*;
 
 /// Events kept for a console that attaches late.
 pub const EVENT_RING: usize = 512;
@@ -24,142 +25,6 @@ pub const EVENT_CHANNEL: usize = 256;
 pub const TRANSCRIPT_TAIL: usize = 12;
 /// Per-turn latencies kept per consultation.
 pub const LATENCY_TAIL: usize = 32;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ActorStatus {
-    Starting,
-    Running,
-    Restarting,
-    Stopped,
-    Failed,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ActorInfo {
-    /// e.g. `worker/consultation/abc/realtime`
-    pub path: String,
-    pub kind: &'static str,
-    pub status: ActorStatus,
-    pub started_at: DateTime<Utc>,
-    pub restarts_in_window: usize,
-    pub total_restarts: u64,
-    pub last_failure: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum RealtimeLinkState {
-    #[default]
-    Idle,
-    Connecting { attempt: u32 },
-    Connected,
-    Reconnecting { attempt: u32 },
-    Down,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RealtimeView {
-    pub link: RealtimeLinkState,
-    pub connected_at: Option<DateTime<Utc>>,
-    pub recycle_after_secs: Option<u64>,
-    pub last_close_cause: Option<String>,
-    pub reconnects: u64,
-    pub unknown_events: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TranscriptLine {
-    pub seq: u32,
-    pub role: Role,
-    pub text: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ConsultationView {
-    pub session_id: SessionId,
-    pub room: String,
-    pub status: SessionStatus,
-    pub started_at: DateTime<Utc>,
-    pub max_duration_secs: u64,
-    pub messages: usize,
-    pub transcript_tail: VecDeque<TranscriptLine>,
-    /// Caller speech end -> first agent audio, per turn (ms).
-    pub turn_latency_ms: VecDeque<u64>,
-    pub usage: TokenUsage,
-    pub realtime: RealtimeView,
-    pub anketa_filled: usize,
-    pub anketa_fields: usize,
-    pub last_extraction_at_message: Option<usize>,
-    pub extractions: u64,
-    pub extraction_failures: u64,
-    /// Messages handed to persistence and not yet durable.
-    pub persistence_backlog: usize,
-    /// Caller audio held while the realtime link is down (ms) and dropped from it.
-    pub caller_buffer_ms: u64,
-    pub caller_dropped_ms: u64,
-    pub failure: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TelemetryEvent {
-    pub seq: u64,
-    pub at: DateTime<Utc>,
-    /// failure, restart, reconnect, status, extraction, audit, ...
-    pub kind: &'static str,
-    pub path: String,
-    pub message: String,
-}
-
-/// The worker as a whole: its LiveKit registration and jobs.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct WorkerView {
-    /// "start" (production) or "dev".
-    pub mode: String,
-    pub agent_name: String,
-    /// connecting, registered, reconnecting, down
-    pub registration: String,
-    pub worker_id: Option<String>,
-    pub reconnect_attempt: u32,
-    /// available or full, as last reported to LiveKit.
-    pub status: String,
-    pub load: f64,
-    pub capacity: usize,
-    pub draining: bool,
-    pub jobs: Vec<JobView>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub rss_bytes: u64,
-    /// CPU of the worker process in percent of one core (100 = one core busy), averaged
-    /// over the last 10 s; the load report's CPU share is this / (100 x cores).
-    pub cpu_percent: f64,
-    /// Counters of the realtime client, shared by all consultations.
-    pub realtime: RealtimeCounters,
-}
-
-/// What the realtime client has seen since start: unknown event types and malformed frames
-/// are tolerated, and counted here for operators.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RealtimeCounters {
-    pub connects: u64,
-    pub connect_failures: u64,
-    pub disconnects: u64,
-    pub events_parsed: u64,
-    pub unknown_events: u64,
-    pub malformed_events: u64,
-    pub error_events: u64,
-    /// (event type, count) of the unknown ones.
-    pub unknown_event_types: Vec<(String, u64)>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct JobView {
-    pub job_id: String,
-    pub room: String,
-    pub session_id: Option<SessionId>,
-    /// running, success, failed
-    pub state: String,
-    pub started_at: DateTime<Utc>,
-}
 
 #[derive(Default)]
 struct Board {
@@ -188,16 +53,6 @@ impl Default for Telemetry {
     }
 }
 
-/// Everything the console shows, at one instant.
-#[derive(Clone, Debug, Serialize)]
-pub struct TelemetrySnapshot {
-    pub worker: WorkerView,
-    pub actors: Vec<ActorInfo>,
-    pub consultations: Vec<ConsultationView>,
-    pub events: Vec<TelemetryEvent>,
-    pub events_dropped: u64,
-}
-
 impl Telemetry {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(EVENT_CHANNEL);
@@ -221,7 +76,7 @@ impl Telemetry {
         let event = TelemetryEvent {
             seq: self.inner.next_event.fetch_add(1, Ordering::Relaxed),
             at: Utc::now(),
-            kind,
+            kind: Cow::Borrowed(kind),
             path: path.into(),
             message: message.into(),
         };
@@ -245,7 +100,7 @@ impl Telemetry {
         let mut board = self.board();
         let entry = board.actors.entry(path.to_owned()).or_insert_with(|| ActorInfo {
             path: path.to_owned(),
-            kind,
+            kind: Cow::Borrowed(kind),
             status: ActorStatus::Starting,
             started_at: Utc::now(),
             restarts_in_window: 0,
