@@ -353,6 +353,21 @@ async fn hundred_connect_disconnect_cycles_keep_memory_flat() {
     assert_eq!(c.snapshot().await.unwrap().board.consultations.len(), 3);
 }
 
+/// The ConsoleActor is a child of the WorkerSupervisor: the worker's one shutdown path stops it
+/// with everything else, and its port closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_supervised_by_the_worker_and_stops_with_it() {
+    let w = worker().await;
+    let console = w.server.actor();
+    let children: Vec<_> = w.handler.supervisor().get_children().iter().map(|c| c.get_id()).collect();
+    assert!(children.contains(&console.get_id()), "the console is not under the WorkerSupervisor: {children:?}");
+    let addr = w.server.local_addr();
+    w.handler.stop().await;
+    assert!(w.handler.is_stopped());
+    assert_eq!(console.get_status(), ractor::ActorStatus::Stopped);
+    eventually("the console's port is closed", || std::net::TcpStream::connect(addr).is_err()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_clients_is_enforced() {
     let w = worker_with(2, ConsoleOptions::default()).await;

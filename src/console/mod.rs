@@ -126,6 +126,8 @@ pub struct ConsoleServer {
     addr: SocketAddr,
     tls: bool,
     actor: ActorRef<ConsoleMsg>,
+    /// The actor's task, awaited by [`ConsoleServer::shutdown`].
+    task: JoinHandle<()>,
     counters: Arc<Counters>,
     shutdown: watch::Sender<bool>,
 }
@@ -144,6 +146,11 @@ impl ConsoleServer {
         self.counters.stats()
     }
 
+    /// The ConsoleActor's cell (a child of the WorkerSupervisor).
+    pub fn actor(&self) -> ractor::ActorCell {
+        self.actor.get_cell()
+    }
+
     /// Time the hub has spent building and sending frames.
     pub fn publish_time(&self) -> Duration {
         Duration::from_nanos(self.counters.publish_nanos.load(Ordering::Relaxed))
@@ -156,10 +163,14 @@ impl ConsoleServer {
 
     /// Closes every connection (1001) and stops the server.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        self.actor.stop(Some("shutdown".into()));
+        // Connections watch this to send their close frames; none may be open.
+        self.shutdown.send_replace(true);
         // Give connections a moment to send their close frames.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        self.actor.stop(Some("shutdown".into()));
+        if tokio::time::timeout(Duration::from_secs(2), self.task).await.is_err() {
+            tracing::warn!("the console actor did not stop within 2 s");
+        }
     }
 }
 
@@ -196,9 +207,11 @@ pub async fn serve_with(config: &ConsoleConfig, control: ConsoleControl, options
         shutdown: shutdown_rx,
         max_clients: config.max_clients.max(1),
     };
-    let (actor, _) = Actor::spawn(None, ConsoleActor, args).await.map_err(|e| ConsoleError::Spawn(e.to_string()))?;
+    // Linked under the WorkerSupervisor: the worker's shutdown stops it with everything else.
+    let supervisor = control.supervisor.get_cell();
+    let (actor, task) = Actor::spawn_linked(None, ConsoleActor, args, supervisor).await.map_err(|e| ConsoleError::Spawn(e.to_string()))?;
     tracing::info!(addr = %bound, tls = acceptor_kind(config), "console listening");
-    Ok(ConsoleServer { addr: bound, tls: config.tls_cert.is_some() && config.tls_key.is_some(), actor, counters, shutdown })
+    Ok(ConsoleServer { addr: bound, tls: config.tls_cert.is_some() && config.tls_key.is_some(), actor, task, counters, shutdown })
 }
 
 fn acceptor_kind(config: &ConsoleConfig) -> bool {
