@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod protocol;
+mod session_tasks;
 pub mod stats;
 
 pub use client::AzureRealtimeClient;

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 
 use super::caller_feed::{CallerFeed, FeedChange};
 use super::feeders;
-use super::peer::{self, Peer, Target};
+use super::join::{connect, deliverer};
+use super::peer::{Peer, Target};
 use super::playout::Playout;
 use super::publisher::{trickle, Publisher};
 use super::sdp::{self, Section};
@@ -100,27 +101,6 @@ pub struct RoomActor;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn deliverer(myself: ActorRef<RoomMsg>, gen: u64) -> impl Fn(Incoming) -> bool + Send + 'static {
-    move |incoming| myself.send_message(RoomMsg::Signal { gen, incoming }).is_ok()
-}
-
-/// Signalling and the server's join; Err says why the agent is not in the room.
-async fn connect(myself: &ActorRef<RoomMsg>, args: &RoomArgs) -> Result<(IpAddr, SignalLink, proto::JoinResponse), RoomFailure> {
-    let http = signal::rtc_url(&args.url, None).map_err(RoomFailure::Join)?.as_str().replacen("ws", "http", 1);
-    let local_ip = peer::local_ip_towards(&http).await.map_err(RoomFailure::Join)?;
-    let token = args.token.lock().expect("token lock").clone();
-    let attempt = signal::connect(&args.url, &token, None, deliverer(myself.clone(), 0));
-    let (link, first) = tokio::time::timeout(args.options.join_timeout, attempt)
-        .await
-        .map_err(|_| RoomFailure::Join(format!("no join response within {:?}", args.options.join_timeout)))?
-        .map_err(RoomFailure::Join)?;
-    match first {
-        Response::Join(j) => Ok((local_ip, link, j)),
-        Response::Leave(l) => Err(RoomFailure::Refused(proto::DisconnectReason::try_from(l.reason).map(|r| r.as_str_name().to_owned()).unwrap_or_default())),
-        other => Err(RoomFailure::Join(format!("the server's first signalling message was not a join: {other:?}"))),
-    }
 }
 
 impl RoomState {

@@ -11,6 +11,7 @@ mod caller_feed;
 pub mod codec;
 mod connector;
 mod feeders;
+mod join;
 mod peer;
 pub mod playout;
 mod publisher;
