@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use consultant_actors::consultation::{ConsultationMsg, EndReason};
-use consultant_actors::handler::{ConsultationHandle, SessionOutcome};
+use consultant_actors::handler::{ConsultationEnded, ConsultationHandle, SessionOutcome};
 use consultant_actors::ports::RoomConnector;
 use consultant_actors::{SessionId, SessionStatus, VoiceHandler};
 use tokio::sync::watch;
@@ -48,6 +48,15 @@ impl Entrypoint {
     }
 }
 
+/// Why an entrypoint step did not complete.
+#[derive(Debug, thiserror::Error)]
+enum StepCause {
+    #[error(transparent)]
+    Ended(#[from] ConsultationEnded),
+    #[error("LiveKit terminated the job before {0}")]
+    Terminated(&'static str),
+}
+
 fn step_failed(step: u8, cause: impl std::fmt::Display) -> String {
     let message = format!("STEP {step}/5 FAILED: {cause}");
     tracing::error!("{message}");
@@ -55,7 +64,7 @@ fn step_failed(step: u8, cause: impl std::fmt::Display) -> String {
 }
 
 /// Ends the consultation (idempotent) and waits for its outcome.
-async fn end(handle: &ConsultationHandle, reason: EndReason) -> Result<SessionOutcome, String> {
+async fn end(handle: &ConsultationHandle, reason: EndReason) -> Result<SessionOutcome, ConsultationEnded> {
     // A consultation that is already gone has its outcome in the lifecycle: wait for it anyway.
     if handle.actor.send_message(ConsultationMsg::End(reason)).is_err() {
         tracing::debug!(session_id = %handle.session_id, "consultation already stopped");
@@ -72,17 +81,18 @@ fn ended_without_failure(handle: &ConsultationHandle) -> Option<Result<(), Strin
 }
 
 /// Ends a consultation that failed before it was ready; the job's result is the step's failure.
-async fn finish_failed(handle: &ConsultationHandle, cause: String) {
-    if let Err(e) = end(handle, EndReason::Failed(cause)).await {
+async fn finish_failed(handle: &ConsultationHandle, cause: StepCause) {
+    if let Err(e) = end(handle, EndReason::Failed(cause.to_string())).await {
         tracing::error!(session_id = %handle.session_id, error = %e, "the failed consultation was not finalized");
     }
 }
 
-fn job_result(outcome: Result<SessionOutcome, String>) -> Result<(), String> {
+/// The job's result as LiveKit is told it (the failure text is the job's error).
+fn job_result(outcome: Result<SessionOutcome, ConsultationEnded>) -> Result<(), String> {
     match outcome {
         Ok(o) if o.status == SessionStatus::Failed => Err(o.failure.unwrap_or_else(|| "the consultation failed".into())),
         Ok(_) => Ok(()),
-        Err(e) => Err(e),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -111,8 +121,8 @@ impl JobRunner for Entrypoint {
         let media = self.rooms.room(&job.url, &job.token, &session_id);
         let handle = self.handler.create_room_session(session_id.clone(), job.room.clone(), media).await.map_err(|e| step_failed(3, e))?;
         let joined = tokio::select! {
-            joined = handle.wait_joined() => joined,
-            _ = wait_terminated(&mut terminated) => Err("LiveKit terminated the job before the room was joined".to_owned()),
+            joined = handle.wait_joined() => joined.map_err(StepCause::Ended),
+            _ = wait_terminated(&mut terminated) => Err(StepCause::Terminated("the room was joined")),
         };
         if let Err(cause) = joined {
             if let Some(done) = ended_without_failure(&handle) {
@@ -127,8 +137,8 @@ impl JobRunner for Entrypoint {
 
         tracing::info!("AGENT STEP 5/5: Starting the session and sending the greeting");
         let ready = tokio::select! {
-            ready = handle.wait_ready() => ready,
-            _ = wait_terminated(&mut terminated) => Err("LiveKit terminated the job before the session was ready".to_owned()),
+            ready = handle.wait_ready() => ready.map_err(StepCause::Ended),
+            _ = wait_terminated(&mut terminated) => Err(StepCause::Terminated("the session was ready")),
         };
         if let Err(cause) = ready {
             if let Some(done) = ended_without_failure(&handle) {

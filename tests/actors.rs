@@ -227,7 +227,7 @@ async fn a_fatal_realtime_error_fails_at_once_without_retries() {
     w.realtime.fatal.store(true, Ordering::SeqCst);
     let id = sid("badkey");
     let handle = w.handler.create_session(id.clone(), "consultation-badkey".into(), RecordingAudio::new()).await.unwrap();
-    let err = handle.wait_ready().await.unwrap_err();
+    let err = handle.wait_ready().await.unwrap_err().to_string();
     assert!(err.contains("invalid_api_key"), "{err}");
     assert_eq!(w.realtime.connections(), 0);
 }

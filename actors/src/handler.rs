@@ -13,7 +13,7 @@ use crate::dialogue::SessionId;
 use crate::ports::{AgentAudioOutput, RoomConnector, StoreError};
 use crate::session::SessionStatus;
 use crate::settings::ConsultationSettings;
-pub use crate::supervisor::{ConsultationHandle, StartError};
+pub use crate::supervisor::{ConsultationEnded, ConsultationHandle, StartError};
 use crate::supervisor::{SupervisorArgs, SupervisorMsg, WorkerSupervisor};
 use crate::telemetry::Telemetry;
 
@@ -30,7 +30,7 @@ pub enum HandlerError {
     #[error("the worker supervisor is not answering: {0}")]
     Supervisor(String),
     #[error("the consultation ended without an outcome: {0}")]
-    NoOutcome(String),
+    NoOutcome(#[from] crate::supervisor::ConsultationEnded),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -27,28 +27,41 @@ pub struct ConsultationHandle {
     pub lifecycle: watch::Receiver<Lifecycle>,
 }
 
+/// Why a wait on a consultation ended without what it waited for.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConsultationEnded {
+    /// The consultation failed; the cause is the one finalize stored.
+    #[error("{0}")]
+    Failed(String),
+    /// It ended (without failing) before the awaited moment: the caller left, a time limit.
+    #[error("ended as {0}")]
+    Ended(SessionStatus),
+    /// Its actor stopped without a lifecycle update (a crash the supervisor is finalizing).
+    #[error("the consultation stopped without an outcome")]
+    Vanished,
+}
+
 impl ConsultationHandle {
     /// Waits until the agent is in the room (at once without a room), or the consultation
     /// ended before that (then its failure is returned).
-    pub async fn wait_joined(&self) -> Result<(), String> {
+    pub async fn wait_joined(&self) -> Result<(), ConsultationEnded> {
         self.wait_past(|l| matches!(l, Lifecycle::Starting)).await
     }
 
     /// Waits until the realtime session is up and the greeting requested, or the consultation
     /// ended before that (then its failure is returned).
-    pub async fn wait_ready(&self) -> Result<(), String> {
+    pub async fn wait_ready(&self) -> Result<(), ConsultationEnded> {
         self.wait_past(|l| matches!(l, Lifecycle::Starting | Lifecycle::Joined)).await
     }
 
-    async fn wait_past(&self, before: impl Fn(&Lifecycle) -> bool) -> Result<(), String> {
+    async fn wait_past(&self, before: impl Fn(&Lifecycle) -> bool) -> Result<(), ConsultationEnded> {
         let mut rx = self.lifecycle.clone();
-        let seen = rx
-            .wait_for(|l| !before(l))
-            .await
-            .map_err(|_| "the consultation stopped before it was ready".to_owned())?
-            .clone();
+        let seen = rx.wait_for(|l| !before(l)).await.map_err(|_| ConsultationEnded::Vanished)?.clone();
         match seen {
-            Lifecycle::Finished(outcome) => Err(outcome.failure.unwrap_or_else(|| format!("ended as {}", outcome.status))),
+            Lifecycle::Finished(outcome) => Err(match outcome.failure {
+                Some(cause) => ConsultationEnded::Failed(cause),
+                None => ConsultationEnded::Ended(outcome.status),
+            }),
             _ => Ok(()),
         }
     }
@@ -62,13 +75,9 @@ impl ConsultationHandle {
     }
 
     /// Waits for the consultation to be finalized.
-    pub async fn wait_finished(&self) -> Result<SessionOutcome, String> {
+    pub async fn wait_finished(&self) -> Result<SessionOutcome, ConsultationEnded> {
         let mut rx = self.lifecycle.clone();
-        let seen = rx
-            .wait_for(|l| matches!(l, Lifecycle::Finished(_)))
-            .await
-            .map_err(|_| "the consultation stopped without an outcome".to_owned())?
-            .clone();
+        let seen = rx.wait_for(|l| matches!(l, Lifecycle::Finished(_))).await.map_err(|_| ConsultationEnded::Vanished)?.clone();
         match seen {
             Lifecycle::Finished(outcome) => Ok(*outcome),
             _ => unreachable!("wait_for returned a state it did not ask for"),
