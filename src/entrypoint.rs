@@ -72,6 +72,28 @@ async fn end(handle: &ConsultationHandle, reason: EndReason) -> Result<SessionOu
     handle.wait_finished().await
 }
 
+/// Waits for the consultation to reach a step (joined, ready). Err holds the job's result: the
+/// step failed (the consultation is ended as failed), or the call ended before it normally.
+async fn step(
+    n: u8,
+    handle: &ConsultationHandle,
+    reached: impl std::future::Future<Output = Result<(), ConsultationEnded>>,
+    terminated: &mut watch::Receiver<bool>,
+    before: &'static str,
+) -> Result<(), Result<(), String>> {
+    let reached = tokio::select! {
+        reached = reached => reached.map_err(StepCause::Ended),
+        _ = wait_terminated(terminated) => Err(StepCause::Terminated(before)),
+    };
+    let Err(cause) = reached else { return Ok(()) };
+    if let Some(done) = ended_without_failure(handle) {
+        return Err(done);
+    }
+    let message = step_failed(n, &cause);
+    finish_failed(handle, cause).await;
+    Err(Err(message))
+}
+
 /// A consultation that ended before it was ready without failing (the caller hung up first):
 /// the job is done, not failed.
 fn ended_without_failure(handle: &ConsultationHandle) -> Option<Result<(), String>> {
@@ -120,33 +142,15 @@ impl JobRunner for Entrypoint {
         // The consultation owns the room: its Room child joins first, then the realtime session opens.
         let media = self.rooms.room(&job.url, &job.token, &session_id);
         let handle = self.handler.create_room_session(session_id.clone(), job.room.clone(), media).await.map_err(|e| step_failed(3, e))?;
-        let joined = tokio::select! {
-            joined = handle.wait_joined() => joined.map_err(StepCause::Ended),
-            _ = wait_terminated(&mut terminated) => Err(StepCause::Terminated("the room was joined")),
-        };
-        if let Err(cause) = joined {
-            if let Some(done) = ended_without_failure(&handle) {
-                return done;
-            }
-            let message = step_failed(3, &cause);
-            finish_failed(&handle, cause).await;
-            return Err(message);
+        if let Err(done) = step(3, &handle, handle.wait_joined(), &mut terminated, "the room was joined").await {
+            return done;
         }
 
         tracing::info!("AGENT STEP 4/5: Creating AgentSession and registering event handlers");
 
         tracing::info!("AGENT STEP 5/5: Starting the session and sending the greeting");
-        let ready = tokio::select! {
-            ready = handle.wait_ready() => ready.map_err(StepCause::Ended),
-            _ = wait_terminated(&mut terminated) => Err(StepCause::Terminated("the session was ready")),
-        };
-        if let Err(cause) = ready {
-            if let Some(done) = ended_without_failure(&handle) {
-                return done;
-            }
-            let message = step_failed(5, &cause);
-            finish_failed(&handle, cause).await;
-            return Err(message);
+        if let Err(done) = step(5, &handle, handle.wait_ready(), &mut terminated, "the session was ready").await {
+            return done;
         }
         tracing::info!(%session_id, "=== AGENT FULLY READY ===");
 
