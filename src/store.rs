@@ -261,8 +261,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
         }
         Write::Anketa(id, a) => {
             let json = serde_json::to_string(&a.anketa).unwrap_or_else(|_| "{}".into());
+            // Idempotent like messages: a snapshot re-sent after a Persistence restart (same
+            // dialogue length, same content) is stored once; a different one is history.
             tx.execute(
-                "INSERT INTO anketas (session_id, message_count, is_final, at, anketa) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO anketas (session_id, message_count, is_final, at, anketa)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (
+                   SELECT 1 FROM anketas WHERE session_id = ?1 AND message_count = ?2 AND is_final = ?3 AND anketa = ?5)",
                 params![id.as_str(), a.message_count as i64, a.is_final, a.at.to_rfc3339(), json],
             )?;
         }

@@ -429,6 +429,9 @@ async fn sigkill_mid_dialogue_loses_no_logged_message() {
 struct FlakyStore {
     inner: Arc<SqliteStore>,
     broken: std::sync::atomic::AtomicBool,
+    /// Only anketa writes fail (and are counted).
+    anketas_broken: std::sync::atomic::AtomicBool,
+    anketa_failures: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -446,6 +449,10 @@ impl DialogueStore for FlakyStore {
         self.inner.set_status(id, s, f, e).await
     }
     async fn save_anketa(&self, id: &SessionId, r: &consultant_actors::ports::AnketaRecord) -> Result<(), consultant_actors::ports::StoreError> {
+        if self.anketas_broken.load(Ordering::SeqCst) && !r.is_final {
+            self.anketa_failures.fetch_add(1, Ordering::SeqCst);
+            return Err(consultant_actors::ports::StoreError::Io("database or disk is full".into()));
+        }
         self.inner.save_anketa(id, r).await
     }
     async fn sessions_with_status(&self, s: SessionStatus) -> Result<Vec<consultant_actors::ports::SessionRecord>, consultant_actors::ports::StoreError> {
@@ -463,7 +470,7 @@ impl DialogueStore for FlakyStore {
 async fn a_full_disk_loses_no_message_and_does_not_end_the_call() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Arc::new(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap());
-    let store = Arc::new(FlakyStore { inner: sqlite.clone(), broken: false.into() });
+    let store = Arc::new(FlakyStore { inner: sqlite.clone(), broken: false.into(), anketas_broken: false.into(), anketa_failures: 0.into() });
     let realtime = ScriptedRealtime::new();
     let mut s = settings();
     s.restart.max_restarts = 2;
@@ -507,4 +514,73 @@ async fn a_failed_connect_shows_as_reconnecting_until_the_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let link = w.telemetry.consultation(&id).unwrap().realtime.link;
     assert_eq!(link, RealtimeLinkState::Reconnecting { attempt: 1 }, "a late notice of the failed attempt must not hide the restart");
+}
+
+/// A periodic anketa that cannot be stored while Persistence fails and restarts is re-sent to
+/// the restarted actor and stored once; the extraction for that dialogue length runs once,
+/// however many times the re-sent messages are confirmed.
+#[tokio::test]
+async fn a_periodic_anketa_survives_persistence_restarts_and_is_extracted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap());
+    let store = Arc::new(FlakyStore { inner: sqlite.clone(), broken: false.into(), anketas_broken: true.into(), anketa_failures: 0.into() });
+    let realtime = ScriptedRealtime::new();
+    let extractor = CountingExtractor::new();
+    let mut s = settings();
+    s.restart.max_restarts = 2;
+    s.restart.backoff_max = Duration::from_millis(50);
+    let ports = Ports { connector: realtime.clone(), store: store.clone(), extractor: extractor.clone() };
+    let handler = VoiceHandler::start(Arc::new(s), ports, Telemetry::new()).await.unwrap();
+    let id = sid("anketa-restart");
+    let handle = handler.create_session(id.clone(), "consultation-anketa-restart".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let rt = realtime.session(1).await;
+    for i in 1..=3 {
+        rt.user_says(&format!("u{i}"), &format!("Сообщение клиента {i}")).await;
+        rt.agent_says(&format!("a{i}"), &format!("Ответ {i}"), 20).await;
+    }
+    wait_messages(&sqlite, &id, 6).await;
+    // The anketa for 6 messages was extracted; storing it fails, Persistence restarts (past its
+    // intensity too) and gets it again each time.
+    wait_until("several failed anketa writes", || store.anketa_failures.load(Ordering::SeqCst) >= 4).await;
+    store.anketas_broken.store(false, Ordering::SeqCst);
+    let periodic = |h: &[consultant_actors::ports::AnketaRecord]| h.iter().filter(|a| !a.is_final && a.message_count == 6).count();
+    for _ in 0..400 {
+        if periodic(&sqlite.session_detail(&id).await.unwrap().anketa_history) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcome = handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Completed);
+    let history = sqlite.session_detail(&id).await.unwrap().anketa_history;
+    assert_eq!(periodic(&history), 1, "the periodic anketa is stored exactly once: {history:?}");
+    assert_eq!(history.iter().filter(|a| a.is_final).count(), 1);
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(*extractor.seen.lock().unwrap(), vec![6, 6], "one periodic extraction at 6 messages, then the final one");
+}
+
+/// The proactive recycle never cuts the caller mid-phrase: while the caller speaks (speech
+/// started, not stopped) the session is kept past its recycle time; once the turn is answered
+/// and everyone is quiet it is recycled, and the phrase is in the dialogue.
+#[tokio::test(start_paused = true)]
+async fn the_realtime_recycle_waits_for_the_caller_to_finish_speaking() {
+    let mut s = settings();
+    s.realtime_recycle_after = Some(Duration::from_secs(5));
+    let w = paused_world(s).await;
+    let id = sid("recycle");
+    let handle = w.handler.create_session(id.clone(), "consultation-recycle".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let rt = w.realtime.session(1).await;
+    rt.emit(RealtimeEvent::SpeechStarted { item_id: Some("u1".into()), audio_start_ms: 0 }).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(w.realtime.connections(), 1, "recycled while the caller was speaking");
+    rt.emit(RealtimeEvent::SpeechStopped { item_id: Some("u1".into()), audio_end_ms: 9000 }).await;
+    rt.emit(RealtimeEvent::UserItemCommitted { item_id: "u1".into() }).await;
+    rt.emit(RealtimeEvent::UserTranscript { item_id: "u1".into(), text: "Длинная фраза клиента".into() }).await;
+    rt.agent_says("a1", "Понятно.", 200).await;
+    let second = w.realtime.session(2).await;
+    assert_eq!(second.setup.history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Длинная фраза клиента", "Понятно."]);
+    let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    assert_eq!(outcome.dialogue.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Длинная фраза клиента", "Понятно."]);
 }

@@ -48,6 +48,8 @@ pub struct FinalizeJob {
     /// The live Persistence actor, drained first so every message is durable; None when it is
     /// gone (messages are then written directly).
     pub persistence: Option<ActorRef<PersistenceMsg>>,
+    /// Periodic anketas Persistence had not confirmed; written directly if it cannot drain.
+    pub unsaved_anketas: Vec<AnketaRecord>,
     pub turn_latency_ms: Vec<u64>,
 }
 
@@ -63,6 +65,11 @@ pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
         for message in &job.dialogue {
             if let Err(e) = job.store.append_message(&job.session_id, message).await {
                 tracing::error!(session_id = %job.session_id, seq = message.seq, error = %e, "could not store a dialogue message during finalize");
+            }
+        }
+        for record in &job.unsaved_anketas {
+            if let Err(e) = job.store.save_anketa(&job.session_id, record).await {
+                tracing::error!(session_id = %job.session_id, message_count = record.message_count, error = %e, "could not store a periodic anketa during finalize");
             }
         }
     }
@@ -132,6 +139,7 @@ impl FinalizeJob {
             store,
             extractor,
             persistence: None,
+            unsaved_anketas: Vec::new(),
             turn_latency_ms: Vec::new(),
         })
     }

@@ -59,9 +59,14 @@ impl Actor for PersistenceActor {
             PersistenceMsg::SetStatus { status, failure, ended_at } => {
                 state.store.set_status(&state.session_id, status, failure.as_deref(), ended_at).await?
             }
-            PersistenceMsg::SaveAnketa(record) => state.store.save_anketa(&state.session_id, &record).await?,
+            PersistenceMsg::SaveAnketa(record) => {
+                state.store.save_anketa(&state.session_id, &record).await?;
+                state.parent.send_message(ConsultationMsg::AnketaPersisted { message_count: record.message_count })?;
+            }
             PersistenceMsg::Flush(reply) => {
-                let _ = reply.send(());
+                if reply.send(()).is_err() {
+                    tracing::debug!(session_id = %state.session_id, "flush answered after its caller gave up");
+                }
             }
         }
         Ok(())

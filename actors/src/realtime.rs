@@ -43,9 +43,13 @@ impl ConnectPolicy {
     }
 }
 
-/// Queue depth between the actor and the socket writer; caller audio beyond it is dropped
-/// (and counted) rather than buffered without bound.
+/// Queue depth of the socket writer; caller audio beyond it is dropped (and counted by the
+/// Consultation) rather than buffered without bound.
 pub const COMMAND_QUEUE: usize = 512;
+
+/// How long a control command may wait for room in a full writer queue before the link is
+/// treated as stalled and restarted.
+pub const CONTROL_WAIT: Duration = Duration::from_secs(1);
 
 pub struct RealtimeArgs {
     pub connector: Arc<dyn RealtimeConnector>,
@@ -67,7 +71,6 @@ pub struct RealtimeState {
     /// Forwards the connection's events; dropped with the state, so it ends with the actor
     /// even when the actor fails (ractor skips `post_stop` then).
     reader: OwnedTasks,
-    dropped_commands: u64,
 }
 
 pub struct RealtimeActor;
@@ -81,7 +84,7 @@ impl Actor for RealtimeActor {
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: RealtimeArgs) -> Result<RealtimeState, ActorProcessingErr> {
         // Connecting can take seconds: do it from the mailbox so the parent's spawn returns now.
         myself.send_message(RealtimeMsg::Connect { attempt: 1 })?;
-        Ok(RealtimeState { args, commands: None, reader: OwnedTasks::default(), dropped_commands: 0 })
+        Ok(RealtimeState { args, commands: None, reader: OwnedTasks::default() })
     }
 
     async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut RealtimeState) -> Result<(), ActorProcessingErr> {
@@ -138,18 +141,19 @@ impl Actor for RealtimeActor {
                 myself.send_after(policy.delay_before(next), move || RealtimeMsg::Connect { attempt: next });
             }
             RealtimeMsg::Command(command) => {
+                // Control only: caller audio goes straight to the writer's queue (and only it is
+                // ever shed). A command is delivered in order, or the link is failed and restarted.
                 if let Some(tx) = &state.commands {
-                    match tx.try_send(command) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            state.dropped_commands += 1;
-                            if state.dropped_commands.is_power_of_two() {
-                                tracing::warn!(dropped = state.dropped_commands, "realtime writer is behind; dropping commands");
-                            }
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            return Err(Box::new(RealtimeFailure::Transient("socket writer closed".into())));
-                        }
+                    let delivered = match tx.try_send(command) {
+                        Ok(()) => Ok(()),
+                        Err(mpsc::error::TrySendError::Full(command)) => match tokio::time::timeout(CONTROL_WAIT, tx.send(command)).await {
+                            Ok(sent) => sent.map_err(|_| "socket writer closed".to_owned()),
+                            Err(_) => Err(format!("the socket writer took no command for {CONTROL_WAIT:?}")),
+                        },
+                        Err(mpsc::error::TrySendError::Closed(_)) => Err("socket writer closed".to_owned()),
+                    };
+                    if let Err(why) = delivered {
+                        return Err(Box::new(RealtimeFailure::Transient(why)));
                     }
                 }
             }

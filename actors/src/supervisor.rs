@@ -133,6 +133,29 @@ pub struct SupervisorState {
 
 pub struct WorkerSupervisor;
 
+/// Reads a crashed consultation back from the store, retrying a failing store a few times
+/// (a busy or briefly full disk) before leaving the session to start-up recovery.
+async fn read_back<F, Fut>(mut attempt: F) -> Result<FinalizeJob, crate::ports::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<FinalizeJob, crate::ports::StoreError>>,
+{
+    let mut delay = std::time::Duration::from_millis(200);
+    for _ in 1..READ_BACK_ATTEMPTS {
+        match attempt().await {
+            Ok(job) => return Ok(job),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "could not read a crashed consultation back; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    attempt().await
+}
+
+const READ_BACK_ATTEMPTS: usize = 4;
+
 /// A consultation that cannot take the message has already stopped: its supervision event
 /// finalizes it.
 fn end(running: &Running, reason: EndReason) {
@@ -253,7 +276,8 @@ impl Actor for WorkerSupervisor {
             };
             state.args.tasks.spawn(async move {
                 let failure = format!("consultation crashed: {error}");
-                let job = FinalizeJob::from_store(&record, store, extractor, SessionStatus::Failed, failure, format!("crash: {error}"), timeout).await;
+                let reason = format!("crash: {error}");
+                let job = read_back(|| FinalizeJob::from_store(&record, store.clone(), extractor.clone(), SessionStatus::Failed, failure.clone(), reason.clone(), timeout)).await;
                 match job {
                     Ok(job) => {
                         let outcome = finalize_consultation(job).await;

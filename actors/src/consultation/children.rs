@@ -60,9 +60,16 @@ impl ConsultationActor {
                     parent: myself.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, PersistenceActor, args, cell).await?;
-                // Re-send what the previous instance did not confirm (appends are idempotent).
+                // Re-send what the previous instance did not confirm (writes are idempotent):
+                // messages, the status, and periodic anketas, in that order.
                 for message in state.session.dialogue.iter().filter(|m| m.seq > state.persisted_upto) {
                     actor.send_message(PersistenceMsg::Append(message.clone()))?;
+                }
+                if state.session.status != crate::session::SessionStatus::Starting {
+                    actor.send_message(PersistenceMsg::SetStatus { status: state.session.status, failure: None, ended_at: None })?;
+                }
+                for record in &state.unsaved_anketas {
+                    actor.send_message(PersistenceMsg::SaveAnketa(record.clone()))?;
                 }
                 state.persistence = Some(actor);
             }
@@ -115,6 +122,7 @@ impl ConsultationActor {
         let path = state.child_path(kind);
         if kind == ChildKind::Realtime {
             // Whatever the caller heard of an answer cut by the drop stays in the dialogue.
+            state.caller_speaking = false;
             let ready = state.turns.realtime_lost(state.audio_out.is_playing());
             state.store_final(ready);
             state.response_active = false;

@@ -58,8 +58,10 @@ impl ConsultationActor {
                     }
                 }
                 state.speech_stopped_at = None;
+                state.caller_speaking = true;
             }
             RealtimeEvent::SpeechStopped { .. } => {
+                state.caller_speaking = false;
                 state.speech_stopped_at = Some(Instant::now());
                 state.awaiting_first_audio = true;
             }
@@ -158,7 +160,12 @@ impl ConsultationActor {
         }
         // Proactive recycle before the provider's session limit, while nobody is speaking.
         if let (Some(after), Some(since)) = (settings.realtime_recycle_after, state.realtime.connected_at) {
-            let quiet = !state.response_active && state.turns.is_idle() && !state.audio_out.is_playing() && state.speech_stopped_at.is_none();
+            // Never while the caller speaks: what the old session buffered of the phrase would be lost.
+            let quiet = !state.response_active
+                && !state.caller_speaking
+                && state.turns.is_idle()
+                && !state.audio_out.is_playing()
+                && state.speech_stopped_at.is_none();
             if since.elapsed() >= after && quiet {
                 tracing::info!(session_id = %state.session.session_id, "recycling the realtime session before its limit");
                 Self::stop_realtime_for_restart(state, "recycle");
@@ -210,6 +217,7 @@ impl ConsultationActor {
             store: state.args.ports.store.clone(),
             extractor: state.args.ports.extractor.clone(),
             persistence: state.persistence.clone(),
+            unsaved_anketas: state.unsaved_anketas.clone(),
             turn_latency_ms: state.turn_latency_ms.clone(),
         };
         let me = myself.clone();

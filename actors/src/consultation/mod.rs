@@ -138,6 +138,8 @@ pub enum ConsultationMsg {
     RealtimeReady { generation: u64, audio: mpsc::Sender<RealtimeCommand> },
     Realtime { generation: u64, event: RealtimeEvent },
     Persisted { seq: u32 },
+    /// The periodic anketa of this dialogue length is durable.
+    AnketaPersisted { message_count: usize },
     AnketaExtracted { anketa: Anketa, message_count: usize },
     ExtractionFailed { error: String, message_count: usize },
     RestartChild(ChildKind),
@@ -202,6 +204,13 @@ pub struct ConsultationState {
     goodbye_spoken: bool,
     goodbye_deadline: Option<Instant>,
     persisted_upto: u32,
+    /// Periodic anketas sent to Persistence and not yet confirmed: re-sent to its restart.
+    unsaved_anketas: Vec<AnketaRecord>,
+    /// The dialogue length the last periodic extraction was asked for (once per count, whatever
+    /// the notices: re-sent messages are confirmed twice).
+    extraction_requested_at: usize,
+    /// Between the caller's speech start and stop: no realtime recycle then.
+    caller_speaking: bool,
     caller_gap: CallerGap,
     speech_stopped_at: Option<Instant>,
     awaiting_first_audio: bool,
@@ -348,6 +357,9 @@ impl Actor for ConsultationActor {
             goodbye_spoken: false,
             goodbye_deadline: None,
             persisted_upto: 0,
+            unsaved_anketas: Vec::new(),
+            extraction_requested_at: 0,
+            caller_speaking: false,
             caller_gap: CallerGap::default(),
             speech_stopped_at: None,
             awaiting_first_audio: false,
@@ -421,9 +433,14 @@ impl Actor for ConsultationActor {
                 state.args.telemetry.consultation_update(&state.session.session_id, |v| {
                     v.persistence_backlog = v.persistence_backlog.saturating_sub(1);
                 });
-                if seq as usize % interval == 0 && !state.finalizing {
-                    state.request_extraction(state.session.dialogue[..seq as usize].to_vec().into());
+                let count = seq as usize;
+                if count % interval == 0 && count > state.extraction_requested_at && !state.finalizing {
+                    state.extraction_requested_at = count;
+                    state.request_extraction(state.session.dialogue[..count].to_vec().into());
                 }
+            }
+            ConsultationMsg::AnketaPersisted { message_count } => {
+                state.unsaved_anketas.retain(|a| a.message_count != message_count);
             }
             ConsultationMsg::AnketaExtracted { anketa, message_count } => {
                 state.session.anketa.merge(&anketa);
@@ -435,10 +452,12 @@ impl Actor for ConsultationActor {
                     v.last_extraction_at_message = Some(message_count);
                     v.extractions += 1;
                 });
+                let record = AnketaRecord { anketa: state.session.anketa.clone(), message_count, is_final: false, at: Utc::now() };
+                state.unsaved_anketas.retain(|a| a.message_count != message_count);
+                state.unsaved_anketas.push(record.clone());
                 if let Some(p) = &state.persistence {
-                    let record = AnketaRecord { anketa: state.session.anketa.clone(), message_count, is_final: false, at: Utc::now() };
                     if p.send_message(PersistenceMsg::SaveAnketa(record)).is_err() {
-                        tracing::warn!(session_id = %state.session.session_id, message_count, "persistence gone; this periodic anketa is kept in memory for the final one");
+                        tracing::warn!(session_id = %state.session.session_id, message_count, "persistence gone; this periodic anketa is re-sent to its restart");
                     }
                 }
             }
