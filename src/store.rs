@@ -317,6 +317,18 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>) {
             }
         };
         let results: Vec<Result<(), StoreError>> = batch.iter().map(|(w, _)| apply(&tx, w).map_err(io)).collect();
+        if results.iter().any(Result::is_err) && tx.is_autocommit() {
+            // SQLite rolled the whole transaction back by itself (disk full, I/O error): what
+            // was applied before the failure is gone, what came after ran on its own. Every
+            // write is idempotent, so each is written again alone and answered for itself.
+            drop(tx);
+            tracing::warn!(writes = batch.len(), "SQLite rolled a batch back; writing its entries one by one");
+            for (write, reply) in batch {
+                let result = write_alone(&mut conn, &write);
+                let _ = reply.send(result); // a waiter that gave up needs no answer
+            }
+            continue;
+        }
         match tx.commit() {
             Ok(()) => {
                 for ((_, reply), result) in batch.into_iter().zip(results) {
@@ -330,6 +342,12 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>) {
             }
         }
     }
+}
+
+fn write_alone(conn: &mut Connection, write: &Write) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(io)?;
+    apply(&tx, write).map_err(io)?;
+    tx.commit().map_err(|e| io(format!("commit failed: {e}")))
 }
 
 #[async_trait]
@@ -400,5 +418,43 @@ impl DialogueStore for SqliteStore {
             .transpose()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consultant_actors::Role;
+
+    fn message(seq: u32, text: String) -> DialogueMessage {
+        DialogueMessage { seq, role: Role::User, text, at: Utc::now(), interrupted: false }
+    }
+
+    /// A batch in which one write fills the disk: SQLite rolls the transaction back by itself,
+    /// and still every waiter hears the truth about its own write.
+    #[test]
+    fn a_batch_sqlite_rolls_back_by_itself_is_answered_write_by_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.db");
+        let conn = open(&path, "normal").unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let id = SessionId::parse("full").unwrap();
+        conn.execute("INSERT INTO sessions (session_id, room, status, started_at) VALUES ('full', 'r', 'active', '2026-12-01T00:00:00Z')", []).unwrap();
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 3).unwrap();
+        let (tx, rx) = std_mpsc::channel();
+        let mut replies = Vec::new();
+        for (seq, text) in [(1, "первое".to_owned()), (2, "x".repeat(200_000)), (3, "третье".to_owned())] {
+            let (reply, answer) = oneshot::channel();
+            tx.send((Write::Append(id.clone(), message(seq, text)), reply)).unwrap();
+            replies.push(answer);
+        }
+        drop(tx);
+        writer_loop(conn, rx); // one batch, then the closed channel ends it
+        let answers: Vec<bool> = replies.into_iter().map(|r| r.blocking_recv().unwrap().is_ok()).collect();
+        let check = Connection::open(&path).unwrap();
+        let stored: Vec<u32> = check.prepare("SELECT seq FROM messages ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(answers, vec![true, false, true], "each write answered for itself");
+        assert_eq!(stored, vec![1, 3], "what was answered Ok is stored, and only that");
     }
 }

@@ -360,6 +360,19 @@ async fn retries_exhausted_name_the_last_reason() {
     assert_eq!(fake.request_count(), 3);
 }
 
+/// A rate limiter's `Retry-After` is waited out, however short our own backoff is.
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let fake = fake().await;
+    fake.push_all([Behaviour::RateLimited { retry_after_secs: 1 }, Behaviour::Answer]);
+    let mut config = config(&fake);
+    config.backoff_initial = Duration::from_millis(10);
+    let started = Instant::now();
+    extractor(config).extract_anketa(&dialogue(), &Anketa::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1), "retried after {:?}, before the server's Retry-After", started.elapsed());
+    assert_eq!(fake.requests().iter().map(|r| r.status).collect::<Vec<_>>(), vec![429, 200]);
+}
+
 #[tokio::test]
 async fn backoff_grows_exponentially() {
     let fake = fake().await;

@@ -40,6 +40,8 @@ pub enum Behaviour {
     Content { content: String, finish_reason: String },
     /// This status with the body the real API sends for it (400, 401, 402, 422, 429, 500, 503).
     Status(u16),
+    /// 429 with a `Retry-After` of this many seconds, as rate limiters send it.
+    RateLimited { retry_after_secs: u64 },
     /// 200 headers at once, then a blank line every `interval` for `hold`, then the answer
     /// (as the real service does while it is busy).
     Slow { hold: Duration, interval: Duration },
@@ -382,6 +384,12 @@ async fn chat_completions(State(shared): State<Arc<Shared>>, uri: Uri, headers: 
             (200, axum::Json(completion(&model, &content, &finish_reason)).into_response())
         }
         Behaviour::Status(code) => (code, status_response(code, &last4(&shared.api_key))),
+        Behaviour::RateLimited { retry_after_secs } => {
+            let mut response = status_response(429, &last4(&shared.api_key));
+            let value = axum::http::HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits");
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+            (429, response)
+        }
         Behaviour::Slow { hold, interval } => {
             let full = completion(&model, &answer(), "stop").to_string();
             (200, slow_response(shared.clone(), hold, interval, full))
