@@ -53,30 +53,34 @@ fn log_time(line: &str) -> Option<f64> {
     Some(t.timestamp_micros() as f64 / 1e6)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
+/// One call through the real binary: the loopback server, the fake realtime and DeepSeek, the
+/// worker with the shipped config (edited by `config`), and the official SDK caller speaking
+/// `phrases` (with `extra` caller arguments) into `consultation-e2e-<n>`.
+struct Call {
+    dir: tempfile::TempDir,
+    server: LoopbackServer,
+    realtime: FakeRealtime,
+    _deepseek: FakeDeepSeek,
+    worker: tokio::process::Child,
+    caller: PythonPeer,
+    job: String,
+    session_id: String,
+}
+
+async fn start_call(n: u32, config: impl Fn(String) -> String, phrases: &[&str], answers: &[&str], extra: &[&str]) -> Call {
     let dir = tempfile::tempdir().unwrap();
     let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
-
-    let answers = [
-        "Очень приятно, Иван. Расскажите о задаче.",
-        // Long, so the caller's third phrase barges in while it plays.
-        "Хорошо, сайт для компании. Обычно мы начинаем с короткого обсуждения целей, аудитории, \
-         структуры страниц и желаемых сроков, а потом готовим смету и план работ по этапам.",
-        "Спасибо, я всё записал. До свидания!",
-    ];
-    let phrases = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Подождите, у меня вопрос о сроках."];
     let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
     options.api_key = "test-key-e2e".into();
     options.voice = AgentVoice::Tone { ms_per_char: MS_PER_CHAR };
-    options.turns = phrases.iter().zip(answers).map(|(p, a)| ScriptTurn::new(*p, a)).collect();
+    options.turns = phrases.iter().zip(answers).map(|(p, a)| ScriptTurn::new(*p, *a)).collect();
     let realtime = FakeRealtime::start(options).await.unwrap();
     let deepseek = FakeDeepSeek::start().await;
     deepseek.set_answer_rule(anketa_rule);
 
-    std::fs::write(dir.path().join("config.toml"), config_text(&server.url(), dir.path())).unwrap();
+    std::fs::write(dir.path().join("config.toml"), config(config_text(&server.url(), dir.path()))).unwrap();
     let stderr = std::fs::File::create(dir.path().join("worker.stderr")).unwrap();
-    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_consultant"))
+    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_consultant"))
         .current_dir(dir.path())
         .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "dev"])
         .env("LIVEKIT_API_KEY", server.api_key())
@@ -92,7 +96,6 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
         .kill_on_drop(true)
         .spawn()
         .expect("the consultant binary starts");
-    let log = || std::fs::read_to_string(dir.path().join("logs/agent.log")).unwrap_or_default();
 
     server
         .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
@@ -100,18 +103,18 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
         .expect("the worker registers");
 
     // The Python module's server: the room is created with an explicit dispatch for our agent.
-    let room = "consultation-e2e-1";
-    server.create_room(room, &[AGENT]);
+    let room = format!("consultation-e2e-{n}");
+    server.create_room(&room, &[AGENT]);
     let job = server
         .wait_for_event(Duration::from_secs(10), |e| match e {
-            ServerEvent::JobCreated { job_id, room: r, .. } if r == room => Some(job_id.clone()),
+            ServerEvent::JobCreated { job_id, room: r, .. } if *r == room => Some(job_id.clone()),
             _ => None,
         })
         .await
         .expect("job created");
     server.wait_for_job_status(&job, JobStatus::JsRunning, Duration::from_secs(20)).await.expect("job running");
 
-    let mut args: Vec<String> = vec!["--url".into(), server.url(), "--token".into(), server.participant_token(room, "caller-ivan")];
+    let mut args: Vec<String> = vec!["--url".into(), server.url(), "--token".into(), server.participant_token(&room, "caller-ivan")];
     for (i, p) in phrases.iter().enumerate() {
         let wav = dir.path().join(format!("phrase{i}.wav"));
         espeak(p, &wav);
@@ -122,30 +125,80 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
     args.extend(
         ["--lead-in", "3", "--pause", "4", "--tail", "6", "--record", record.to_str().unwrap(), "--envelope", envelope.to_str().unwrap()]
             .iter()
+            .chain(extra)
             .map(|s| s.to_string()),
     );
-    // The second pause is shorter so the third phrase barges into the long second answer.
-    let mut caller = PythonPeer::spawn("caller", "caller.py", &[args, vec!["--pause-after".into(), "1:2.5".into()]].concat(), &[], dir.path());
+    let caller = PythonPeer::spawn("caller", "caller.py", &args, &[], dir.path());
+    Call { dir, server, realtime, _deepseek: deepseek, worker, caller, job, session_id: format!("e2e-{n}") }
+}
 
+impl Call {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs/agent.log")).unwrap_or_default()
+    }
+
+    /// The caller is done and left: the job succeeds and the session is finalized. The log then.
+    async fn finished(&mut self) -> String {
+        self.caller.wait_success(Duration::from_secs(90)).await;
+        self.server.wait_for_job_status(&self.job, JobStatus::JsSuccess, Duration::from_secs(60)).await.expect("JS_SUCCESS after the caller left");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.log().contains("=== FINALIZE START ===") {
+            assert!(tokio::time::Instant::now() < deadline, "no finalization in the log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.log()
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("consultations.db")).unwrap()
+    }
+
+    /// The stored dialogue: (seq, role, text, interrupted), in order.
+    fn dialogue(&self) -> Vec<(u32, String, String, bool)> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT seq, role, text, interrupted FROM messages WHERE session_id = ?1 ORDER BY seq").unwrap();
+        let rows = stmt.query_map([&self.session_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect();
+        rows
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.worker.id() {
+            if let Err(e) = Command::new("kill").args(["-s", "INT", &pid.to_string()]).status() {
+                eprintln!("could not signal the worker: {e}");
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.worker.wait()).await.is_err() {
+            eprintln!("the worker did not stop within 10 s after SIGINT");
+        }
+        self.server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
+    let answers = [
+        "Очень приятно, Иван. Расскажите о задаче.",
+        // Long, so the caller's third phrase barges in while it plays.
+        "Хорошо, сайт для компании. Обычно мы начинаем с короткого обсуждения целей, аудитории, \
+         структуры страниц и желаемых сроков, а потом готовим смету и план работ по этапам.",
+        "Спасибо, я всё записал. До свидания!",
+    ];
+    let phrases = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Подождите, у меня вопрос о сроках."];
+    // The second pause is shorter so the third phrase barges into the long second answer.
+    let mut call = start_call(1, |t| t, &phrases, &answers, &["--pause-after", "1:2.5"]).await;
+    let caller = &mut call.caller;
     caller.event("published", Duration::from_secs(40)).await;
     // The realtime socket drops in the middle of the call: after the first answer, before
     // the second phrase ends (the caller's audio of the gap is held and sent after the replay).
     caller.event("phrase_end", Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    realtime.inject(Fault::DropNow);
-    caller.wait_success(Duration::from_secs(90)).await;
-
+    call.realtime.inject(Fault::DropNow);
     // The caller left: the consultation ends, is finalized, the job succeeds.
-    server.wait_for_job_status(&job, JobStatus::JsSuccess, Duration::from_secs(60)).await.expect("JS_SUCCESS after the caller left");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !log().contains("=== FINALIZE START ===") {
-        assert!(tokio::time::Instant::now() < deadline, "no finalization in the log:\n{}", log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log_text = log();
+    let log_text = call.finished().await;
+    let caller = &call.caller;
 
     // --- What the caller heard ---
-    let env = read_envelope(&envelope);
+    let env = read_envelope(&call.dir.path().join("heard.json"));
     let starts = caller.event_times("phrase_start");
     let ends = caller.event_times("phrase_end");
     let published = caller.event_time("published").unwrap();
@@ -171,14 +224,13 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
     assert!(last - cut_at < 0.2, "agent audio went on {:.0} ms after the barge-in", (last - cut_at) * 1000.0);
 
     // --- The realtime drop was survived: a second session with the dialogue replayed ---
-    let sessions = realtime.sessions();
+    let sessions = call.realtime.sessions();
     assert!(sessions.len() >= 2, "the realtime link was not re-established after the drop ({} sessions)", sessions.len());
     assert!(!sessions[1].items.is_empty(), "the dialogue was not replayed to the new session");
 
     // --- SQLite: the dialogue in order, periodic and final anketas ---
-    let db = rusqlite::Connection::open(dir.path().join("consultations.db")).unwrap();
-    let mut stmt = db.prepare("SELECT seq, role, text, interrupted FROM messages ORDER BY seq").unwrap();
-    let rows: Vec<(u32, String, String, bool)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect();
+    let db = call.db();
+    let rows = call.dialogue();
     for r in &rows {
         println!("dialogue {r:?}");
     }
@@ -237,7 +289,46 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "markers out of order: {positions:?}");
     assert!(!log_text.contains("FAILED"), "a step failed:\n{log_text}");
 
-    let _ = Command::new("kill").args(["-s", "INT", &worker.id().unwrap().to_string()]).status();
-    let _ = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await;
-    server.shutdown().await;
+    call.stop().await;
+}
+
+/// The proactive realtime recycle, at 7 s instead of 20 min so that a short call spans several
+/// provider sessions: every phrase is stored and answered exactly once, none lost at a switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_across_several_recycled_realtime_sessions_loses_nothing() {
+    let phrases = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Когда вы сможете начать?"];
+    let answers = ["Очень приятно, Иван.", "Понятно, сайт для компании.", "Мы можем начать на следующей неделе."];
+    let recycle = |t: String| {
+        assert!(t.contains("recycle_after_secs = 1200"), "config.toml no longer has recycle_after_secs");
+        t.replacen("recycle_after_secs = 1200", "recycle_after_secs = 7", 1)
+    };
+    let mut call = start_call(2, recycle, &phrases, &answers, &[]).await;
+    call.caller.event("published", Duration::from_secs(40)).await;
+    let log_text = call.finished().await;
+
+    let sessions = call.realtime.sessions();
+    println!("realtime sessions: {}", sessions.len());
+    assert!(sessions.len() >= 3, "the call did not span several recycled sessions ({} sessions)", sessions.len());
+    assert!(log_text.contains("recycling the realtime session before its limit"));
+
+    let rows = call.dialogue();
+    for r in &rows {
+        println!("dialogue {r:?}");
+    }
+    let texts: Vec<(&str, &str)> = rows.iter().map(|(_, role, text, _)| (role.as_str(), text.as_str())).collect();
+    assert_eq!(rows.len(), 7, "greeting + three turns, each once: {rows:?}");
+    assert!(rows[0].1 == "assistant" && !rows[0].2.is_empty(), "the greeting first: {rows:?}");
+    let expected: Vec<(&str, &str)> = phrases.iter().zip(answers).flat_map(|(p, a)| [("user", *p), ("assistant", a)]).collect();
+    assert_eq!(texts[1..].to_vec(), expected, "every phrase and its answer, in order: {rows:?}");
+    assert!(rows.iter().all(|r| !r.3), "nothing was cut: {rows:?}");
+
+    // The caller heard an answer after each phrase.
+    let env = read_envelope(&call.dir.path().join("heard.json"));
+    let ends = call.caller.event_times("phrase_end");
+    assert_eq!(ends.len(), 3);
+    for (i, end) in ends.iter().enumerate() {
+        let heard = loud_frames(&env, *end, end + 4.0, 300.0) as f64 / 100.0;
+        assert!(heard >= 0.8, "no answer heard after phrase {} ({heard:.2} s)", i + 1);
+    }
+    call.stop().await;
 }
