@@ -561,8 +561,9 @@ async fn a_periodic_anketa_survives_persistence_restarts_and_is_extracted_once()
 }
 
 /// The proactive recycle never cuts the caller mid-phrase: while the caller speaks (speech
-/// started, not stopped) the session is kept past its recycle time; once the turn is answered
-/// and everyone is quiet it is recycled, and the phrase is in the dialogue.
+/// started, not stopped) the session is kept past its recycle time (a standby may be prepared,
+/// it is not switched to); once the turn is answered and everyone is quiet the call moves to a
+/// session that replays the whole turn.
 #[tokio::test(start_paused = true)]
 async fn the_realtime_recycle_waits_for_the_caller_to_finish_speaking() {
     let mut s = settings();
@@ -572,15 +573,81 @@ async fn the_realtime_recycle_waits_for_the_caller_to_finish_speaking() {
     let handle = w.handler.create_session(id.clone(), "consultation-recycle".into(), RecordingAudio::new()).await.unwrap();
     handle.wait_ready().await.unwrap();
     let rt = w.realtime.session(1).await;
+    let switched = |w: &PausedWorld| w.telemetry.snapshot().events.iter().filter(|e| e.kind == "rollover" && e.message.contains("switched")).count();
     rt.emit(RealtimeEvent::SpeechStarted { item_id: Some("u1".into()), audio_start_ms: 0 }).await;
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(w.realtime.connections(), 1, "recycled while the caller was speaking");
+    assert_eq!(switched(&w), 0, "switched sessions while the caller was speaking");
     rt.emit(RealtimeEvent::SpeechStopped { item_id: Some("u1".into()), audio_end_ms: 9000 }).await;
     rt.emit(RealtimeEvent::UserItemCommitted { item_id: "u1".into() }).await;
     rt.emit(RealtimeEvent::UserTranscript { item_id: "u1".into(), text: "Длинная фраза клиента".into() }).await;
     rt.agent_says("a1", "Понятно.", 200).await;
-    let second = w.realtime.session(2).await;
-    assert_eq!(second.setup.history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Длинная фраза клиента", "Понятно."]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(switched(&w), 1);
+    let taken_over = w.realtime.session(w.realtime.connections()).await;
+    assert_eq!(taken_over.setup.history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Длинная фраза клиента", "Понятно."]);
     let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
     assert_eq!(outcome.dialogue.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Длинная фраза клиента", "Понятно."]);
+}
+
+/// Make-before-break rollover: past the recycle time a standby session is opened with the
+/// dialogue replayed; while the caller speaks nothing changes; a standby made stale by new
+/// messages is replaced; at the first quiet moment the caller's audio moves to the standby
+/// from one frame to the next: every frame reaches exactly one session, in order.
+#[tokio::test(start_paused = true)]
+async fn the_realtime_session_rolls_over_make_before_break_without_losing_a_frame() {
+    let mut s = settings();
+    s.realtime_recycle_after = Some(Duration::from_secs(5));
+    let w = paused_world(s).await;
+    let id = sid("rollover");
+    let handle = w.handler.create_session(id.clone(), "consultation-rollover".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let first = w.realtime.session(1).await;
+    let mut frames = 0i16;
+    let mut feed = |n: usize| {
+        for _ in 0..n {
+            frames += 1;
+            w.handler.process_user_audio(&handle, Arc::from(vec![frames; 480]));
+        }
+    };
+    let frames_of = |session: &consultant_fakes::memory::ScriptedSession| -> Vec<i16> {
+        session.commands().iter().filter_map(|c| if let RealtimeCommand::AppendAudio(p) = c { Some(p[0]) } else { None }).collect()
+    };
+    let mut heard = Vec::new();
+    // 4 s of audio, then the caller starts a phrase that runs past the recycle time.
+    for _ in 0..200 {
+        feed(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.emit(RealtimeEvent::SpeechStarted { item_id: Some("u1".into()), audio_start_ms: 4000 }).await;
+    for _ in 0..200 {
+        feed(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let standby = w.realtime.session(2).await;
+    assert!(standby.setup.history.is_empty(), "the standby replays the dialogue as it was");
+    heard.extend(frames_of(&first));
+    assert_eq!(heard.len(), 400, "mid-phrase every frame still goes to the current session");
+    // The turn ends and is answered: the standby is stale, a fresh one replays both messages.
+    first.emit(RealtimeEvent::SpeechStopped { item_id: Some("u1".into()), audio_end_ms: 8000 }).await;
+    first.emit(RealtimeEvent::UserItemCommitted { item_id: "u1".into() }).await;
+    first.emit(RealtimeEvent::UserTranscript { item_id: "u1".into(), text: "Расскажите о сроках".into() }).await;
+    first.agent_says("a1", "Обычно две недели.", 100).await;
+    let fresh = w.realtime.session(3).await;
+    assert_eq!(fresh.setup.history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Расскажите о сроках", "Обычно две недели."]);
+    for _ in 0..200 {
+        feed(1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (old_commands, after) = (first.commands(), frames_of(&fresh));
+    heard.extend(old_commands.iter().filter_map(|c| if let RealtimeCommand::AppendAudio(p) = c { Some(p[0]) } else { None }));
+    assert!(matches!(old_commands.last(), Some(RealtimeCommand::Close)), "the old session is closed after the switch");
+    assert!(after.len() >= 100, "the caller's audio moved to the new session ({} frames)", after.len());
+    heard.extend(after);
+    assert!(frames_of(&standby).is_empty(), "the stale standby never got caller audio");
+    assert_eq!(heard, (1..=frames).collect::<Vec<_>>(), "every caller frame reached exactly one session, in order");
+    let events = w.telemetry.snapshot().events;
+    assert!(events.iter().any(|e| e.kind == "rollover" && e.message.contains("switched")), "{events:?}");
+    assert_eq!(w.realtime.connections(), 3);
+    let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    assert_eq!(outcome.dialogue.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["Расскажите о сроках", "Обычно две недели."]);
 }

@@ -292,8 +292,9 @@ async fn a_whole_consultation_through_the_real_binary_and_the_official_sdk() {
     call.stop().await;
 }
 
-/// The proactive realtime recycle, at 7 s instead of 20 min so that a short call spans several
-/// provider sessions: every phrase is stored and answered exactly once, none lost at a switch.
+/// The make-before-break rollover, due at 7 s instead of 20 min so that a short call spans
+/// several provider sessions: every phrase is stored and answered exactly once, none lost at a
+/// switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_across_several_recycled_realtime_sessions_loses_nothing() {
     let phrases = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Когда вы сможете начать?"];
@@ -309,7 +310,7 @@ async fn a_call_across_several_recycled_realtime_sessions_loses_nothing() {
     let sessions = call.realtime.sessions();
     println!("realtime sessions: {}", sessions.len());
     assert!(sessions.len() >= 3, "the call did not span several recycled sessions ({} sessions)", sessions.len());
-    assert!(log_text.contains("recycling the realtime session before its limit"));
+    assert!(log_text.contains("realtime session rolled over (make-before-break)"), "no rollover in the log");
 
     let rows = call.dialogue();
     for r in &rows {

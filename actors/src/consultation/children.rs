@@ -35,7 +35,8 @@ impl ConsultationActor {
                 }
             }
             ChildKind::Realtime => {
-                state.realtime.generation += 1;
+                state.realtime.last_generation += 1;
+                state.realtime.generation = state.realtime.last_generation;
                 state.realtime.connected_at = None;
                 state.realtime.audio = None;
                 let setup = RealtimeSetup {
@@ -129,6 +130,11 @@ impl ConsultationActor {
             state.args.telemetry.consultation_update(&state.session.session_id, |v| {
                 v.realtime.last_close_cause = Some(reason.clone());
             });
+            if !fatal && Self::switch_to_standby(state) {
+                // The session ended (its limit, a drop) with a current standby: it takes over.
+                tracing::warn!(session_id = %state.session.session_id, %reason, "realtime session ended; the standby took over");
+                return;
+            }
         }
         if fatal {
             state.args.telemetry.actor_failed(&path, &reason, 0, false);

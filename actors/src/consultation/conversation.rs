@@ -158,19 +158,6 @@ impl ConsultationActor {
                 return;
             }
         }
-        // Proactive recycle before the provider's session limit, while nobody is speaking.
-        if let (Some(after), Some(since)) = (settings.realtime_recycle_after, state.realtime.connected_at) {
-            // Never while the caller speaks: what the old session buffered of the phrase would be lost.
-            let quiet = !state.response_active
-                && !state.caller_speaking
-                && state.turns.is_idle()
-                && !state.audio_out.is_playing()
-                && state.speech_stopped_at.is_none();
-            if since.elapsed() >= after && quiet {
-                tracing::info!(session_id = %state.session.session_id, "recycling the realtime session before its limit");
-                Self::stop_realtime_for_restart(state, "recycle");
-            }
-        }
         state.publish_caller_buffer();
     }
 
@@ -190,6 +177,7 @@ impl ConsultationActor {
         // Caller turns still waiting for a transcript are given up.
         ready.extend(state.turns.close());
         state.store_final(ready);
+        state.stop_standby("finalizing");
         for (kind, actor) in [
             (ChildKind::Realtime, state.realtime.actor.take().map(|a| a.get_cell())),
             (ChildKind::Extraction, state.extraction.take().map(|a| a.get_cell())),

@@ -10,6 +10,7 @@
 
 mod children;
 mod conversation;
+mod rollover;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -179,7 +180,13 @@ struct RoomChild {
 #[derive(Default)]
 struct RealtimeChild {
     actor: Option<ActorRef<RealtimeMsg>>,
+    /// The current session's generation; events of any other are stale (or the standby's).
     generation: u64,
+    /// The last generation handed out (current sessions and standbys alike).
+    last_generation: u64,
+    /// The session being prepared to take over before the provider's limit.
+    standby: Option<rollover::Standby>,
+    standby_retry_at: Option<Instant>,
     /// The socket writer's queue while the session is up: caller audio skips the actor.
     audio: Option<mpsc::Sender<RealtimeCommand>>,
     connected_at: Option<Instant>,
@@ -418,6 +425,8 @@ impl Actor for ConsultationActor {
             ConsultationMsg::RealtimeReady { generation, audio } => {
                 if generation == state.realtime.generation && state.realtime.actor.is_some() && !state.finalizing {
                     Self::on_realtime_ready(state, generation, audio);
+                } else if !state.finalizing {
+                    Self::on_standby_ready(state, generation, audio);
                 }
             }
             ConsultationMsg::Realtime { generation, event } => {
@@ -480,6 +489,7 @@ impl Actor for ConsultationActor {
             ConsultationMsg::Tick => {
                 if !state.finalizing {
                     Self::on_tick(&myself, state);
+                    Self::rollover_tick(&myself, state).await?;
                 }
             }
             ConsultationMsg::End(reason) => Self::begin_finalize(&myself, state, reason),
@@ -500,6 +510,10 @@ impl Actor for ConsultationActor {
 
     async fn handle_supervisor_evt(&self, myself: ActorRef<Self::Msg>, event: SupervisionEvent, state: &mut ConsultationState) -> Result<(), ActorProcessingErr> {
         match event {
+            SupervisionEvent::ActorFailed(cell, error) if state.is_standby(&cell) => Self::on_standby_failed(state, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) if state.is_standby(&cell) => {
+                Self::on_standby_failed(state, format!("stopped: {}", reason.unwrap_or_default()))
+            }
             SupervisionEvent::ActorFailed(cell, error) => {
                 let Some(kind) = Self::which_child(state, &cell) else { return Ok(()) };
                 let fatal = error.downcast_ref::<RealtimeFailure>().is_some_and(RealtimeFailure::is_fatal)
