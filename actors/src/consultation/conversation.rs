@@ -3,12 +3,14 @@
 
 use tokio::time::Instant;
 
-use ractor::ActorRef;
+use ractor::{ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
 
-use super::{ChildKind, ConsultationActor, ConsultationMsg, ConsultationState, EndReason, FinalizeJob};
+use super::{ChildKind, ConsultationActor, ConsultationMsg, ConsultationState, EndReason, FinalizeJob, Lifecycle};
 use crate::finalize::finalize_consultation;
 use crate::persistence::PersistenceMsg;
-use crate::ports::{RealtimeCommand, RealtimeEvent, ResponseStatus};
+use crate::ports::{RealtimeCommand, RealtimeEvent, ResponseStatus, RoomEvent};
+use crate::telemetry::{ActorStatus, RealtimeLinkState};
 use crate::session::{SessionStatus, TimerPhase};
 use crate::turns::FinalText;
 
@@ -215,5 +217,69 @@ impl ConsultationActor {
                 tracing::error!("consultation stopped before its finalization finished");
             }
         });
+    }
+}
+
+impl ConsultationActor {
+    pub(super) async fn on_room_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RoomEvent) -> Result<(), ActorProcessingErr> {
+        match event {
+            RoomEvent::CallerAudio(pcm) => state.caller_audio(pcm),
+            RoomEvent::Joined { identity } => {
+                let path = state.child_path(ChildKind::Room);
+                state.args.telemetry.actor_status(&path, ActorStatus::Running);
+                if state.room.joined_once {
+                    tracing::info!(session_id = %state.session.session_id, %identity, "room rejoined");
+                    state.args.telemetry.event("room", path, format!("rejoined as {identity}"));
+                    return Ok(());
+                }
+                state.room.joined_once = true;
+                state.args.telemetry.event("room", path, format!("joined as {identity}"));
+                state.args.lifecycle.send_replace(Lifecycle::Joined);
+                if !state.finalizing && state.realtime.actor.is_none() {
+                    Self::spawn_child(myself, state, ChildKind::Realtime).await?;
+                }
+            }
+            RoomEvent::Ended(end) => {
+                let reason = match end {
+                    crate::ports::RoomEnd::CallerLeft => EndReason::CallerLeft,
+                    crate::ports::RoomEnd::RoomClosed(why) => EndReason::RoomClosed(why),
+                };
+                Self::begin_finalize(myself, state, reason);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_realtime_ready(state: &mut ConsultationState, generation: u64, audio: mpsc::Sender<RealtimeCommand>) {
+        state.realtime.connected_at = Some(Instant::now());
+        state.realtime.audio = Some(audio);
+        state.set_link(RealtimeLinkState::Connected);
+        state.args.telemetry.actor_status(&state.child_path(ChildKind::Realtime), ActorStatus::Running);
+        // Audio held during the gap goes out after the replay, oldest first.
+        for pcm in state.caller_gap.drain() {
+            state.caller_audio(pcm);
+        }
+        state.publish_caller_buffer();
+        if !state.realtime.ready_once {
+            state.realtime.ready_once = true;
+            // The agent greets first (the entrypoint's step 5).
+            state.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(state.args.settings.greeting_instruction.clone()) });
+            state.set_status(SessionStatus::Active);
+            state.args.lifecycle.send_replace(Lifecycle::Ready);
+        } else {
+            let replayed = state.session.dialogue.len();
+            tracing::info!(session_id = %state.session.session_id, generation, replayed, "realtime reconnected; dialogue replayed");
+            state.args.telemetry.event("reconnect", state.child_path(ChildKind::Realtime), format!("generation {generation}, {replayed} messages replayed"));
+        }
+    }
+
+    /// Stops the Realtime child so that it is restarted at once without counting a failure.
+    pub(super) fn stop_realtime_for_restart(state: &mut ConsultationState, why: &str) {
+        if let Some(rt) = state.realtime.actor.take() {
+            state.realtime.planned_restart = true;
+            state.realtime.connected_at = None;
+            state.realtime.audio = None;
+            rt.stop(Some(why.into()));
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! it).
 //!
 //! - [`children`]: spawning, telling children apart, and the restart decisions.
-//! - [`conversation`]: what the call does with realtime events, the timer and the end.
+//! - [`conversation`]: what the call does with room and realtime events, the timer and the end.
+//! - [`rollover`]: the make-before-break switch to a standby realtime session.
 //! - `crate::turns` assembles the dialogue; `crate::finalize` ends it.
 
 mod children;
@@ -36,7 +37,7 @@ use crate::realtime::RealtimeMsg;
 use crate::restart::RestartTracker;
 use crate::session::{SessionStatus, VoiceConsultationSession};
 use crate::settings::ConsultationSettings;
-use crate::telemetry::{ActorStatus, ConsultationView, RealtimeLinkState, RealtimeView, Telemetry};
+use crate::telemetry::{ConsultationView, RealtimeLinkState, RealtimeView, Telemetry};
 use crate::turns::Turns;
 pub use crate::turns::{heard_prefix, REALTIME_RATE, UNINTELLIGIBLE};
 
@@ -545,69 +546,5 @@ impl Actor for ConsultationActor {
             _ => {}
         }
         Ok(())
-    }
-}
-
-impl ConsultationActor {
-    async fn on_room_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RoomEvent) -> Result<(), ActorProcessingErr> {
-        match event {
-            RoomEvent::CallerAudio(pcm) => state.caller_audio(pcm),
-            RoomEvent::Joined { identity } => {
-                let path = state.child_path(ChildKind::Room);
-                state.args.telemetry.actor_status(&path, ActorStatus::Running);
-                if state.room.joined_once {
-                    tracing::info!(session_id = %state.session.session_id, %identity, "room rejoined");
-                    state.args.telemetry.event("room", path, format!("rejoined as {identity}"));
-                    return Ok(());
-                }
-                state.room.joined_once = true;
-                state.args.telemetry.event("room", path, format!("joined as {identity}"));
-                state.args.lifecycle.send_replace(Lifecycle::Joined);
-                if !state.finalizing && state.realtime.actor.is_none() {
-                    Self::spawn_child(myself, state, ChildKind::Realtime).await?;
-                }
-            }
-            RoomEvent::Ended(end) => {
-                let reason = match end {
-                    crate::ports::RoomEnd::CallerLeft => EndReason::CallerLeft,
-                    crate::ports::RoomEnd::RoomClosed(why) => EndReason::RoomClosed(why),
-                };
-                Self::begin_finalize(myself, state, reason);
-            }
-        }
-        Ok(())
-    }
-
-    fn on_realtime_ready(state: &mut ConsultationState, generation: u64, audio: mpsc::Sender<RealtimeCommand>) {
-        state.realtime.connected_at = Some(Instant::now());
-        state.realtime.audio = Some(audio);
-        state.set_link(RealtimeLinkState::Connected);
-        state.args.telemetry.actor_status(&state.child_path(ChildKind::Realtime), ActorStatus::Running);
-        // Audio held during the gap goes out after the replay, oldest first.
-        for pcm in state.caller_gap.drain() {
-            state.caller_audio(pcm);
-        }
-        state.publish_caller_buffer();
-        if !state.realtime.ready_once {
-            state.realtime.ready_once = true;
-            // The agent greets first (the entrypoint's step 5).
-            state.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(state.args.settings.greeting_instruction.clone()) });
-            state.set_status(SessionStatus::Active);
-            state.args.lifecycle.send_replace(Lifecycle::Ready);
-        } else {
-            let replayed = state.session.dialogue.len();
-            tracing::info!(session_id = %state.session.session_id, generation, replayed, "realtime reconnected; dialogue replayed");
-            state.args.telemetry.event("reconnect", state.child_path(ChildKind::Realtime), format!("generation {generation}, {replayed} messages replayed"));
-        }
-    }
-
-    /// Stops the Realtime child so that it is restarted at once without counting a failure.
-    fn stop_realtime_for_restart(state: &mut ConsultationState, why: &str) {
-        if let Some(rt) = state.realtime.actor.take() {
-            state.realtime.planned_restart = true;
-            state.realtime.connected_at = None;
-            state.realtime.audio = None;
-            rt.stop(Some(why.into()));
-        }
     }
 }
