@@ -57,6 +57,12 @@ def read_wav_48k_mono(path):
 async def publish(args):
     pcm = read_wav_48k_mono(args.wav)
     room = rtc.Room()
+
+    @room.on("local_track_subscribed")
+    def _on_local_subscribed(track):
+        # The server's TrackSubscribed: someone subscribed to our track.
+        say("local_track_subscribed", track_sid=track.sid)
+
     await room.connect(args.url, args.token)
     say("connected", identity=room.local_participant.identity, room=room.name)
     source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)

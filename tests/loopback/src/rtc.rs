@@ -51,6 +51,9 @@ pub enum SignalOut {
     Answer { sdp: String, id: u32 },
     /// A server ICE candidate.
     Trickle { candidate_init: String, target: Target },
+    /// To a publisher: one of its tracks was subscribed for the first time (livekit-server's
+    /// `OnTrackEverSubscribed`; SDKs hold a track's first frames until they see it).
+    TrackSubscribed { track_sid: String },
     /// The media side cannot go on (bad SDP, PC closed): the participant is disconnected.
     MediaFailed(String),
     /// Drop the socket without leave (fault hook, or replaced by a resume).
@@ -316,6 +319,7 @@ async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc
                     SignalOut::Update(ps) => (Resp::Update(proto::ParticipantUpdate { participants: ps }), None),
                     SignalOut::Offer { sdp, id } => (Resp::Offer(sd("offer", sdp, id)), None),
                     SignalOut::Answer { sdp, id } => (Resp::Answer(sd("answer", sdp, id)), None),
+                    SignalOut::TrackSubscribed { track_sid } => (Resp::TrackSubscribed(proto::TrackSubscribed { track_sid }), None),
                     SignalOut::Trickle { candidate_init, target } => (Resp::Trickle(proto::TrickleRequest {
                         candidate_init, target: target.proto(), r#final: false,
                     }), None),

@@ -156,6 +156,10 @@ struct Engine {
     socket: Arc<UdpSocket>,
     pcs: HashMap<PcId, Pc>,
     shared: std::sync::Weak<Shared>,
+    /// Tracks that have had a subscriber, and those whose publisher has been told so (once,
+    /// as soon as both its subscriber's answer and its own offer are in).
+    ever_subscribed: HashSet<String>,
+    told_subscribed: HashSet<String>,
 }
 
 async fn run(
@@ -165,7 +169,7 @@ async fn run(
     shared: std::sync::Weak<Shared>,
 ) {
     let socket = Arc::new(socket);
-    let mut e = Engine { addr, socket: socket.clone(), pcs: HashMap::new(), shared };
+    let mut e = Engine { addr, socket: socket.clone(), pcs: HashMap::new(), shared, ever_subscribed: HashSet::new(), told_subscribed: HashSet::new() };
     let mut buf = vec![0u8; 2000];
     loop {
         let next = e.drive();
@@ -185,6 +189,18 @@ async fn run(
 }
 
 impl Engine {
+    /// livekit-server's `OnTrackEverSubscribed`: the publisher hears once that a track of its
+    /// has a subscriber.
+    fn tell_subscribed(&mut self, track_sid: &str) {
+        if !self.ever_subscribed.contains(track_sid) || self.told_subscribed.contains(track_sid) {
+            return;
+        }
+        let Some(publisher) = self.pcs.values().find(|p| p.in_tracks.values().any(|sid| sid == track_sid)) else { return };
+        if publisher.signal.send(SignalOut::TrackSubscribed { track_sid: track_sid.to_owned() }).is_ok() {
+            self.told_subscribed.insert(track_sid.to_owned());
+        }
+    }
+
     fn emit(&self, ev: ServerEvent) {
         if let Some(sh) = self.shared.upgrade() {
             sh.emit_now(ev);
@@ -477,6 +493,10 @@ impl Engine {
                 let answer_sdp = answer.to_sdp_string();
                 let _ = pc.signal.send(SignalOut::Answer { sdp: answer_sdp.clone(), id: offer_id });
                 send_candidate(pc, addr, &answer_sdp);
+                let published: Vec<String> = pc.in_tracks.values().cloned().collect();
+                for sid in published {
+                    self.tell_subscribed(&sid);
+                }
             }
             MediaCmd::SubscriberAnswer { pc: id, sdp } => {
                 let Some(pc) = self.pcs.get_mut(&id) else { return };
@@ -505,6 +525,8 @@ impl Engine {
                 }
                 let (room, identity) = (pc.room.clone(), pc.identity.clone());
                 for track_sid in subscribed {
+                    self.ever_subscribed.insert(track_sid.clone());
+                    self.tell_subscribed(&track_sid);
                     self.emit(ServerEvent::TrackSubscribed { room: room.clone(), subscriber: identity.clone(), track_sid });
                 }
                 // Tracks queued while that offer was pending.

@@ -95,7 +95,10 @@ async fn two_sdk_participants_hear_each_other_while_other_rooms_misbehave() {
         &[],
         &dir,
     );
-    speaker.event("published", T).await;
+    let published = speaker.event("published", T).await;
+    // As livekit-server does: the publisher hears once that its track has a subscriber.
+    let subscribed = speaker.event("local_track_subscribed", T).await;
+    assert_eq!(subscribed["track_sid"], published["track_sid"], "{subscribed}");
     speaker.event("speech_start", T).await;
 
     // Faults in other rooms while the speech flows.
