@@ -72,7 +72,8 @@ async fn ga_flavours_send_semantic_vad_noise_reduction_and_idle_timeout() {
 #[tokio::test]
 async fn azure_preview_refuses_them_before_connecting() {
     let fake = fake(FakeFlavour::AzurePreview { api_version: PREVIEW.into() }).await;
-    let tweaks: [(&str, fn(&mut RealtimeConfig)); 3] = [
+    type Tweak = fn(&mut RealtimeConfig);
+    let tweaks: [(&str, Tweak); 3] = [
         ("realtime.turn_detection", |c| c.turn_detection = TurnDetection::SemanticVad),
         ("realtime.noise_reduction", |c| c.noise_reduction = NoiseReduction::NearField),
         ("realtime.idle_timeout_ms", |c| c.idle_timeout_ms = 5000),
