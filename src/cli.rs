@@ -8,15 +8,22 @@ use consultant_actors::SessionId;
 #[derive(Parser, Debug)]
 #[command(name = "consultant", version, about = "Voice AI consultant worker (LiveKit agent + Azure OpenAI Realtime)")]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, default_value = "config.toml", value_name = "PATH")]
-    pub config: PathBuf,
+    /// Configuration file holding any subset of the settings (must exist when given). Without
+    /// it: ./config.toml if present, else the built-in defaults; the environment applies on top.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Print the effective configuration and where each value came from (secrets as set/unset).
+    Config {
+        /// Only validate: list every problem and exit non-zero if there is any.
+        #[arg(long)]
+        check: bool,
+    },
     /// Stored consultations: list, show, export.
     Sessions {
         #[command(subcommand)]

@@ -1,19 +1,25 @@
 //! Logging: tracing to the console and to `logs/agent.log` (non-blocking writer thread).
 //!
+//! The file never holds terminal escape codes; it is text or, for log shippers, JSON lines
+//! (`logging.format`). The console is coloured only on a terminal and never with `NO_COLOR`.
+//!
 //! The file is rotated by size with copy + truncate: `agent.log` keeps its inode, so
 //! `tail -f logs/agent.log` keeps working across rotations, and at most `max_files` older
 //! copies are kept, which bounds disk use. A full disk loses log lines, never a consultation.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer, Registry};
 
-use crate::config::LoggingConfig;
+use crate::config::{LogFormat, LoggingConfig};
 
 /// A size-bounded log file: `agent.log`, then `agent.log.1` .. `agent.log.N`.
 pub struct RotatingFile {
@@ -104,12 +110,52 @@ pub struct LogGuard {
     pub level: LevelControl,
 }
 
+/// The file's own span-field formatter. tracing-subscriber keeps a span's formatted fields
+/// once per formatter type; sharing the console's type, the file got the console's coloured copy.
+#[derive(Default)]
+pub struct FileFields(DefaultFields);
+
+impl<'writer> FormatFields<'writer> for FileFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> std::fmt::Result {
+        self.0.format_fields(writer, fields)
+    }
+}
+
+/// The registry with the reloadable filter, which the output layers sit on.
+pub type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+
+/// The console layer (coloured if `colour`) and the file layer (plain text or JSON lines).
+pub fn output_layers<C, F>(format: LogFormat, colour: bool, console: C, file: F) -> Vec<Box<dyn Layer<Filtered> + Send + Sync>>
+where
+    C: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    F: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let console = fmt::layer().with_writer(console).with_target(false).with_ansi(colour).boxed();
+    let file = match format {
+        // The markers stay the `message`, at the top level where shippers look for it.
+        LogFormat::Json => fmt::layer().json().flatten_event(true).with_writer(file).boxed(),
+        LogFormat::Text => fmt::layer().fmt_fields(FileFields::default()).with_ansi(false).with_writer(file).boxed(),
+    };
+    vec![console, file]
+}
+
+/// Colour on the console: only on a terminal, and not when NO_COLOR is set (no-color.org).
+pub fn console_colour() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the configured level; `force_debug`
 /// is `dev` mode.
 pub fn init(config: &LoggingConfig, force_debug: bool) -> io::Result<LogGuard> {
+    init_with(config, force_debug, console_colour())
+}
+
+/// [`init`] with the console's colour decided by the caller.
+pub fn init_with(config: &LoggingConfig, force_debug: bool, colour: bool) -> io::Result<LogGuard> {
     let level = if force_debug { "debug".to_owned() } else { config.level.clone() };
     let filter = std::env::var("RUST_LOG")
         .ok()
+        .filter(|v| !v.trim().is_empty())
         .and_then(|v| safe_filter(&v).ok())
         .or_else(|| safe_filter(&level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
@@ -118,14 +164,11 @@ pub fn init(config: &LoggingConfig, force_debug: bool) -> io::Result<LogGuard> {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .finish(file);
-    let console = fmt::layer().with_writer(io::stderr).with_target(false);
-    let registry = tracing_subscriber::registry().with(filter).with(console);
-    if config.json {
-        registry.with(fmt::layer().json().with_writer(writer)).try_init()
-    } else {
-        registry.with(fmt::layer().with_ansi(false).with_writer(writer)).try_init()
-    }
-    .map_err(|e| io::Error::other(e.to_string()))?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output_layers(config.format(), colour, io::stderr, writer))
+        .try_init()
+        .map_err(|e| io::Error::other(e.to_string()))?;
     Ok(LogGuard { _file: Some(guard), level: LevelControl { handle } })
 }
 

@@ -26,12 +26,15 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // The console client runs without a worker config (it only needs a URL and a token).
     if let Command::Console(args) = cli.command {
-        return commands::console::run(&cli.config, args).await;
+        return commands::console::run(cli.config.as_deref(), args).await;
     }
-    let config = Config::load(&cli.config)?;
+    if let Command::Config { check } = cli.command {
+        return commands::config::run(cli.config.as_deref(), check);
+    }
+    let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Sessions { action } => commands::sessions::run(&config, action).await,
-        Command::Console(_) => unreachable!("handled before the config is loaded"),
+        Command::Console(_) | Command::Config { .. } => unreachable!("handled before the config is loaded"),
         Command::Token { session_id, identity, dispatch } => commands::token::run(&config, &session_id, &identity, dispatch),
         Command::Room { action } => commands::room::run(&config, action).await,
         Command::Start => commands::worker::run(&config, consultant::livekit::WorkerMode::Start).await,

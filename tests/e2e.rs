@@ -87,6 +87,9 @@ async fn start_call(n: u32, config: impl Fn(String) -> String, phrases: &[&str],
         .env("LIVEKIT_API_SECRET", server.api_secret())
         .env("AZURE_OPENAI_ENDPOINT", realtime.endpoint())
         .env("AZURE_OPENAI_API_KEY", "test-key-e2e")
+        // The fake speaks the preview protocol; azure-ga is the default now.
+        .env("CONSULTANT_REALTIME_FLAVOUR", "azure-preview")
+        .env("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-realtime-preview")
         .env("DEEPSEEK_BASE_URL", deepseek.base_url())
         .env("DEEPSEEK_API_KEY", TEST_API_KEY)
         .env_remove("RUST_LOG")

@@ -38,10 +38,14 @@ fn parse_once(words: &[String]) -> anyhow::Result<Once> {
     }
 }
 
-pub async fn run(config_path: &Path, args: ConsoleArgs) -> anyhow::Result<()> {
+pub async fn run(config_path: Option<&Path>, args: ConsoleArgs) -> anyhow::Result<()> {
     let once = args.once.as_deref().map(parse_once).transpose()?;
-    // The config is optional here: it only supplies the address and the token file.
-    let config = if config_path.exists() { Some(Config::load(config_path)?) } else { None };
+    // The config is optional here, even a named one: it only supplies the address and the
+    // token file, and a console may run where the worker's file is not.
+    let config = match config_path {
+        Some(path) if !path.exists() => None,
+        path => Some(Config::load(path)?),
+    };
     let url = match (&args.url, &config) {
         (Some(url), _) => url.clone(),
         (None, Some(c)) => {

@@ -1,5 +1,6 @@
 //! One module per CLI command.
 
+pub mod config;
 pub mod console;
 pub mod room;
 pub mod sessions;

@@ -53,6 +53,9 @@ impl RealtimeFlavour {
     /// The flavours config.toml accepts, in the order its comment lists them.
     pub const CONFIGURABLE: [RealtimeFlavour; 3] = [RealtimeFlavour::AzurePreview, RealtimeFlavour::AzureGa, RealtimeFlavour::OpenAi];
 
+    /// Their names, for the configuration schema.
+    pub const CONFIGURABLE_NAMES: &'static [&'static str] = &["azure-preview", "azure-ga", "openai"];
+
     /// The name config.toml uses.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,6 +96,84 @@ impl TryFrom<String> for RealtimeFlavour {
     }
 }
 
+/// A setting spelled as one of a few names (config.toml's words).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a {what}; use one of: {}", .accepted.join(", "))]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub value: String,
+    pub accepted: &'static [&'static str],
+}
+
+/// An enum parsed, displayed and deserialized under config.toml's names.
+macro_rules! named {
+    ($(#[$doc:meta])* $name:ident, $what:literal, { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+        #[serde(try_from = "String")]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+
+            fn from_str(raw: &str) -> Result<Self, UnknownName> {
+                match raw.trim() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownName { what: $what, value: raw.to_owned(), accepted: Self::NAMES }),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownName;
+
+            fn try_from(raw: String) -> Result<Self, UnknownName> {
+                raw.parse()
+            }
+        }
+    };
+}
+
+named!(
+    /// `realtime.turn_detection`: how the service decides the caller has finished.
+    TurnDetection, "turn detection", {
+        /// Silence-based (threshold, padding, silence duration).
+        ServerVad = "server_vad",
+        /// Model-based end-of-turn (GA protocol only here).
+        SemanticVad = "semantic_vad",
+    }
+);
+
+named!(
+    /// `realtime.vad_eagerness` (semantic_vad): how soon the model takes the turn.
+    Eagerness, "semantic_vad eagerness", { Auto = "auto", Low = "low", Medium = "medium", High = "high" }
+);
+
+named!(
+    /// `realtime.noise_reduction`: input noise filtering before VAD and the model.
+    NoiseReduction, "noise reduction", {
+        Off = "off",
+        /// Close-talking microphones (headsets).
+        NearField = "near_field",
+        /// Laptop or conference-room microphones.
+        FarField = "far_field",
+    }
+);
+
 /// Server VAD parameters (`turn_detection` of type `server_vad`).
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,7 +211,14 @@ pub struct RealtimeConfig {
     pub model: String,
     pub voice: String,
     pub vad: VadSettings,
-    /// Caller transcription model; whisper-1 is the one Azure supports everywhere.
+    pub turn_detection: TurnDetection,
+    /// semantic_vad only.
+    pub eagerness: Eagerness,
+    /// server_vad on the GA protocol: a response is triggered after this much caller silence; 0 = off.
+    pub idle_timeout_ms: u32,
+    /// GA protocol only.
+    pub noise_reduction: NoiseReduction,
+    /// Caller transcription model (on Azure: the name of a transcription deployment).
     pub transcription_model: String,
     /// Transcription language hint (ISO-639-1), e.g. "ru".
     pub transcription_language: Option<String>,
@@ -145,11 +233,15 @@ impl RealtimeConfig {
             flavour,
             endpoint: endpoint.into(),
             api_key,
-            deployment: "gpt-4o-realtime-preview".into(),
+            deployment: "gpt-realtime".into(),
             api_version: DEFAULT_AZURE_PREVIEW_API_VERSION.into(),
             model: "gpt-realtime".into(),
             voice: "alloy".into(),
             vad: VadSettings::default(),
+            turn_detection: TurnDetection::ServerVad,
+            eagerness: Eagerness::Auto,
+            idle_timeout_ms: 0,
+            noise_reduction: NoiseReduction::Off,
             transcription_model: "whisper-1".into(),
             transcription_language: Some("ru".into()),
             temperature: None,
@@ -175,6 +267,10 @@ impl RealtimeConfig {
                 prefix_padding_ms: section.vad_prefix_padding_ms,
                 silence_duration_ms: section.vad_silence_duration_ms,
             },
+            turn_detection: section.turn_detection,
+            eagerness: section.vad_eagerness,
+            idle_timeout_ms: section.idle_timeout_ms,
+            noise_reduction: section.noise_reduction,
             transcription_model: section.transcription_model.clone(),
             transcription_language: (!language.is_empty()).then(|| language.to_owned()),
             temperature: section.temperature,
@@ -201,8 +297,8 @@ impl RealtimeConfig {
             return Err(format!("realtime endpoint {:?} has no host", self.endpoint));
         }
         if self.api_key.is_empty() {
-            let var = if self.flavour.is_azure() { "AZURE_OPENAI_API_KEY" } else { "OPENAI_API_KEY" };
-            return Err(format!("the realtime API key is empty; set {var}"));
+            // AZURE_OPENAI_API_KEY is read for every flavour (the Python module's name).
+            return Err("the realtime API key is empty; set AZURE_OPENAI_API_KEY (or CONSULTANT_REALTIME_API_KEY)".into());
         }
         if self.flavour.is_azure() && self.deployment.trim().is_empty() {
             return Err("the Azure realtime deployment name is empty; set AZURE_OPENAI_DEPLOYMENT_NAME".into());
@@ -228,7 +324,40 @@ impl RealtimeConfig {
         if self.transcription_model.trim().is_empty() {
             return Err("the realtime transcription model is empty; use whisper-1".into());
         }
-        Ok(())
+        match self.unsupported().into_iter().next() {
+            Some((key, reason)) => Err(format!("{key}: {reason}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Settings this flavour (or this turn detection) does not accept, as (key, reason): they
+    /// are refused at start-up rather than sent and rejected mid-call.
+    pub fn unsupported(&self) -> Vec<(&'static str, String)> {
+        let flavour = self.flavour;
+        let mut out = Vec::new();
+        let ga_only = |what: &str| {
+            format!("{what} needs the GA protocol, and realtime.flavour = \"{flavour}\" speaks the preview one; use {} (or \"openai\")", RealtimeFlavour::AzureGa.setting())
+        };
+        if flavour.protocol() == Protocol::Beta {
+            if self.turn_detection == TurnDetection::SemanticVad {
+                out.push(("realtime.turn_detection", ga_only("semantic_vad")));
+            }
+            if self.noise_reduction != NoiseReduction::Off {
+                out.push(("realtime.noise_reduction", ga_only("input noise reduction")));
+            }
+            if self.idle_timeout_ms > 0 {
+                out.push(("realtime.idle_timeout_ms", ga_only("idle_timeout_ms")));
+            }
+        } else if self.temperature.is_some() {
+            out.push(("realtime.temperature", format!("the GA protocol (realtime.flavour = \"{flavour}\") has no session temperature; remove realtime.temperature")));
+        }
+        if self.turn_detection == TurnDetection::SemanticVad && self.idle_timeout_ms > 0 {
+            out.push(("realtime.idle_timeout_ms", "applies to server_vad only; set it to 0 with realtime.turn_detection = \"semantic_vad\"".into()));
+        }
+        if self.turn_detection == TurnDetection::ServerVad && self.eagerness != Eagerness::Auto {
+            out.push(("realtime.vad_eagerness", "applies to semantic_vad only; set realtime.turn_detection = \"semantic_vad\" or leave it \"auto\"".into()));
+        }
+        out
     }
 
     /// The WebSocket URL of this flavour (never contains the key).
@@ -308,6 +437,7 @@ mod tests {
             assert_eq!(section["flavour"], flavour, "{name} deserializes as it displays");
         }
         assert_eq!(RealtimeFlavour::CONFIGURABLE.map(|f| f.as_str()), ["azure-preview", "azure-ga", "openai"]);
+        assert_eq!(RealtimeFlavour::CONFIGURABLE.map(|f| f.as_str()), RealtimeFlavour::CONFIGURABLE_NAMES);
         // The beta protocol is for tests only: its name is not a setting.
         assert!("openai-beta".parse::<RealtimeFlavour>().is_err());
         for old in ["azure_ga", "azure_preview", "azure", "Azure-GA"] {

@@ -8,5 +8,5 @@ mod session_tasks;
 pub mod stats;
 
 pub use client::AzureRealtimeClient;
-pub use config::{Protocol, RealtimeConfig, RealtimeFlavour, UnknownFlavour, VadSettings};
+pub use config::{Eagerness, NoiseReduction, Protocol, RealtimeConfig, RealtimeFlavour, TurnDetection, UnknownFlavour, UnknownName, VadSettings};
 pub use stats::{RealtimeStats, RealtimeStatsSnapshot};

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::config::{Protocol, RealtimeConfig};
+use super::config::{NoiseReduction, Protocol, RealtimeConfig, TurnDetection};
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -341,15 +341,30 @@ pub fn is_fatal_code(code: Option<&str>) -> bool {
 // Client events
 // ---------------------------------------------------------------------------------------------
 
+/// Only fields the flavour accepts: `RealtimeConfig::validate` refuses the others at start-up.
 fn turn_detection(config: &RealtimeConfig) -> Value {
-    json!({
-        "type": "server_vad",
-        "threshold": config.vad.threshold,
-        "prefix_padding_ms": config.vad.prefix_padding_ms,
-        "silence_duration_ms": config.vad.silence_duration_ms,
-        "create_response": true,
-        "interrupt_response": true,
-    })
+    match config.turn_detection {
+        TurnDetection::ServerVad => {
+            let mut td = json!({
+                "type": "server_vad",
+                "threshold": config.vad.threshold,
+                "prefix_padding_ms": config.vad.prefix_padding_ms,
+                "silence_duration_ms": config.vad.silence_duration_ms,
+                "create_response": true,
+                "interrupt_response": true,
+            });
+            if config.idle_timeout_ms > 0 && config.flavour.protocol() == Protocol::Ga {
+                td["idle_timeout_ms"] = json!(config.idle_timeout_ms);
+            }
+            td
+        }
+        TurnDetection::SemanticVad => json!({
+            "type": "semantic_vad",
+            "eagerness": config.eagerness.as_str(),
+            "create_response": true,
+            "interrupt_response": true,
+        }),
+    }
 }
 
 fn transcription(config: &RealtimeConfig) -> Value {
@@ -392,6 +407,9 @@ pub fn session_update(config: &RealtimeConfig, instructions: &str) -> Value {
     };
     if let (Protocol::Beta, Some(t)) = (config.flavour.protocol(), config.temperature) {
         session["temperature"] = json!(t);
+    }
+    if let (Protocol::Ga, NoiseReduction::NearField | NoiseReduction::FarField) = (config.flavour.protocol(), config.noise_reduction) {
+        session["audio"]["input"]["noise_reduction"] = json!({ "type": config.noise_reduction.as_str() });
     }
     json!({ "type": "session.update", "session": session })
 }
@@ -484,6 +502,28 @@ mod tests {
         assert_eq!(parse_server_event(r#"{"type":"response.new_thing","x":1}"#).unwrap(), ServerEvent::Unknown("response.new_thing".into()));
         assert!(matches!(parse_server_event("{not json"), Err(ParseError::Malformed(_))));
         assert!(matches!(parse_server_event(r#"{"type":"response.audio.delta"}"#), Err(ParseError::BadShape { .. })));
+    }
+
+    #[test]
+    fn ga_session_carries_semantic_vad_noise_reduction_and_idle_timeout() {
+        use crate::realtime::{Eagerness, RealtimeFlavour};
+        let mut c = RealtimeConfig::new(RealtimeFlavour::AzureGa, "https://r.openai.azure.com", crate::secret::Secret::new("k"));
+        c.noise_reduction = NoiseReduction::FarField;
+        c.idle_timeout_ms = 6000;
+        let s = &session_update(&c, "i")["session"];
+        assert_eq!(s["audio"]["input"]["noise_reduction"], json!({ "type": "far_field" }));
+        assert_eq!(s["audio"]["input"]["turn_detection"]["idle_timeout_ms"], 6000);
+        c.idle_timeout_ms = 0;
+        c.turn_detection = TurnDetection::SemanticVad;
+        c.eagerness = Eagerness::Low;
+        let td = &session_update(&c, "i")["session"]["audio"]["input"]["turn_detection"];
+        assert_eq!(td, &json!({ "type": "semantic_vad", "eagerness": "low", "create_response": true, "interrupt_response": true }));
+        assert!(c.validate().is_ok());
+        // The preview protocol: refused before anything is sent.
+        c.flavour = RealtimeFlavour::AzurePreview;
+        let refused: Vec<&str> = c.unsupported().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(refused, ["realtime.turn_detection", "realtime.noise_reduction"]);
+        assert!(c.validate().unwrap_err().contains("azure-ga"));
     }
 
     #[test]

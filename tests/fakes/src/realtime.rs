@@ -25,6 +25,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+#[path = "realtime_session.rs"]
+mod session_rules;
+
 const RATE: u64 = 24_000;
 /// VAD frame: 10 ms.
 const FRAME: usize = 240;
@@ -798,53 +801,8 @@ impl Session {
         }
     }
 
-    /// Validates a session.update like the real service: the other generation's fields are
-    /// unknown parameters; GA requires session.type.
     fn validate_session(&self, session: &Value) -> Result<(), (&'static str, String, String)> {
-        let Some(map) = session.as_object() else {
-            return Err(("invalid_type", "Invalid type for 'session': expected an object.".into(), "session".into()));
-        };
-        let (allowed, required_type): (&[&str], bool) = match self.protocol {
-            FakeProtocol::Beta => (
-                &["modalities", "instructions", "voice", "input_audio_format", "output_audio_format", "input_audio_transcription", "turn_detection", "tools", "tool_choice", "temperature", "max_response_output_tokens", "input_audio_noise_reduction", "speed", "tracing"],
-                false,
-            ),
-            FakeProtocol::Ga => (&["type", "output_modalities", "instructions", "audio", "tools", "tool_choice", "max_output_tokens", "tracing", "truncation", "prompt", "include", "model"], true),
-        };
-        if required_type {
-            match map.get("type").and_then(Value::as_str) {
-                Some("realtime") => {}
-                Some(other) => return Err(("invalid_value", format!("Invalid value: '{other}'. Supported values are: 'realtime' and 'transcription'."), "session.type".into())),
-                None => return Err(("missing_required_parameter", "Missing required parameter: 'session.type'.".into(), "session.type".into())),
-            }
-        }
-        for key in map.keys() {
-            if !allowed.contains(&key.as_str()) {
-                return Err(("unknown_parameter", format!("Unknown parameter: 'session.{key}'."), format!("session.{key}")));
-            }
-        }
-        if self.protocol == FakeProtocol::Beta && self.azure() {
-            if let Some(modalities) = map.get("modalities").and_then(Value::as_array) {
-                if !modalities.iter().any(|m| m == "text") {
-                    return Err(("invalid_value", "Invalid modalities: ['audio']. Supported combinations are: ['text'] and ['audio', 'text'].".into(), "session.modalities".into()));
-                }
-            }
-        }
-        let (audio_format, turn_detection) = match self.protocol {
-            FakeProtocol::Beta => (map.get("input_audio_format").cloned(), map.get("turn_detection")),
-            FakeProtocol::Ga => (session.pointer("/audio/input/format/type").cloned(), session.pointer("/audio/input/turn_detection")),
-        };
-        if let Some(format) = audio_format {
-            if format != "pcm16" && format != "audio/pcm" {
-                return Err(("invalid_value", format!("Invalid value: {format}. Supported values are: 'pcm16', 'g711_ulaw', and 'g711_alaw'."), "session.input_audio_format".into()));
-            }
-        }
-        if let Some(td) = turn_detection.filter(|t| !t.is_null()) {
-            if !matches!(td["type"].as_str(), Some("server_vad") | Some("semantic_vad")) {
-                return Err(("invalid_value", "Invalid turn_detection.type".into(), "session.turn_detection.type".into()));
-            }
-        }
-        Ok(())
+        session_rules::validate(self.protocol, self.azure(), session)
     }
 
     async fn on_session_update(&mut self, sink: &mut Sink, event: &Value, event_id: Option<&str>) -> Result<(), String> {
