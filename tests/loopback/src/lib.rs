@@ -14,6 +14,10 @@
 //!   what is not implemented: the [`rtc`] module docs.
 //! - Media: an SFU on str0m (one UDP socket on 127.0.0.1, ICE-lite, host candidate) that
 //!   forwards Opus frames from each published audio track to every subscriber.
+//! - As livekit-server does where agents notice: a participant who left is announced with its
+//!   `disconnect_reason` (`CLIENT_INITIATED` for a leave request, `CONNECTION_TIMEOUT` after the
+//!   resume grace, `DUPLICATE_IDENTITY` when replaced, `SERVER_SHUTDOWN`), and a publisher gets
+//!   `TrackSubscribed` once a track of its has its first subscriber (`OnTrackEverSubscribed`).
 //!
 //! Proven against the official Python SDK (`livekit` 1.1.21) and worker (`livekit-agents`
 //! 1.8.9): see `tests/official_peers.rs` and `tests/loopback/INTEROP.md`.
