@@ -53,6 +53,30 @@ fn log_time(line: &str) -> Option<f64> {
     Some(t.timestamp_micros() as f64 / 1e6)
 }
 
+/// The real binary (`dev` or `start`) with the test's config and the fakes' addresses.
+fn spawn_worker(dir: &Path, server: &LoopbackServer, realtime: &FakeRealtime, deepseek: &FakeDeepSeek, mode: &str, nth: u32) -> tokio::process::Child {
+    let stderr = std::fs::File::create(dir.join(format!("worker{nth}.stderr"))).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_consultant"))
+        .current_dir(dir)
+        .args(["--config", dir.join("config.toml").to_str().unwrap(), mode])
+        .env("LIVEKIT_API_KEY", server.api_key())
+        .env("LIVEKIT_API_SECRET", server.api_secret())
+        .env("AZURE_OPENAI_ENDPOINT", realtime.endpoint())
+        .env("AZURE_OPENAI_API_KEY", "test-key-e2e")
+        // The fake speaks the preview protocol; azure-ga is the default now.
+        .env("CONSULTANT_REALTIME_FLAVOUR", "azure-preview")
+        .env("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-realtime-preview")
+        .env("DEEPSEEK_BASE_URL", deepseek.base_url())
+        .env("DEEPSEEK_API_KEY", TEST_API_KEY)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the consultant binary starts")
+}
+
 /// One call through the real binary: the loopback server, the fake realtime and DeepSeek, the
 /// worker with the shipped config (edited by `config`), and the official SDK caller speaking
 /// `phrases` (with `extra` caller arguments) into `consultation-e2e-<n>`.
@@ -60,7 +84,7 @@ struct Call {
     dir: tempfile::TempDir,
     server: LoopbackServer,
     realtime: FakeRealtime,
-    _deepseek: FakeDeepSeek,
+    deepseek: FakeDeepSeek,
     worker: tokio::process::Child,
     caller: PythonPeer,
     job: String,
@@ -79,26 +103,7 @@ async fn start_call(n: u32, config: impl Fn(String) -> String, phrases: &[&str],
     deepseek.set_answer_rule(anketa_rule);
 
     std::fs::write(dir.path().join("config.toml"), config(config_text(&server.url(), dir.path()))).unwrap();
-    let stderr = std::fs::File::create(dir.path().join("worker.stderr")).unwrap();
-    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_consultant"))
-        .current_dir(dir.path())
-        .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "dev"])
-        .env("LIVEKIT_API_KEY", server.api_key())
-        .env("LIVEKIT_API_SECRET", server.api_secret())
-        .env("AZURE_OPENAI_ENDPOINT", realtime.endpoint())
-        .env("AZURE_OPENAI_API_KEY", "test-key-e2e")
-        // The fake speaks the preview protocol; azure-ga is the default now.
-        .env("CONSULTANT_REALTIME_FLAVOUR", "azure-preview")
-        .env("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-realtime-preview")
-        .env("DEEPSEEK_BASE_URL", deepseek.base_url())
-        .env("DEEPSEEK_API_KEY", TEST_API_KEY)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the consultant binary starts");
+    let worker = spawn_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1);
 
     server
         .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
@@ -132,7 +137,7 @@ async fn start_call(n: u32, config: impl Fn(String) -> String, phrases: &[&str],
             .map(|s| s.to_string()),
     );
     let caller = PythonPeer::spawn("caller", "caller.py", &args, &[], dir.path());
-    Call { dir, server, realtime, _deepseek: deepseek, worker, caller, job, session_id: format!("e2e-{n}") }
+    Call { dir, server, realtime, deepseek, worker, caller, job, session_id: format!("e2e-{n}") }
 }
 
 impl Call {
@@ -334,5 +339,54 @@ async fn a_call_across_several_recycled_realtime_sessions_loses_nothing() {
         let heard = loud_frames(&env, *end, end + 4.0, 300.0) as f64 / 100.0;
         assert!(heard >= 0.8, "no answer heard after phrase {} ({heard:.2} s)", i + 1);
     }
+    call.stop().await;
+}
+
+/// `consultant start` killed with SIGKILL mid-dialogue, then started again: the session is
+/// finalized as interrupted with exactly the messages the dead process had logged as
+/// `DIALOGUE_MESSAGE`, its final anketa generated once, nothing reported twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_call_is_recovered_by_the_next_start() {
+    let phrases = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Когда вы сможете начать?"];
+    let answers = ["Очень приятно, Иван.", "Понятно, сайт для компании.", "Мы можем начать на следующей неделе."];
+    let mut call = start_call(3, |t| t, &phrases, &answers, &[]).await;
+    let logged = |log: &str| -> Vec<u32> {
+        log.lines()
+            .filter(|l| l.contains("DIALOGUE_MESSAGE") && l.contains("session_id=e2e-3"))
+            .filter_map(|l| l.split("seq=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while logged(&call.log()).len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "the call did not get going:\n{}", call.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = call.worker.id().expect("running").to_string();
+    assert!(Command::new("kill").args(["-s", "KILL", &pid]).status().unwrap().success());
+    call.worker.wait().await.unwrap();
+    call.caller.terminate(Duration::from_secs(10)).await;
+    assert!(call.server.close_room("consultation-e2e-3"));
+    let before = logged(&call.log());
+    println!("logged before the kill: {before:?}");
+    assert_eq!(before, (1..=before.len() as u32).collect::<Vec<_>>(), "logged in order, once each");
+
+    call.worker = spawn_worker(call.dir.path(), &call.server, &call.realtime, &call.deepseek, "start", 2);
+    let db = call.db();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Option<String> = db.query_row("SELECT status FROM sessions WHERE session_id = 'e2e-3'", [], |r| r.get(0)).ok();
+        if status.as_deref() == Some("interrupted") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not recovered (status {status:?}):\n{}", call.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored: Vec<u32> = call.dialogue().iter().map(|r| r.0).collect();
+    assert_eq!(stored, before, "every logged message is stored, and only those");
+    let finals: u32 = db.query_row("SELECT COUNT(*) FROM anketas WHERE session_id = 'e2e-3' AND is_final = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(finals, 1, "one final anketa");
+    let log = call.log();
+    assert_eq!(log.matches("recovering a session left open by a previous process").count(), 1);
+    assert_eq!(logged(&log), before, "the restarted worker logged no message again");
     call.stop().await;
 }
