@@ -655,3 +655,36 @@ async fn barge_in_keeps_only_what_the_caller_heard() {
     assert!(heard_chars <= truncated_at / 40 && heard_chars < long.chars().count() as u64, "{heard_chars} chars for {truncated_at} ms");
     assert_eq!(outcome.dialogue.last().unwrap().text, "Обслуживание бесплатное.");
 }
+
+/// A caller's transcript that arrives before its turn's item event (streamed deltas, then
+/// completed, then committed and the item): the dialogue keeps the caller before the answer,
+/// each message once.
+#[tokio::test]
+async fn a_transcript_before_its_item_keeps_the_dialogue_in_order() {
+    let fake = start_fake(RealtimeFlavour::AzurePreview, |o| {
+        o.speed = Some(1.0);
+        o.turns = vec![
+            ScriptTurn::new("Меня зовут Иван", "Очень приятно, Иван.").early(),
+            ScriptTurn::new("Хочу открыть вклад", "Хорошо, расскажу про вклады."),
+        ];
+    })
+    .await;
+    let call = start_call(&fake, RealtimeFlavour::AzurePreview).await;
+    call.listen_until_quiet(&fake, 1).await;
+    call.speak(&caller_turn(600, 700)).await;
+    call.listen_until_quiet(&fake, 2).await;
+    call.speak(&caller_turn(600, 700)).await;
+    call.listen_until_quiet(&fake, 3).await;
+    let outcome = tokio::time::timeout(WAIT, call.handler.end_session(&call.handle.session_id, EndReason::CallerLeft)).await.unwrap().unwrap();
+    let dialogue: Vec<(Role, &str)> = outcome.dialogue.iter().map(|m| (m.role, m.text.as_str())).collect();
+    assert_eq!(
+        dialogue,
+        vec![
+            (Role::Assistant, fake.options().greeting.as_str()),
+            (Role::User, "Меня зовут Иван"),
+            (Role::Assistant, "Очень приятно, Иван."),
+            (Role::User, "Хочу открыть вклад"),
+            (Role::Assistant, "Хорошо, расскажу про вклады."),
+        ]
+    );
+}

@@ -56,6 +56,9 @@ pub enum TranscriptTiming {
     AfterResponseStarted,
     /// transcription.failed instead.
     Failed,
+    /// Streamed (`transcription.delta`s, then `completed`) before the turn's
+    /// `input_audio_buffer.committed` and item event: it happens with fast transcription.
+    BeforeItem,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +82,11 @@ impl ScriptTurn {
 
     pub fn failed(mut self) -> Self {
         self.transcript = TranscriptTiming::Failed;
+        self
+    }
+
+    pub fn early(mut self) -> Self {
+        self.transcript = TranscriptTiming::BeforeItem;
         self
     }
 }
@@ -986,6 +994,16 @@ impl Session {
     async fn commit_user_turn(&mut self, sink: &mut Sink, create_response: Option<bool>) -> Result<(), String> {
         let item_id = self.user_item.take().unwrap_or_else(|| self.next_id("item"));
         self.buffered_samples = 0;
+        let turn = {
+            let mut script = self.shared.script.lock().unwrap();
+            let turn = self.options().turns.get(script.next_turn).cloned();
+            script.next_turn += 1;
+            script.greeted = true;
+            turn.unwrap_or_else(|| ScriptTurn::new("", self.options().fallback_answer.clone()))
+        };
+        if turn.transcript == TranscriptTiming::BeforeItem {
+            self.deliver_transcript(sink, &item_id, &turn).await?;
+        }
         let previous = self.last_item.clone();
         self.send(sink, json!({ "type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item_id })).await?;
         let item = json!({ "id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "user", "content": [{ "type": "input_audio", "transcript": null }] });
@@ -994,15 +1012,9 @@ impl Session {
         self.items.push(item_id.clone());
         self.last_item = Some(item_id.clone());
         self.record(|r| r.user_turns += 1);
-        let turn = {
-            let mut script = self.shared.script.lock().unwrap();
-            let turn = self.options().turns.get(script.next_turn).cloned();
-            script.next_turn += 1;
-            script.greeted = true;
-            turn.unwrap_or_else(|| ScriptTurn::new("", self.options().fallback_answer.clone()))
-        };
         let responding = create_response.unwrap_or(false) && self.response.is_none();
-        if turn.transcript != TranscriptTiming::AfterResponseStarted || !responding {
+        let delivered = turn.transcript == TranscriptTiming::BeforeItem;
+        if !delivered && (turn.transcript != TranscriptTiming::AfterResponseStarted || !responding) {
             self.deliver_transcript(sink, &item_id, &turn).await?;
         }
         if responding {
@@ -1022,6 +1034,12 @@ impl Session {
         if turn.transcript == TranscriptTiming::Failed {
             let error = json!({ "type": "transcription_error", "code": "audio_unintelligible", "message": "Audio could not be transcribed", "param": null });
             return self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.failed", "item_id": item_id, "content_index": 0, "error": error })).await;
+        }
+        if turn.transcript == TranscriptTiming::BeforeItem {
+            // Streamed word by word first, as the GA transcription models do.
+            for word in turn.user.split_inclusive(' ') {
+                self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.delta", "item_id": item_id, "content_index": 0, "delta": word })).await?;
+            }
         }
         self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.completed", "item_id": item_id, "content_index": 0, "transcript": turn.user, "usage": { "type": "duration", "seconds": 2 } })).await
     }
