@@ -688,3 +688,38 @@ async fn a_transcript_before_its_item_keeps_the_dialogue_in_order() {
         ]
     );
 }
+
+/// A response the service fails mid-session (`inference_rate_limit_exceeded`, no audio) is
+/// asked for again: the caller still gets the answer, stored once.
+#[tokio::test]
+async fn a_rate_limited_response_is_asked_for_again() {
+    let fake = start_fake(RealtimeFlavour::AzurePreview, |o| {
+        o.speed = Some(1.0);
+        o.turns = vec![
+            ScriptTurn::new("Меня зовут Иван", "Очень приятно, Иван."),
+            ScriptTurn::new("Хочу открыть вклад", "Хорошо, расскажу про вклады."),
+        ];
+    })
+    .await;
+    let call = start_call(&fake, RealtimeFlavour::AzurePreview).await;
+    call.listen_until_quiet(&fake, 1).await;
+    call.speak(&caller_turn(600, 700)).await;
+    call.listen_until_quiet(&fake, 2).await;
+    fake.inject(Fault::FailNextResponse { code: "inference_rate_limit_exceeded".into() });
+    call.speak(&caller_turn(600, 700)).await;
+    call.listen_until_quiet(&fake, 4).await;
+    let outcome = tokio::time::timeout(WAIT, call.handler.end_session(&call.handle.session_id, EndReason::CallerLeft)).await.unwrap().unwrap();
+    let dialogue: Vec<(Role, &str, bool)> = outcome.dialogue.iter().map(|m| (m.role, m.text.as_str(), m.interrupted)).collect();
+    assert_eq!(
+        dialogue,
+        vec![
+            (Role::Assistant, fake.options().greeting.as_str(), false),
+            (Role::User, "Меня зовут Иван", false),
+            (Role::Assistant, "Очень приятно, Иван.", false),
+            (Role::User, "Хочу открыть вклад", false),
+            (Role::Assistant, "Хорошо, расскажу про вклады.", false),
+        ]
+    );
+    let statuses: Vec<String> = fake.sessions().iter().flat_map(|s| s.responses.iter().map(|r| r.status.clone())).collect();
+    assert_eq!(statuses, vec!["completed", "completed", "failed", "completed"], "the failed response was asked for again");
+}

@@ -14,6 +14,10 @@ use crate::telemetry::{ActorStatus, RealtimeLinkState};
 use crate::session::{SessionStatus, TimerPhase};
 use crate::turns::FinalText;
 
+/// Failed responses asked again in a row, and the pause before the first retry.
+const RESPONSE_RETRIES: u32 = 2;
+const RESPONSE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl ConsultationState {
     /// Final messages join the dialogue, the console, the room's transcript and the store.
     pub(super) fn store_final(&mut self, ready: Vec<FinalText>) {
@@ -82,7 +86,10 @@ impl ConsultationActor {
                 let ready = state.turns.user_transcript(&item_id, None);
                 state.store_final(ready);
             }
-            RealtimeEvent::ResponseStarted { .. } => state.response_active = true,
+            RealtimeEvent::ResponseStarted { .. } => {
+                state.response_active = true;
+                state.response_audio = false;
+            }
             RealtimeEvent::AgentItemStarted { item_id, .. } => {
                 let ready = state.turns.agent_item_started(&item_id);
                 state.store_final(ready);
@@ -101,6 +108,7 @@ impl ConsultationActor {
                         state.args.telemetry.consultation_update(&state.session.session_id, |v| v.push_latency(ms));
                     }
                 }
+                state.response_audio = true;
                 state.audio_out.play(&item_id, pcm);
             }
             RealtimeEvent::AgentTranscriptDelta { item_id, delta } => state.turns.agent_transcript_delta(&item_id, &delta),
@@ -115,6 +123,16 @@ impl ConsultationActor {
                 }
                 if status == ResponseStatus::Failed {
                     tracing::warn!(session_id = %state.session.session_id, reason = reason.as_deref().unwrap_or(""), "realtime response failed");
+                    // Nothing was said (a rate limit mid-session): ask again rather than leave the
+                    // caller waiting, a couple of times with a growing pause.
+                    if !state.response_audio && !state.goodbye_requested && state.response_retries < RESPONSE_RETRIES {
+                        state.response_retries += 1;
+                        let delay = RESPONSE_RETRY_DELAY * state.response_retries;
+                        tracing::info!(session_id = %state.session.session_id, attempt = state.response_retries, ?delay, "asking for the failed response again");
+                        myself.send_after(delay, || ConsultationMsg::RetryResponse);
+                    }
+                } else if status == ResponseStatus::Completed {
+                    state.response_retries = 0;
                 }
                 let ready = state.turns.finish_agent(Some(status));
                 state.store_final(ready);

@@ -146,6 +146,8 @@ pub enum ConsultationMsg {
     ExtractionFailed { error: String, message_count: usize },
     RestartChild(ChildKind),
     TranscriptTimeout { item_id: String },
+    /// Ask again for a response that failed before any audio (a provider rate limit).
+    RetryResponse,
     Tick,
     End(EndReason),
     /// Operator: run an extraction now.
@@ -208,6 +210,10 @@ pub struct ConsultationState {
     restarts: [RestartTracker; 4],
     turns: Turns,
     response_active: bool,
+    /// The current response has produced audio.
+    response_audio: bool,
+    /// Failed responses asked again in a row.
+    response_retries: u32,
     goodbye_requested: bool,
     goodbye_spoken: bool,
     goodbye_deadline: Option<Instant>,
@@ -361,6 +367,8 @@ impl Actor for ConsultationActor {
             restarts: Default::default(),
             turns: Turns::default(),
             response_active: false,
+            response_audio: false,
+            response_retries: 0,
             goodbye_requested: false,
             goodbye_spoken: false,
             goodbye_deadline: None,
@@ -485,6 +493,14 @@ impl Actor for ConsultationActor {
                 if let Some(ready) = state.turns.transcript_timed_out(&item_id) {
                     tracing::warn!(session_id = %state.session.session_id, %item_id, "no transcript for a caller turn; moving on (a late one is still kept)");
                     state.store_final(ready);
+                }
+            }
+            ConsultationMsg::RetryResponse => {
+                if !state.finalizing && !state.response_active {
+                    // Before the greeting there is nothing to answer yet: ask for the greeting again.
+                    let greeted = state.session.dialogue.iter().any(|m| m.role == crate::dialogue::Role::Assistant);
+                    let instructions = (!greeted).then(|| state.args.settings.greeting_instruction.clone());
+                    state.send_realtime(RealtimeCommand::CreateResponse { instructions });
                 }
             }
             ConsultationMsg::Tick => {

@@ -179,6 +179,10 @@ pub enum Fault {
     /// An `error` event of this type and code (e.g. insufficient_quota); the session stays
     /// open, as the real service leaves it.
     ErrorEvent { kind: String, code: String },
+    /// The next response ends at once with `response.done` status `failed` and this error
+    /// code (e.g. `inference_rate_limit_exceeded` mid-session), no audio; the next
+    /// `response.create` gives the answer it would have given.
+    FailNextResponse { code: String },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -538,6 +542,9 @@ struct Session {
     buffered_samples: u64,
     response: Option<Response>,
     drop_after: Option<u32>,
+    fail_next: Option<String>,
+    /// The answer of a response that failed, given to the next `response.create`.
+    pending_answer: Option<String>,
 }
 
 enum Flow {
@@ -569,6 +576,8 @@ impl Session {
             buffered_samples: 0,
             response: None,
             drop_after: None,
+            fail_next: None,
+            pending_answer: None,
         }
     }
 
@@ -683,6 +692,10 @@ impl Session {
                     self.drop_after = Some(after_deltas);
                     Flow::Continue
                 }
+                Fault::FailNextResponse { code } => {
+                    self.fail_next = Some(code);
+                    Flow::Continue
+                }
                 Fault::DropNow => Flow::End("dropped (injected)".into()),
                 Fault::SessionLimitNow => self.session_limit(sink).await,
                 Fault::ServerError { then_close } => {
@@ -775,7 +788,8 @@ impl Session {
                 if self.response.is_some() {
                     self.error(sink, "invalid_request_error", Some("conversation_already_has_active_response"), "Conversation already has an active response in progress.", None, event_id.as_deref()).await
                 } else {
-                    let text = {
+                    let pending = self.pending_answer.take();
+                    let text = pending.unwrap_or_else(|| {
                         let mut script = self.shared.script.lock().unwrap();
                         if script.greeted {
                             self.options().fallback_answer.clone()
@@ -783,7 +797,7 @@ impl Session {
                             script.greeted = true;
                             self.options().greeting.clone()
                         }
-                    };
+                    });
                     self.start_response(sink, text, None).await
                 }
             }
@@ -1058,6 +1072,20 @@ impl Session {
         let response_id = self.next_id("resp");
         let item_id = self.next_id("item");
         self.send(sink, json!({ "type": "response.created", "response": { "id": response_id, "object": "realtime.response", "status": "in_progress", "status_details": null, "output": [], "usage": null } })).await?;
+        if let Some(code) = self.fail_next.take() {
+            // As the service ends a rate-limited response: no output, the reason in status_details.
+            if let Some((item, turn)) = late_transcript {
+                self.deliver_transcript(sink, &item, &turn).await?;
+            }
+            let details = json!({ "type": "failed", "error": { "type": "invalid_request_error", "code": code, "message": "injected by the test" } });
+            {
+                let mut connections = self.shared.connections.lock().unwrap();
+                let record = ResponseRecord { response_id: response_id.clone(), item_id, text: text.clone(), status: "failed".into(), audio_ms_sent: 0 };
+                connections[self.index].responses.push(record);
+            }
+            self.pending_answer = Some(text);
+            return self.send(sink, json!({ "type": "response.done", "response": { "id": response_id, "object": "realtime.response", "status": "failed", "status_details": details, "output": [], "usage": null } })).await;
+        }
         self.send(sink, json!({ "type": "rate_limits.updated", "rate_limits": [
             { "name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06 },
             { "name": "tokens", "limit": 20000, "remaining": 19000, "reset_seconds": 3.2 },
