@@ -1,10 +1,10 @@
 //! Room audio benchmarks (prints numbers; `cargo bench -p consultant --bench room`).
 //!
 //! 1. Per 20 ms frame, on this machine:
-//!    - caller path: Opus decode (48 kHz) + resample to 24 kHz + the realtime append encoding
+//!    - caller path: Opus decode (to 24 kHz, in libopus) + the realtime append encoding
 //!      (`input_audio_buffer.append` JSON with base64 PCM);
-//!    - agent path: realtime delta decoding (JSON event + base64) + resample to 48 kHz + Opus
-//!      encode. Target < 100 us each.
+//!    - agent path: realtime delta decoding (JSON event + base64) + Opus encode (from 24 kHz)
+//!      Target < 100 us each.
 //! 2. Latency through the worker's audio paths, measured on real rooms through the loopback
 //!    LiveKit server: one Room speaks (play() -> pacer -> Opus -> RTP), another Room hears it
 //!    (RTP -> Opus decode -> 24 kHz PCM on the consultation channel). The time from play() to
@@ -62,7 +62,7 @@ fn per_frame() {
         std::hint::black_box(&json);
         caller.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    report("caller path (Opus decode + 48->24 kHz + append JSON)", caller[100..].to_vec());
+    report("caller path (Opus decode at 24 kHz + append JSON)", caller[100..].to_vec());
 
     // Realtime deltas of 20 ms, as JSON text events.
     let deltas: Vec<String> = speech24
@@ -83,7 +83,7 @@ fn per_frame() {
         std::hint::black_box(packet);
         agent.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    report("agent path (delta JSON + base64 + 24->48 kHz + Opus encode)", agent[100..].to_vec());
+    report("agent path (delta JSON + base64 + Opus encode at 24 kHz)", agent[100..].to_vec());
 }
 
 fn token(server: &LoopbackServer, room: &str, identity: &str, agent: bool) -> Secret {

@@ -71,7 +71,9 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>) -> Result<JoinHan
             }
             let f = playout.next_frame(&mut frame);
             if f.after_cut {
-                encoder.reset();
+                if let Err(e) = encoder.reset() {
+                    tracing::warn!(error = %e, "agent voice encoder reset failed; going on");
+                }
             }
             silent = if f.speech_samples > 0 { 0 } else { silent.saturating_add(1) };
             let packet = match encoder.encode(&frame) {

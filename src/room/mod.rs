@@ -15,7 +15,6 @@ mod join;
 mod peer;
 pub mod playout;
 mod publisher;
-pub mod resample;
 mod sdp;
 pub mod signal;
 mod status;
