@@ -58,8 +58,18 @@ fn labelled_counter(e: &mut DescriptorEncoder, name: &str, help: &str, label: &'
 }
 
 fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, h: &HistogramSnapshot) -> std::fmt::Result {
-    let mut buckets = h.buckets.clone();
-    buckets.push((f64::INFINITY, h.count));
+    // The encoder sums per-bucket counts itself and writes `f64::MAX` as `+Inf`.
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|(bound, cumulative)| {
+            let n = cumulative - below;
+            below = *cumulative;
+            (*bound, n)
+        })
+        .collect();
+    buckets.push((f64::MAX, h.count - below));
     e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?.encode_histogram::<NoLabelSet>(h.sum_secs, h.count, &buckets, None)
 }
 
@@ -93,5 +103,24 @@ impl Collector for BoardCollector {
         gauge(&mut e, "consultant_worker_draining", "1 while the worker drains (no new jobs).", i64::from(w.draining))?;
         gauge(&mut e, "consultant_process_resident_memory_bytes", "Resident memory of the worker process.", w.rss_bytes as i64)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_board_renders_every_family_with_zeroes() {
+        let telemetry = Telemetry::new();
+        telemetry.metrics().voice_latency.observe_secs(0.4);
+        let text = render(&registry(telemetry)).unwrap();
+        assert!(text.contains("# TYPE consultant_realtime_reconnects counter\n"), "{text}");
+        assert!(text.contains("consultant_realtime_reconnects_total{cause=\"planned\"} 0\n"), "{text}");
+        assert!(text.contains("consultant_voice_to_voice_latency_seconds_bucket{le=\"0.3\"} 0\n"), "{text}");
+        assert!(text.contains("consultant_voice_to_voice_latency_seconds_bucket{le=\"0.5\"} 1\n"), "{text}");
+        assert!(text.contains("consultant_voice_to_voice_latency_seconds_bucket{le=\"+Inf\"} 1\n"), "{text}");
+        assert!(text.contains("consultant_livekit_link_state{state=\"registered\"} 0\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 }
