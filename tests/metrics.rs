@@ -191,6 +191,12 @@ async fn metrics_follow_a_consultation() {
     assert_eq!(get(&during, r#"consultant_realtime_tokens_total{direction="output"}"#), 45.0);
     assert_eq!(get(&during, r#"consultant_consultations_finished_total{status="completed"}"#), 0.0);
 
+    // The sample dashboard asks only for series the endpoint serves.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json")).unwrap();
+    for name in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("consultant_")) {
+        assert!(during.keys().any(|series| series.split('{').next() == Some(name)), "the dashboard's {name} is not served");
+    }
+
     // `/worker` reads the same snapshot.
     let (_, worker) = http_get(addr, "/worker").await;
     let worker: serde_json::Value = serde_json::from_str(&worker).unwrap();
