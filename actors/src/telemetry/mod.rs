@@ -153,7 +153,7 @@ impl Telemetry {
     /// The worker view, with the process-wide metrics as of now.
     pub fn worker(&self) -> WorkerView {
         let mut worker = self.board().worker.clone();
-        worker.metrics = self.inner.metrics.snapshot();
+        worker.metrics = Box::new(self.inner.metrics.snapshot());
         worker
     }
 
@@ -213,7 +213,7 @@ impl Telemetry {
     pub fn snapshot(&self) -> TelemetrySnapshot {
         let board = self.board();
         let mut worker = board.worker.clone();
-        worker.metrics = self.inner.metrics.snapshot();
+        worker.metrics = Box::new(self.inner.metrics.snapshot());
         TelemetrySnapshot {
             worker,
             actors: board.actors.values().cloned().collect(),
