@@ -2,7 +2,8 @@
 //! `VoiceHandler::start`, so every consultation, finalization and recovery is counted without
 //! hooks in the actors (two clock reads and a few atomic adds per call).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -19,7 +20,7 @@ use crate::session::SessionStatus;
 pub fn metered_ports(ports: Ports, telemetry: &Telemetry) -> Ports {
     Ports {
         connector: ports.connector,
-        store: Arc::new(MeteredStore { inner: ports.store, telemetry: telemetry.clone() }),
+        store: Arc::new(MeteredStore { inner: ports.store, telemetry: telemetry.clone(), cut_answers: Mutex::default() }),
         extractor: Arc::new(MeteredExtractor { inner: ports.extractor, telemetry: telemetry.clone() }),
     }
 }
@@ -27,6 +28,9 @@ pub fn metered_ports(ports: Ports, telemetry: &Telemetry) -> Ports {
 struct MeteredStore {
     inner: Arc<dyn DialogueStore>,
     telemetry: Telemetry,
+    /// Seqs of the cut answers counted per open session: finalization re-appends the whole
+    /// dialogue when persistence could not flush, and those must not count twice.
+    cut_answers: Mutex<HashMap<SessionId, Vec<u32>>>,
 }
 
 impl MeteredStore {
@@ -51,7 +55,12 @@ impl DialogueStore for MeteredStore {
         // An answer stored as cut short is one the caller talked over (or the call ended in);
         // counted once, when it becomes durable (appends are idempotent, retries are not).
         if result.is_ok() && message.interrupted && message.role == Role::Assistant {
-            self.telemetry.metrics().barge_in();
+            let mut counted = self.cut_answers.lock().unwrap_or_else(|e| e.into_inner());
+            let seqs = counted.entry(session_id.clone()).or_default();
+            if !seqs.contains(&message.seq) {
+                seqs.push(message.seq);
+                self.telemetry.metrics().barge_in();
+            }
         }
         result
     }
@@ -63,6 +72,7 @@ impl DialogueStore for MeteredStore {
         // The final status is written once, by finalization (or start-up recovery).
         if result.is_ok() && ended_at.is_some() {
             self.telemetry.metrics().finished(status);
+            self.cut_answers.lock().unwrap_or_else(|e| e.into_inner()).remove(session_id);
         }
         result
     }
@@ -101,5 +111,57 @@ impl AnketaExtractor for MeteredExtractor {
         metrics.extraction_duration.observe(started.elapsed());
         super::metrics::add(if result.is_ok() { &metrics.extractions_ok } else { &metrics.extractions_failed }, 1);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepts every write, holds nothing.
+    struct NullStore;
+
+    #[async_trait]
+    impl DialogueStore for NullStore {
+        async fn open_session(&self, _: &SessionRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn append_message(&self, _: &SessionId, _: &DialogueMessage) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn set_status(&self, _: &SessionId, _: SessionStatus, _: Option<&str>, _: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn save_anketa(&self, _: &SessionId, _: &AnketaRecord) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn sessions_with_status(&self, _: SessionStatus) -> Result<Vec<SessionRecord>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn load_messages(&self, _: &SessionId) -> Result<Vec<DialogueMessage>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn latest_anketa(&self, _: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_answer_appended_again_by_finalize_counts_once() {
+        let telemetry = Telemetry::new();
+        let store = MeteredStore { inner: Arc::new(NullStore), telemetry: telemetry.clone(), cut_answers: Mutex::default() };
+        let id = SessionId::parse("s1").unwrap();
+        let cut = DialogueMessage { seq: 2, role: Role::Assistant, text: "Давайте я".into(), at: Utc::now(), interrupted: true };
+        let caller = DialogueMessage { seq: 3, role: Role::User, text: "Стоп".into(), at: Utc::now(), interrupted: false };
+        for m in [&cut, &caller, &cut, &caller] {
+            store.append_message(&id, m).await.unwrap();
+        }
+        store.set_status(&id, SessionStatus::Finalizing, None, None).await.unwrap();
+        store.set_status(&id, SessionStatus::Completed, None, Some(Utc::now())).await.unwrap();
+        let m = telemetry.metrics().snapshot();
+        assert_eq!(m.barge_ins, 1);
+        assert_eq!(m.store_commit.count, 6);
+        assert_eq!(m.consultations_finished, vec![("completed".to_owned(), 1), ("failed".to_owned(), 0), ("interrupted".to_owned(), 0)]);
+        assert!(store.cut_answers.lock().unwrap().is_empty(), "forgotten once finished");
     }
 }

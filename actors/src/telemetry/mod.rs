@@ -281,6 +281,58 @@ mod tests {
     }
 
     #[test]
+    fn view_updates_feed_the_metrics_once_and_keep_the_tail_bounded() {
+        let t = Telemetry::new();
+        let id = SessionId::parse("m1").unwrap();
+        t.consultation_upsert(ConsultationView {
+            session_id: id.clone(),
+            room: "r".into(),
+            status: crate::session::SessionStatus::Active,
+            started_at: Utc::now(),
+            max_duration_secs: 60,
+            messages: 0,
+            transcript_tail: Default::default(),
+            turn_latency_ms: Default::default(),
+            usage: Default::default(),
+            realtime: Default::default(),
+            anketa_filled: 0,
+            anketa_fields: 0,
+            last_extraction_at_message: None,
+            extractions: 0,
+            extraction_failures: 0,
+            persistence_backlog: 0,
+            caller_buffer_ms: 0,
+            caller_dropped_ms: 0,
+            failure: None,
+        });
+        for ms in 0..(LATENCY_TAIL as u64 + 8) {
+            t.consultation_update(&id, |v| v.push_latency(ms));
+        }
+        t.consultation_update(&id, |v| {
+            v.usage.input_tokens += 10;
+            v.caller_dropped_ms = 250;
+        });
+        t.consultation_update(&id, |v| v.caller_dropped_ms = 400);
+        t.consultation_update(&id, |v| {
+            v.realtime.link = RealtimeLinkState::Reconnecting { attempt: 1 };
+            v.realtime.last_close_cause = Some("realtime session expired: limit".into());
+            v.realtime.reconnects += 1;
+        });
+        t.consultation_update(&id, |v| {
+            v.realtime.link = RealtimeLinkState::Connected;
+            v.realtime.reconnects += 1;
+        });
+        let view = t.consultation(&id).unwrap();
+        assert_eq!(view.turn_latency_ms.len(), LATENCY_TAIL);
+        assert_eq!(view.turn_latency_ms.back(), Some(&(LATENCY_TAIL as u64 + 7)));
+        let m = t.worker().metrics;
+        assert_eq!(m.voice_latency.count, LATENCY_TAIL as u64 + 8);
+        assert_eq!((m.input_tokens, m.caller_dropped_ms), (10, 400));
+        let cause = |c: &str| m.reconnects.iter().find(|(k, _)| k == c).unwrap().1;
+        assert_eq!((cause("expired"), cause("rollover"), cause("transient")), (1, 1, 0));
+    }
+
+    #[test]
     fn removing_an_actor_removes_its_subtree() {
         let t = Telemetry::new();
         t.actor_started("worker/consultation/a", "consultation");
