@@ -1,11 +1,13 @@
 //! Health HTTP endpoint (as livekit-agents' :8081): `GET /` answers 200 while the worker is
 //! registered with LiveKit and 503 (with the reason) while the link is down; `GET /worker`
-//! gives the worker view as JSON (registration, status, load, jobs, draining, RSS/CPU).
+//! gives the worker view as JSON (registration, status, load, jobs, draining, RSS/CPU, and the
+//! metrics); `GET /metrics` gives the same figures in the Prometheus text format.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
@@ -19,6 +21,7 @@ use crate::livekit::link::LinkStatus;
 struct HealthState {
     link: watch::Receiver<LinkStatus>,
     telemetry: Telemetry,
+    metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 pub struct HealthServer {
@@ -49,7 +52,8 @@ pub fn serve(listener: tokio::net::TcpListener, link: watch::Receiver<LinkStatus
     let app = axum::Router::new()
         .route("/", get(root))
         .route("/worker", get(worker))
-        .with_state(HealthState { link, telemetry });
+        .route("/metrics", get(metrics))
+        .with_state(HealthState { link, metrics: Arc::new(crate::metrics::registry(telemetry.clone())), telemetry });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health endpoint failed");
@@ -71,4 +75,11 @@ async fn root(State(s): State<HealthState>) -> impl IntoResponse {
 
 async fn worker(State(s): State<HealthState>) -> impl IntoResponse {
     Json(s.telemetry.worker())
+}
+
+async fn metrics(State(s): State<HealthState>) -> axum::response::Response {
+    match crate::metrics::render(&s.metrics) {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics failed: {e}\n")).into_response(),
+    }
 }

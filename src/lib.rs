@@ -12,6 +12,7 @@ pub mod entrypoint;
 pub mod health;
 pub mod livekit;
 pub mod logging;
+pub mod metrics;
 pub mod process_stats;
 pub mod realtime;
 pub mod room;

@@ -50,6 +50,8 @@ impl VoiceHandler {
     /// Starts the WorkerSupervisor. Call [`VoiceHandler::recover_interrupted`] once at start-up.
     pub async fn start(settings: Arc<ConsultationSettings>, ports: Ports, telemetry: Telemetry) -> Result<Self, HandlerError> {
         let tasks = TaskTracker::new();
+        // Store commits, extractions and final statuses are measured at the ports.
+        let ports = crate::telemetry::metered_ports(ports, &telemetry);
         let args = SupervisorArgs { settings: settings.clone(), ports: ports.clone(), telemetry: telemetry.clone(), tasks: tasks.clone() };
         let (supervisor, task) = Actor::spawn(None, WorkerSupervisor, args)
             .await

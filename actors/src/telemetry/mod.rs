@@ -14,7 +14,11 @@ use tokio::sync::broadcast;
 
 use crate::dialogue::{Role, SessionId};
 
+mod metered;
+pub mod metrics;
 mod schema;
+pub use metered::metered_ports;
+pub use metrics::{HistogramSnapshot, Metrics, MetricsSnapshot};
 pub use schema::*;
 
 /// Events kept for a console that attaches late.
@@ -39,6 +43,7 @@ struct Inner {
     tx: broadcast::Sender<TelemetryEvent>,
     next_event: AtomicU64,
     events_dropped: AtomicU64,
+    metrics: Metrics,
 }
 
 /// Shared handle to the live state board. Cheap to clone.
@@ -62,6 +67,7 @@ impl Telemetry {
                 tx,
                 next_event: AtomicU64::new(1),
                 events_dropped: AtomicU64::new(0),
+                metrics: Metrics::default(),
             }),
         }
     }
@@ -144,8 +150,16 @@ impl Telemetry {
         change(&mut self.board().worker);
     }
 
+    /// The worker view, with the process-wide metrics as of now.
     pub fn worker(&self) -> WorkerView {
-        self.board().worker.clone()
+        let mut worker = self.board().worker.clone();
+        worker.metrics = Box::new(self.inner.metrics.snapshot());
+        worker
+    }
+
+    /// Counters and histograms since start (recorded lock-free; see [`Metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub fn consultation_upsert(&self, view: ConsultationView) {
@@ -153,9 +167,38 @@ impl Telemetry {
     }
 
     /// Applies a small change to a consultation's view (no-op if it is not on the board).
+    /// What the change added to the view's running figures (latencies, tokens, reconnects,
+    /// dropped audio) goes to the process-wide metrics too, so the consultation needs no
+    /// second hook; this runs per caller frame, so it copies scalars only.
     pub fn consultation_update(&self, id: &SessionId, change: impl FnOnce(&mut ConsultationView)) {
         if let Some(view) = self.board().consultations.get_mut(id) {
+            let before = Figures::of(view);
             change(view);
+            self.record_growth(&before, view);
+        }
+    }
+
+    fn record_growth(&self, before: &Figures, view: &mut ConsultationView) {
+        let m = &self.inner.metrics;
+        // `push_latency` leaves trimming to here, so every new latency is seen exactly once.
+        let latencies = &mut view.turn_latency_ms;
+        for ms in latencies.iter().skip(before.latencies) {
+            m.voice_latency.observe_secs(*ms as f64 / 1000.0);
+        }
+        while latencies.len() > LATENCY_TAIL {
+            latencies.pop_front();
+        }
+        metrics::add(&m.input_tokens, view.usage.input_tokens.saturating_sub(before.input_tokens));
+        metrics::add(&m.output_tokens, view.usage.output_tokens.saturating_sub(before.output_tokens));
+        metrics::add(&m.caller_dropped_ms, view.caller_dropped_ms.saturating_sub(before.caller_dropped_ms));
+        for _ in before.reconnects..view.realtime.reconnects {
+            // A make-before-break switch is counted with the link already up again.
+            let cause = if view.realtime.link == RealtimeLinkState::Connected {
+                "rollover"
+            } else {
+                metrics::reconnect_cause(view.realtime.last_close_cause.as_deref())
+            };
+            m.reconnect(cause);
         }
     }
 
@@ -169,8 +212,10 @@ impl Telemetry {
 
     pub fn snapshot(&self) -> TelemetrySnapshot {
         let board = self.board();
+        let mut worker = board.worker.clone();
+        worker.metrics = Box::new(self.inner.metrics.snapshot());
         TelemetrySnapshot {
-            worker: board.worker.clone(),
+            worker,
             actors: board.actors.values().cloned().collect(),
             consultations: board.consultations.values().cloned().collect(),
             events: board.events.iter().cloned().collect(),
@@ -188,11 +233,34 @@ impl ConsultationView {
         self.messages = seq as usize;
     }
 
+    /// On the board, [`Telemetry::consultation_update`] trims the tail to [`LATENCY_TAIL`]
+    /// after counting what was pushed; off it, twice that bounds the tail.
     pub fn push_latency(&mut self, ms: u64) {
-        if self.turn_latency_ms.len() == LATENCY_TAIL {
+        if self.turn_latency_ms.len() >= 2 * LATENCY_TAIL {
             self.turn_latency_ms.pop_front();
         }
         self.turn_latency_ms.push_back(ms);
+    }
+}
+
+/// A view's running figures before a change (scalars only: copied on every update).
+struct Figures {
+    latencies: usize,
+    input_tokens: u64,
+    output_tokens: u64,
+    caller_dropped_ms: u64,
+    reconnects: u64,
+}
+
+impl Figures {
+    fn of(v: &ConsultationView) -> Self {
+        Self {
+            latencies: v.turn_latency_ms.len(),
+            input_tokens: v.usage.input_tokens,
+            output_tokens: v.usage.output_tokens,
+            caller_dropped_ms: v.caller_dropped_ms,
+            reconnects: v.realtime.reconnects,
+        }
     }
 }
 
@@ -210,6 +278,58 @@ mod tests {
         assert_eq!(snap.events.len(), EVENT_RING);
         assert_eq!(snap.events_dropped, 10);
         assert_eq!(snap.events.first().unwrap().message, "e10");
+    }
+
+    #[test]
+    fn view_updates_feed_the_metrics_once_and_keep_the_tail_bounded() {
+        let t = Telemetry::new();
+        let id = SessionId::parse("m1").unwrap();
+        t.consultation_upsert(ConsultationView {
+            session_id: id.clone(),
+            room: "r".into(),
+            status: crate::session::SessionStatus::Active,
+            started_at: Utc::now(),
+            max_duration_secs: 60,
+            messages: 0,
+            transcript_tail: Default::default(),
+            turn_latency_ms: Default::default(),
+            usage: Default::default(),
+            realtime: Default::default(),
+            anketa_filled: 0,
+            anketa_fields: 0,
+            last_extraction_at_message: None,
+            extractions: 0,
+            extraction_failures: 0,
+            persistence_backlog: 0,
+            caller_buffer_ms: 0,
+            caller_dropped_ms: 0,
+            failure: None,
+        });
+        for ms in 0..(LATENCY_TAIL as u64 + 8) {
+            t.consultation_update(&id, |v| v.push_latency(ms));
+        }
+        t.consultation_update(&id, |v| {
+            v.usage.input_tokens += 10;
+            v.caller_dropped_ms = 250;
+        });
+        t.consultation_update(&id, |v| v.caller_dropped_ms = 400);
+        t.consultation_update(&id, |v| {
+            v.realtime.link = RealtimeLinkState::Reconnecting { attempt: 1 };
+            v.realtime.last_close_cause = Some("realtime session expired: limit".into());
+            v.realtime.reconnects += 1;
+        });
+        t.consultation_update(&id, |v| {
+            v.realtime.link = RealtimeLinkState::Connected;
+            v.realtime.reconnects += 1;
+        });
+        let view = t.consultation(&id).unwrap();
+        assert_eq!(view.turn_latency_ms.len(), LATENCY_TAIL);
+        assert_eq!(view.turn_latency_ms.back(), Some(&(LATENCY_TAIL as u64 + 7)));
+        let m = t.worker().metrics;
+        assert_eq!(m.voice_latency.count, LATENCY_TAIL as u64 + 8);
+        assert_eq!((m.input_tokens, m.caller_dropped_ms), (10, 400));
+        let cause = |c: &str| m.reconnects.iter().find(|(k, _)| k == c).unwrap().1;
+        assert_eq!((cause("expired"), cause("rollover"), cause("transient")), (1, 1, 0));
     }
 
     #[test]

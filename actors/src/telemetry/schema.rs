@@ -165,6 +165,10 @@ pub struct WorkerView {
     pub cpu_percent: f64,
     /// Counters of the realtime client, shared by all consultations.
     pub realtime: RealtimeCounters,
+    /// Process-wide metrics (the same figures `/metrics` exports); absent from older servers.
+    /// Boxed: the console's frames carry worker views by value.
+    #[serde(default)]
+    pub metrics: Box<super::MetricsSnapshot>,
 }
 
 /// What the realtime client has seen since start: unknown event types and malformed frames

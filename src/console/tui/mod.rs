@@ -410,5 +410,6 @@ mod tests {
         assert!(text.contains("consultation abc [running]"), "{text}");
         assert!(text.contains("realtime [restarting]"));
         assert!(text.contains("room: consultation-abc"));
+        assert!(text.contains("metrics: finished ()  voice-to-voice - over 0 turns  barge-ins 0"), "{text}");
     }
 }

@@ -1,7 +1,7 @@
 //! Drawing the console: header, supervision tree, detail pane, event log and footer.
 
 use chrono::{DateTime, Utc};
-use consultant_actors::telemetry::{ActorStatus, ConsultationView};
+use consultant_actors::telemetry::{ActorStatus, ConsultationView, HistogramSnapshot, MetricsSnapshot};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -14,7 +14,7 @@ impl App {
     pub fn draw(&mut self, frame: &mut Frame) {
         let outer = Layout::default()
             .direction(Direction::Vertical)
-            .constraints([Constraint::Length(3), Constraint::Min(8), Constraint::Length(9), Constraint::Length(1)])
+            .constraints([Constraint::Length(4), Constraint::Min(8), Constraint::Length(9), Constraint::Length(1)])
             .split(frame.area());
         frame.render_widget(Paragraph::new(self.header()), outer[0]);
         let middle = Layout::default()
@@ -67,6 +67,7 @@ impl App {
                 w.realtime.malformed_events,
                 w.realtime.error_events
             )),
+            metrics_line(&w.metrics),
         ]
     }
 
@@ -264,4 +265,26 @@ fn mmss(secs: u64) -> String {
     } else {
         format!("{:02}:{:02}", secs / 60, secs % 60)
     }
+}
+
+/// The figures `/metrics` exports, in one line (the same snapshot `/worker` serves).
+fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
+    let pairs = |v: &[(String, u64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+    let mean_ms = |h: &HistogramSnapshot| h.mean_secs().map_or_else(|| "-".to_owned(), |s| format!("{:.0} ms", s * 1000.0));
+    Line::from(format!(
+        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({})  store commit {}  tokens {} in / {} out  caller audio dropped {:.1} s",
+        pairs(&m.consultations_finished),
+        mean_ms(&m.voice_latency),
+        m.voice_latency.count,
+        m.barge_ins,
+        m.reconnects_total(),
+        pairs(&m.reconnects),
+        m.extractions_ok,
+        m.extractions_failed,
+        mean_ms(&m.extraction_duration),
+        mean_ms(&m.store_commit),
+        m.input_tokens,
+        m.output_tokens,
+        m.caller_dropped_ms as f64 / 1000.0,
+    ))
 }

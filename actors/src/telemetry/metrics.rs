@@ -1,0 +1,221 @@
+//! Process-wide counters and histograms for operators (Prometheus `/metrics`, `/worker` and the
+//! console all read [`Metrics::snapshot`], so they show the same figures).
+//!
+//! Everything is a relaxed atomic: recording never locks or allocates, so it may sit on the
+//! consultation's hot path. Labels are small fixed sets (no session ids).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::session::SessionStatus;
+
+/// Voice-to-voice latency buckets (s): a good turn is well under 1 s, a bad one several.
+pub const LATENCY_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
+/// DeepSeek extraction buckets (s): a JSON-mode call takes seconds.
+pub const EXTRACTION_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0];
+/// SQLite commit buckets (s): milliseconds normally, seconds on a sick disk.
+pub const STORE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Why a realtime session was replaced (a bounded label). `planned` (recycle, forced
+/// reconnect) needs a call from the consultation's planned restart: the view does not count
+/// those as reconnects, so nothing records it yet.
+pub const RECONNECT_CAUSES: [&str; 5] = ["transient", "expired", "fatal", "planned", "rollover"];
+
+/// Final statuses a consultation is stored with (the `status` label).
+pub const FINAL_STATUSES: [SessionStatus; 3] = [SessionStatus::Completed, SessionStatus::Failed, SessionStatus::Interrupted];
+
+/// Fixed buckets of atomics; at most 16 bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Non-cumulative: `counts[i]` observations in `(bounds[i-1], bounds[i]]`, the last one +Inf.
+    counts: [AtomicU64; 17],
+    /// Sum in microseconds (integer, so it stays an atomic add).
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        assert!(bounds.len() < 17, "at most 16 bucket bounds");
+        Self { bounds, counts: Default::default(), sum_us: AtomicU64::new(0) }
+    }
+
+    pub fn observe_secs(&self, secs: f64) {
+        let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+        let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe(&self, d: std::time::Duration) {
+        self.observe_secs(d.as_secs_f64());
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.bounds.len());
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            buckets.push((*bound, cumulative));
+        }
+        let count = cumulative + self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        HistogramSnapshot { buckets, count, sum_secs: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6 }
+    }
+}
+
+/// A histogram at one instant: cumulative `(upper bound s, count)` pairs, +Inf is `count`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_secs: f64,
+}
+
+impl HistogramSnapshot {
+    /// Mean of the observations (s), for the console.
+    pub fn mean_secs(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_secs / self.count as f64)
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    finished: [AtomicU64; FINAL_STATUSES.len()],
+    pub voice_latency: Histogram,
+    reconnects: [AtomicU64; RECONNECT_CAUSES.len()],
+    pub barge_ins: AtomicU64,
+    pub caller_dropped_ms: AtomicU64,
+    pub extractions_ok: AtomicU64,
+    pub extractions_failed: AtomicU64,
+    pub extraction_duration: Histogram,
+    pub store_commit: Histogram,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            finished: Default::default(),
+            voice_latency: Histogram::new(LATENCY_BUCKETS),
+            reconnects: Default::default(),
+            barge_ins: AtomicU64::new(0),
+            caller_dropped_ms: AtomicU64::new(0),
+            extractions_ok: AtomicU64::new(0),
+            extractions_failed: AtomicU64::new(0),
+            extraction_duration: Histogram::new(EXTRACTION_BUCKETS),
+            store_commit: Histogram::new(STORE_BUCKETS),
+            input_tokens: AtomicU64::new(0),
+            output_tokens: AtomicU64::new(0),
+        }
+    }
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// A consultation was stored with `status`; non-final statuses are ignored.
+    pub fn finished(&self, status: SessionStatus) {
+        if let Some(i) = FINAL_STATUSES.iter().position(|s| *s == status) {
+            add(&self.finished[i], 1);
+        }
+    }
+
+    /// `cause` is one of [`RECONNECT_CAUSES`]; anything else counts as transient.
+    pub fn reconnect(&self, cause: &str) {
+        let i = RECONNECT_CAUSES.iter().position(|c| *c == cause).unwrap_or(0);
+        add(&self.reconnects[i], 1);
+    }
+
+    pub fn barge_in(&self) {
+        add(&self.barge_ins, 1);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            consultations_finished: FINAL_STATUSES.iter().zip(&self.finished).map(|(s, c)| (s.as_str().to_owned(), get(c))).collect(),
+            voice_latency: self.voice_latency.snapshot(),
+            reconnects: RECONNECT_CAUSES.iter().zip(&self.reconnects).map(|(s, c)| ((*s).to_owned(), get(c))).collect(),
+            barge_ins: get(&self.barge_ins),
+            caller_dropped_ms: get(&self.caller_dropped_ms),
+            extractions_ok: get(&self.extractions_ok),
+            extractions_failed: get(&self.extractions_failed),
+            extraction_duration: self.extraction_duration.snapshot(),
+            store_commit: self.store_commit.snapshot(),
+            input_tokens: get(&self.input_tokens),
+            output_tokens: get(&self.output_tokens),
+        }
+    }
+}
+
+/// Classifies a realtime close reason (`RealtimeFailure`'s text) into a reconnect cause.
+pub fn reconnect_cause(reason: Option<&str>) -> &'static str {
+    match reason {
+        Some(r) if r.contains("expired") => "expired",
+        Some(r) if r.contains("fatal") => "fatal",
+        _ => "transient",
+    }
+}
+
+/// [`Metrics`] at one instant, as `/worker` and the console show it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// (final status, count)
+    pub consultations_finished: Vec<(String, u64)>,
+    pub voice_latency: HistogramSnapshot,
+    /// (cause, count)
+    pub reconnects: Vec<(String, u64)>,
+    pub barge_ins: u64,
+    pub caller_dropped_ms: u64,
+    pub extractions_ok: u64,
+    pub extractions_failed: u64,
+    pub extraction_duration: HistogramSnapshot,
+    pub store_commit: HistogramSnapshot,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl MetricsSnapshot {
+    pub fn reconnects_total(&self) -> u64 {
+        self.reconnects.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_bounded_by_inf() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        for s in [0.05, 0.1, 0.5, 3.0] {
+            h.observe_secs(s);
+        }
+        let snap = h.snapshot();
+        assert_eq!(snap.buckets, vec![(0.1, 2), (1.0, 3)]);
+        assert_eq!(snap.count, 4);
+        assert!((snap.sum_secs - 3.65).abs() < 1e-6);
+    }
+
+    #[test]
+    fn causes_and_statuses_stay_in_their_label_sets() {
+        let m = Metrics::default();
+        m.reconnect("rollover");
+        m.reconnect("something new");
+        m.finished(SessionStatus::Completed);
+        m.finished(SessionStatus::Active);
+        let s = m.snapshot();
+        assert_eq!(s.reconnects.iter().find(|(c, _)| c == "rollover").unwrap().1, 1);
+        assert_eq!(s.reconnects.iter().find(|(c, _)| c == "transient").unwrap().1, 1);
+        assert_eq!(s.consultations_finished.iter().map(|(_, n)| n).sum::<u64>(), 1);
+        assert_eq!(reconnect_cause(Some("realtime session expired: 30 min")), "expired");
+        assert_eq!(reconnect_cause(Some("fatal realtime error: 401")), "fatal");
+        assert_eq!(reconnect_cause(None), "transient");
+    }
+}
