@@ -162,6 +162,8 @@ async fn metrics_follow_a_consultation() {
     audio.playing.store(true, Ordering::SeqCst);
     s.emit(RealtimeEvent::SpeechStarted { item_id: None, audio_start_ms: 0 }).await;
     s.emit(RealtimeEvent::ResponseDone { response_id: None, status: ResponseStatus::Cancelled, reason: None, usage: None }).await;
+    // Events still queued when the socket's failure is known are stale: let the cut land first.
+    wait_until("the barge-in", || audio.interrupts.load(Ordering::SeqCst) >= 1).await;
 
     // A reconnect: the socket drops and a second session takes over.
     s.drop_connection("socket reset by peer").await;

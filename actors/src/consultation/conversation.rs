@@ -59,6 +59,7 @@ impl ConsultationActor {
                 // Barge-in: stop the agent at once and tell the model what was really heard.
                 if let Some(played) = state.audio_out.interrupt() {
                     if let Some(heard) = state.turns.agent_interrupted(&played) {
+                        state.args.telemetry.metrics().barge_in();
                         state.send_realtime(RealtimeCommand::Truncate { item_id: played.item_id.clone(), content_index: 0, audio_end_ms: heard });
                         tracing::info!(session_id = %state.session.session_id, item_id = %played.item_id, played_ms = heard, "barge-in: agent interrupted");
                     }

@@ -552,6 +552,7 @@ impl Actor for ConsultationActor {
                     // A planned stop (recycle, forced reconnect) has already cleared the child's ref.
                     None if state.realtime.planned_restart && state.realtime.actor.is_none() && !state.finalizing => {
                         state.realtime.planned_restart = false;
+                        state.args.telemetry.metrics().reconnect("planned");
                         tracing::info!(session_id = %state.session.session_id, %reason, "restarting realtime (planned)");
                         state.set_link(RealtimeLinkState::Reconnecting { attempt: 1 });
                         Self::spawn_child(&myself, state, ChildKind::Realtime).await?;

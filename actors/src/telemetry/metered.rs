@@ -2,8 +2,7 @@
 //! `VoiceHandler::start`, so every consultation, finalization and recovery is counted without
 //! hooks in the actors (two clock reads and a few atomic adds per call).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -12,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::Telemetry;
 use crate::anketa::Anketa;
 use crate::consultation::Ports;
-use crate::dialogue::{DialogueMessage, Role, SessionId};
+use crate::dialogue::{DialogueMessage, SessionId};
 use crate::ports::{AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, SessionRecord, StoreError};
 use crate::session::SessionStatus;
 
@@ -20,7 +19,7 @@ use crate::session::SessionStatus;
 pub fn metered_ports(ports: Ports, telemetry: &Telemetry) -> Ports {
     Ports {
         connector: ports.connector,
-        store: Arc::new(MeteredStore { inner: ports.store, telemetry: telemetry.clone(), cut_answers: Mutex::default() }),
+        store: Arc::new(MeteredStore { inner: ports.store, telemetry: telemetry.clone() }),
         extractor: Arc::new(MeteredExtractor { inner: ports.extractor, telemetry: telemetry.clone() }),
     }
 }
@@ -28,9 +27,6 @@ pub fn metered_ports(ports: Ports, telemetry: &Telemetry) -> Ports {
 struct MeteredStore {
     inner: Arc<dyn DialogueStore>,
     telemetry: Telemetry,
-    /// Seqs of the cut answers counted per open session: finalization re-appends the whole
-    /// dialogue when persistence could not flush, and those must not count twice.
-    cut_answers: Mutex<HashMap<SessionId, Vec<u32>>>,
 }
 
 impl MeteredStore {
@@ -52,16 +48,6 @@ impl DialogueStore for MeteredStore {
         let started = Instant::now();
         let result = self.inner.append_message(session_id, message).await;
         self.commit_took(started);
-        // An answer stored as cut short is one the caller talked over (or the call ended in);
-        // counted once, when it becomes durable (appends are idempotent, retries are not).
-        if result.is_ok() && message.interrupted && message.role == Role::Assistant {
-            let mut counted = self.cut_answers.lock().unwrap_or_else(|e| e.into_inner());
-            let seqs = counted.entry(session_id.clone()).or_default();
-            if !seqs.contains(&message.seq) {
-                seqs.push(message.seq);
-                self.telemetry.metrics().barge_in();
-            }
-        }
         result
     }
 
@@ -72,7 +58,6 @@ impl DialogueStore for MeteredStore {
         // The final status is written once, by finalization (or start-up recovery).
         if result.is_ok() && ended_at.is_some() {
             self.telemetry.metrics().finished(status);
-            self.cut_answers.lock().unwrap_or_else(|e| e.into_inner()).remove(session_id);
         }
         result
     }
@@ -146,10 +131,12 @@ mod tests {
         }
     }
 
+    /// Store writes are timed, and a consultation counts as finished once, by its final status.
     #[tokio::test]
-    async fn a_cut_answer_appended_again_by_finalize_counts_once() {
+    async fn writes_are_timed_and_a_consultation_finishes_once() {
+        use crate::dialogue::Role;
         let telemetry = Telemetry::new();
-        let store = MeteredStore { inner: Arc::new(NullStore), telemetry: telemetry.clone(), cut_answers: Mutex::default() };
+        let store = MeteredStore { inner: Arc::new(NullStore), telemetry: telemetry.clone() };
         let id = SessionId::parse("s1").unwrap();
         let cut = DialogueMessage { seq: 2, role: Role::Assistant, text: "Давайте я".into(), at: Utc::now(), interrupted: true };
         let caller = DialogueMessage { seq: 3, role: Role::User, text: "Стоп".into(), at: Utc::now(), interrupted: false };
@@ -159,9 +146,7 @@ mod tests {
         store.set_status(&id, SessionStatus::Finalizing, None, None).await.unwrap();
         store.set_status(&id, SessionStatus::Completed, None, Some(Utc::now())).await.unwrap();
         let m = telemetry.metrics().snapshot();
-        assert_eq!(m.barge_ins, 1);
         assert_eq!(m.store_commit.count, 6);
         assert_eq!(m.consultations_finished, vec![("completed".to_owned(), 1), ("failed".to_owned(), 0), ("interrupted".to_owned(), 0)]);
-        assert!(store.cut_answers.lock().unwrap().is_empty(), "forgotten once finished");
     }
 }

@@ -17,9 +17,9 @@ pub const EXTRACTION_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30
 /// SQLite commit buckets (s): milliseconds normally, seconds on a sick disk.
 pub const STORE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
-/// Why a realtime session was replaced (a bounded label). `planned` (recycle, forced
-/// reconnect) needs a call from the consultation's planned restart: the view does not count
-/// those as reconnects, so nothing records it yet.
+/// Why a realtime session was replaced (a bounded label). `planned` is an operator's forced
+/// reconnect, counted by the consultation's planned restart; `rollover` the switch before
+/// the provider's limit.
 pub const RECONNECT_CAUSES: [&str; 5] = ["transient", "expired", "fatal", "planned", "rollover"];
 
 /// Final statuses a consultation is stored with (the `status` label).
