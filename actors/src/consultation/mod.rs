@@ -37,7 +37,7 @@ use crate::realtime::RealtimeMsg;
 use crate::restart::RestartTracker;
 use crate::session::{SessionStatus, VoiceConsultationSession};
 use crate::settings::ConsultationSettings;
-use crate::telemetry::{ConsultationView, RealtimeLinkState, RealtimeView, Telemetry};
+use crate::telemetry::{ConsultationView, RealtimeLinkState, Telemetry};
 use crate::turns::Turns;
 pub use crate::turns::{heard_prefix, REALTIME_RATE, UNINTELLIGIBLE};
 
@@ -298,30 +298,17 @@ impl ConsultationState {
     }
 
     fn view(&self) -> ConsultationView {
-        ConsultationView {
-            session_id: self.session.session_id.clone(),
-            room: self.session.room.clone(),
-            status: self.session.status,
-            started_at: self.session.started_at,
-            max_duration_secs: self.session.max_duration.as_secs(),
-            messages: self.session.dialogue.len(),
-            transcript_tail: Default::default(),
-            turn_latency_ms: Default::default(),
-            usage: Default::default(),
-            realtime: RealtimeView {
-                recycle_after_secs: self.args.settings.realtime_recycle_after.map(|d| d.as_secs()),
-                ..Default::default()
-            },
-            anketa_filled: 0,
-            anketa_fields: self.args.settings.anketa_fields.len(),
-            last_extraction_at_message: None,
-            extractions: 0,
-            extraction_failures: 0,
-            persistence_backlog: 0,
-            caller_buffer_ms: 0,
-            caller_dropped_ms: 0,
-            failure: None,
-        }
+        let mut view = ConsultationView::starting(
+            self.session.session_id.clone(),
+            self.session.room.clone(),
+            self.session.status,
+            self.session.started_at,
+            self.session.max_duration.as_secs(),
+            self.args.settings.anketa_fields.len(),
+        );
+        view.messages = self.session.dialogue.len();
+        view.realtime.recycle_after_secs = self.args.settings.realtime_recycle_after.map(|d| d.as_secs());
+        view
     }
 
     fn set_status(&mut self, status: SessionStatus) {

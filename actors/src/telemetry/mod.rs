@@ -284,27 +284,7 @@ mod tests {
     fn view_updates_feed_the_metrics_once_and_keep_the_tail_bounded() {
         let t = Telemetry::new();
         let id = SessionId::parse("m1").unwrap();
-        t.consultation_upsert(ConsultationView {
-            session_id: id.clone(),
-            room: "r".into(),
-            status: crate::session::SessionStatus::Active,
-            started_at: Utc::now(),
-            max_duration_secs: 60,
-            messages: 0,
-            transcript_tail: Default::default(),
-            turn_latency_ms: Default::default(),
-            usage: Default::default(),
-            realtime: Default::default(),
-            anketa_filled: 0,
-            anketa_fields: 0,
-            last_extraction_at_message: None,
-            extractions: 0,
-            extraction_failures: 0,
-            persistence_backlog: 0,
-            caller_buffer_ms: 0,
-            caller_dropped_ms: 0,
-            failure: None,
-        });
+        t.consultation_upsert(ConsultationView::starting(id.clone(), "r".into(), crate::session::SessionStatus::Active, Utc::now(), 60, 0));
         for ms in 0..(LATENCY_TAIL as u64 + 8) {
             t.consultation_update(&id, |v| v.push_latency(ms));
         }

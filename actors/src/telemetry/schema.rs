@@ -131,6 +131,33 @@ pub struct ConsultationView {
     pub failure: Option<String>,
 }
 
+impl ConsultationView {
+    /// A consultation that has just started: nothing counted yet.
+    pub fn starting(session_id: SessionId, room: String, status: SessionStatus, started_at: DateTime<Utc>, max_duration_secs: u64, anketa_fields: usize) -> Self {
+        Self {
+            session_id,
+            room,
+            status,
+            started_at,
+            max_duration_secs,
+            messages: 0,
+            transcript_tail: VecDeque::new(),
+            turn_latency_ms: VecDeque::new(),
+            usage: TokenUsage::default(),
+            realtime: RealtimeView::default(),
+            anketa_filled: 0,
+            anketa_fields,
+            last_extraction_at_message: None,
+            extractions: 0,
+            extraction_failures: 0,
+            persistence_backlog: 0,
+            caller_buffer_ms: 0,
+            caller_dropped_ms: 0,
+            failure: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TelemetryEvent {
     pub seq: u64,

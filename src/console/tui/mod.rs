@@ -342,27 +342,7 @@ mod tests {
             total_restarts: 0,
             last_failure: None,
         };
-        let consultation = ConsultationView {
-            session_id: SessionId::parse("abc").unwrap(),
-            room: "consultation-abc".into(),
-            status: SessionStatus::Active,
-            started_at: Utc::now(),
-            max_duration_secs: 1800,
-            messages: 0,
-            transcript_tail: Default::default(),
-            turn_latency_ms: Default::default(),
-            usage: Default::default(),
-            realtime: Default::default(),
-            anketa_filled: 0,
-            anketa_fields: 0,
-            last_extraction_at_message: None,
-            extractions: 0,
-            extraction_failures: 0,
-            persistence_backlog: 0,
-            caller_buffer_ms: 0,
-            caller_dropped_ms: 0,
-            failure: None,
-        };
+        let consultation = ConsultationView::starting(SessionId::parse("abc").unwrap(), "consultation-abc".into(), SessionStatus::Active, Utc::now(), 1800, 0);
         let snap = Snapshot {
             board: TelemetrySnapshot {
                 worker: WorkerView { mode: "dev".into(), ..Default::default() },
