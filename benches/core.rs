@@ -104,7 +104,7 @@ async fn append_benchmark(consultations: usize, messages_each: usize, pace: Opti
 async fn idle_trees(count: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&dir.path().join("idle.db"), "normal").unwrap());
-    let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text }];
+    let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text, required: true }];
     let ports = Ports { connector: ScriptedRealtime::new(), store, extractor: CountingExtractor::new() };
     let handler = VoiceHandler::start(Arc::new(ConsultationSettings::for_tests(fields)), ports, Telemetry::new()).await.unwrap();
     // Warm up allocator and runtime with a few trees before measuring.

@@ -170,7 +170,7 @@ fn sessions_benchmark(sessions: usize, window: Duration) {
         let client = AzureRealtimeClient::new(config).unwrap();
         let stats = client.stats();
         let ports = Ports { connector: Arc::new(client), store, extractor: CountingExtractor::new() };
-        let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text }];
+        let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text, required: true }];
         let settings = Arc::new(ConsultationSettings::for_tests(fields));
         let handler = Arc::new(VoiceHandler::start(settings, ports, Telemetry::new()).await.unwrap());
         let measuring = Arc::new(AtomicBool::new(false));

@@ -468,6 +468,8 @@ fn user_prompt(dialogue: &[DialogueMessage], previous: &Anketa) -> String {
         let speaker = match message.role {
             Role::User => "Клиент",
             Role::Assistant => "Консультант",
+            // Nobody said these: the anketa comes from the spoken dialogue only.
+            Role::ToolCall | Role::ToolResult => continue,
         };
         // One message, one line: the speaker labels stay unambiguous.
         let line = message.text.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -26,15 +26,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     ended_at   TEXT,
     failure    TEXT
 );
-CREATE TABLE IF NOT EXISTS messages (
-    session_id  TEXT NOT NULL REFERENCES sessions(session_id),
-    seq         INTEGER NOT NULL,
-    role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    text        TEXT NOT NULL,
-    at          TEXT NOT NULL,
-    interrupted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (session_id, seq)
-);
 CREATE TABLE IF NOT EXISTS anketas (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     session_id    TEXT NOT NULL REFERENCES sessions(session_id),
@@ -86,6 +77,8 @@ impl SqliteStore {
         }
         let writer = open(path, synchronous)?;
         writer.execute_batch(SCHEMA).map_err(io)?;
+        writer.execute_batch(crate::migrations::MESSAGES_TABLE).map_err(io)?;
+        crate::migrations::upgrade(&writer)?;
         // Checkpoints (the fsync-heavy part of WAL) run on their own thread, never inside a
         // commit that a consultation is waiting for.
         writer.pragma_update(None, "wal_autocheckpoint", 0).map_err(io)?;
@@ -438,6 +431,7 @@ mod tests {
         let path = dir.path().join("full.db");
         let conn = open(&path, "normal").unwrap();
         conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch(crate::migrations::MESSAGES_TABLE).unwrap();
         let id = SessionId::parse("full").unwrap();
         conn.execute("INSERT INTO sessions (session_id, room, status, started_at) VALUES ('full', 'r', 'active', '2026-12-01T00:00:00Z')", []).unwrap();
         let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();

@@ -18,8 +18,8 @@ use consultant_fakes::memory::{CountingExtractor, MemoryStore, RecordingAudio, S
 
 fn fields() -> Vec<AnketaField> {
     vec![
-        AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text },
-        AnketaField { name: "messages_seen".into(), description: "".into(), kind: FieldKind::Number },
+        AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text, required: true },
+        AnketaField { name: "messages_seen".into(), description: "".into(), kind: FieldKind::Number, required: true },
     ]
 }
 

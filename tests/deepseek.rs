@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 fn fields() -> Vec<AnketaField> {
-    let field = |name: &str, description: &str, kind| AnketaField { name: name.into(), description: description.into(), kind };
+    let field = |name: &str, description: &str, kind| AnketaField { name: name.into(), description: description.into(), kind, required: true };
     vec![
         field("name", "Имя клиента", FieldKind::Text),
         field("goals", "Чего клиент хочет добиться", FieldKind::List),

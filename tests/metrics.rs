@@ -20,7 +20,7 @@ use consultant_fakes::memory::{CountingExtractor, MemoryStore, RecordingAudio, S
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn settings() -> ConsultationSettings {
-    let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text }];
+    let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text, required: true }];
     let mut s = ConsultationSettings::for_tests(fields);
     // An extraction after the first caller/agent pair.
     s.extraction_interval = 2;

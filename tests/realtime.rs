@@ -66,6 +66,7 @@ fn setup(history: &[(Role, &str)]) -> RealtimeSetup {
             .enumerate()
             .map(|(i, (role, text))| DialogueMessage { seq: i as u32 + 1, role: *role, text: (*text).into(), at: chrono::Utc::now(), interrupted: false })
             .collect(),
+        tools: Vec::new(),
     }
 }
 
@@ -503,8 +504,8 @@ impl AnketaExtractor for KeywordExtractor {
 
 fn anketa_fields() -> Vec<AnketaField> {
     vec![
-        AnketaField { name: "name".into(), description: "Имя клиента".into(), kind: FieldKind::Text },
-        AnketaField { name: "product".into(), description: "Интересующий продукт".into(), kind: FieldKind::Text },
+        AnketaField { name: "name".into(), description: "Имя клиента".into(), kind: FieldKind::Text, required: true },
+        AnketaField { name: "product".into(), description: "Интересующий продукт".into(), kind: FieldKind::Text, required: true },
     ]
 }
 
@@ -603,7 +604,13 @@ async fn a_socket_dropped_mid_answer_is_restarted_and_the_dialogue_survives() {
     let replayed = sessions[1].replayed();
     let before_drop: Vec<(String, String)> = dialogue[..5].iter().map(|(r, t)| (r.as_str().to_owned(), t.clone())).collect();
     assert_eq!(replayed, before_drop);
-    assert_eq!(sessions[1].session_updates.len(), 1);
+    // One full configuration; anything after it (the anketa's addendum) is the instructions only.
+    let updates = &sessions[1].session_updates;
+    assert!(updates[0]["session"]["voice"].is_string() || updates[0]["session"]["audio"].is_object(), "{updates:#?}");
+    for later in &updates[1..] {
+        let keys: Vec<&str> = later["session"].as_object().unwrap().keys().map(String::as_str).filter(|k| *k != "type").collect();
+        assert_eq!(keys, ["instructions"], "{later:#}");
+    }
     assert_eq!(sessions[1].items[0]["previous_item_id"], "root");
     assert!(sessions.iter().all(|s| s.errors_sent.is_empty()), "{sessions:#?}");
 

@@ -31,7 +31,7 @@ fn config(fake: &FakeRealtime, flavour: RealtimeFlavour) -> RealtimeConfig {
 }
 
 fn setup() -> RealtimeSetup {
-    RealtimeSetup { session_id: SessionId::parse("settings-1").unwrap(), instructions: "Ты — консультант.".into(), history: Vec::new() }
+    RealtimeSetup { session_id: SessionId::parse("settings-1").unwrap(), instructions: "Ты — консультант.".into(), history: Vec::new(), tools: Vec::new() }
 }
 
 /// Connects, waits for the session, and returns the turn detection and noise reduction the

@@ -23,10 +23,17 @@ pub struct AnketaField {
     pub description: String,
     #[serde(default = "default_kind")]
     pub kind: FieldKind,
+    /// The consultant must find this out: while it is unknown, the dialogue is steered to it.
+    #[serde(default = "default_required")]
+    pub required: bool,
 }
 
 fn default_kind() -> FieldKind {
     FieldKind::Text
+}
+
+fn default_required() -> bool {
+    true
 }
 
 /// A (possibly partial) anketa: field name -> value. Only configured fields ever get in.
@@ -128,6 +135,16 @@ impl Anketa {
         }
     }
 
+    /// Whether this field holds a non-empty value.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.get(name).is_some_and(|v| !is_empty(v))
+    }
+
+    /// Required fields still without a value, in configured order.
+    pub fn missing<'a>(&self, fields: &'a [AnketaField]) -> Vec<&'a AnketaField> {
+        fields.iter().filter(|f| f.required && !self.has(&f.name)).collect()
+    }
+
     /// How many fields hold a non-empty value.
     pub fn filled(&self) -> usize {
         self.0.values().filter(|v| !is_empty(v)).count()
@@ -145,9 +162,9 @@ mod tests {
 
     fn fields() -> Vec<AnketaField> {
         vec![
-            AnketaField { name: "name".into(), description: "".into(), kind: FieldKind::Text },
-            AnketaField { name: "goals".into(), description: "".into(), kind: FieldKind::List },
-            AnketaField { name: "budget".into(), description: "".into(), kind: FieldKind::Number },
+            AnketaField { name: "name".into(), description: "".into(), kind: FieldKind::Text, required: true },
+            AnketaField { name: "goals".into(), description: "".into(), kind: FieldKind::List, required: true },
+            AnketaField { name: "budget".into(), description: "".into(), kind: FieldKind::Number, required: true },
         ]
     }
 
@@ -159,6 +176,17 @@ mod tests {
         assert_eq!(a.0.len(), 1);
         assert_eq!(report.unknown_fields, vec!["hacker"]);
         assert_eq!(report.wrong_types.len(), 2);
+    }
+
+    #[test]
+    fn missing_lists_required_fields_without_a_value_in_order() {
+        let mut fields = fields();
+        fields[1].required = false;
+        let a = Anketa::validate(&json!({"name": "  ", "budget": 3}), &fields).unwrap().0;
+        let names: Vec<&str> = a.missing(&fields).iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["name"], "empty counts as missing; optional fields never do");
+        let field: AnketaField = serde_json::from_value(json!({"name": "x", "description": "y"})).unwrap();
+        assert!(field.required && field.kind == FieldKind::Text, "required by default, as in existing config files");
     }
 
     #[test]

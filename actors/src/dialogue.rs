@@ -69,12 +69,18 @@ impl<'de> Deserialize<'de> for SessionId {
     }
 }
 
-/// Who spoke a dialogue message.
+/// Who spoke a dialogue message, or which side of a function call it is. Tool entries are
+/// part of the history (stored, replayed to a new realtime session) but were never spoken:
+/// transcripts, the extraction prompt and the heard dialogue leave them out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     User,
     Assistant,
+    /// The model called one of our tools; the text is a [`ToolCall`] as JSON.
+    ToolCall,
+    /// What we answered to a tool call; the text is a [`ToolResult`] as JSON.
+    ToolResult,
 }
 
 impl Role {
@@ -82,6 +88,8 @@ impl Role {
         match self {
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::ToolCall => "tool_call",
+            Role::ToolResult => "tool_result",
         }
     }
 
@@ -89,7 +97,66 @@ impl Role {
         match raw {
             "user" => Some(Role::User),
             "assistant" => Some(Role::Assistant),
+            "tool_call" => Some(Role::ToolCall),
+            "tool_result" => Some(Role::ToolResult),
             _ => None,
+        }
+    }
+
+    /// Words someone said (and the caller heard), as opposed to a tool entry.
+    pub fn is_spoken(self) -> bool {
+        matches!(self, Role::User | Role::Assistant)
+    }
+}
+
+/// A function call the model made (`Role::ToolCall` entries hold it as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub call_id: String,
+    pub name: String,
+    /// The arguments as the model sent them (a JSON text).
+    pub arguments: String,
+}
+
+/// Our answer to a call (`Role::ToolResult` entries hold it as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    pub call_id: String,
+    /// A JSON text, as `function_call_output` carries it.
+    pub output: String,
+}
+
+/// The tool entry a dialogue message holds, if it is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolEntry {
+    Call(ToolCall),
+    Result(ToolResult),
+}
+
+impl ToolEntry {
+    pub fn role(&self) -> Role {
+        match self {
+            ToolEntry::Call(_) => Role::ToolCall,
+            ToolEntry::Result(_) => Role::ToolResult,
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        match self {
+            ToolEntry::Call(c) => serde_json::to_string(c),
+            ToolEntry::Result(r) => serde_json::to_string(r),
+        }
+        .unwrap_or_default()
+    }
+}
+
+impl DialogueMessage {
+    /// The tool call or result this entry holds (None for spoken messages or unreadable text).
+    pub fn tool(&self) -> Option<ToolEntry> {
+        match self.role {
+            Role::ToolCall => serde_json::from_str(&self.text).ok().map(ToolEntry::Call),
+            Role::ToolResult => serde_json::from_str(&self.text).ok().map(ToolEntry::Result),
+            Role::User | Role::Assistant => None,
         }
     }
 }
@@ -134,6 +201,16 @@ mod tests {
             Err(SessionIdError::TooLong(65))
         );
         assert!(SessionId::parse(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn tool_entries_round_trip_through_their_text() {
+        let call = ToolEntry::Call(ToolCall { call_id: "call_1".into(), name: "end_consultation".into(), arguments: r#"{"reason":"bye"}"#.into() });
+        let m = DialogueMessage { seq: 3, role: call.role(), text: call.to_text(), at: Utc::now(), interrupted: false };
+        assert_eq!(m.tool(), Some(call));
+        assert!(!m.role.is_spoken());
+        assert_eq!(Role::parse(m.role.as_str()), Some(Role::ToolCall));
+        assert_eq!(serde_json::to_string(&Role::ToolResult).unwrap(), "\"tool_result\"");
     }
 
     #[test]

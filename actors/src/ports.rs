@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::anketa::Anketa;
-use crate::dialogue::{DialogueMessage, SessionId};
+use crate::dialogue::{DialogueMessage, SessionId, ToolCall, ToolResult};
 use crate::session::SessionStatus;
 
 // ---------------------------------------------------------------------------------------------
@@ -20,12 +20,24 @@ use crate::session::SessionStatus;
 // ---------------------------------------------------------------------------------------------
 
 /// What a new realtime session must be configured with. On a reconnect `history` carries the
-/// dialogue so far, replayed as text items so the model keeps its context.
+/// dialogue so far, replayed as text items (tool entries as their call and output items) so
+/// the model keeps its context.
 #[derive(Clone, Debug)]
 pub struct RealtimeSetup {
     pub session_id: SessionId,
     pub instructions: String,
     pub history: Vec<DialogueMessage>,
+    /// Function tools the model may call.
+    pub tools: Vec<ToolSpec>,
+}
+
+/// A function tool declared in the realtime session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: serde_json::Value,
 }
 
 /// A connected realtime session: commands go in, events come out. The event stream ends with
@@ -46,6 +58,8 @@ pub enum RealtimeCommand {
     Truncate { item_id: String, content_index: u32, audio_end_ms: u64 },
     /// Replace the session instructions.
     UpdateInstructions(String),
+    /// Our output for a function call of the model's (`function_call_output`).
+    ToolResult(ToolResult),
     /// Close the socket politely.
     Close,
 }
@@ -83,6 +97,8 @@ pub enum RealtimeEvent {
     AgentAudio { item_id: String, pcm: Arc<[i16]> },
     AgentTranscriptDelta { item_id: String, delta: String },
     AgentTranscriptDone { item_id: String, text: String },
+    /// The model called a function (its finished `function_call` item).
+    ToolCall(ToolCall),
     ResponseDone {
         response_id: Option<String>,
         status: ResponseStatus,

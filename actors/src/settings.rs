@@ -34,6 +34,37 @@ pub struct ConsultationSettings {
     /// Proactively reconnect the realtime session after this long (before the provider's
     /// session limit), at a moment when no response is playing.
     pub realtime_recycle_after: Option<Duration>,
+    pub steering: Steering,
+    pub ending: Ending,
+}
+
+/// What the anketa tells the dialogue: appended to the instructions after each extraction.
+#[derive(Clone, Debug)]
+pub struct Steering {
+    /// Off: the instructions never change with the anketa.
+    pub enabled: bool,
+    /// Required fields still unknown; `{fields}` becomes their descriptions.
+    pub missing_addendum: String,
+    /// Every required field is known.
+    pub complete_addendum: String,
+    /// Appended to the wrap-up instruction while fields are missing; `{fields}` as above.
+    pub wrapup_missing: String,
+}
+
+/// How a call comes to its end besides the time limit and the caller hanging up.
+#[derive(Clone, Debug)]
+pub struct Ending {
+    /// Declare the `end_consultation` tool so that the model ends the call when the caller
+    /// says goodbye.
+    pub end_tool: bool,
+    /// Given when the model ended the call without saying goodbye first.
+    pub tool_goodbye_instruction: String,
+    /// Caller silence (agent idle) before the agent asks whether they are still there; None: off.
+    pub silence_prompt_after: Option<Duration>,
+    pub silence_prompt_instruction: String,
+    /// Further silence after that question before the agent says goodbye and ends the call.
+    pub silence_end_after: Duration,
+    pub silence_goodbye_instruction: String,
 }
 
 impl ConsultationSettings {
@@ -56,6 +87,20 @@ impl ConsultationSettings {
             connect: crate::realtime::ConnectPolicy::default(),
             caller_gap_buffer: Duration::from_secs(2),
             realtime_recycle_after: None,
+            steering: Steering {
+                enabled: true,
+                missing_addendum: "Ещё не выяснено: {fields}. Выясни это естественно, по одному вопросу за раз.".into(),
+                complete_addendum: "Все нужные сведения собраны: кратко подведи итог и предложи завершить консультацию.".into(),
+                wrapup_missing: "Если успеешь, уточни: {fields}.".into(),
+            },
+            ending: Ending {
+                end_tool: true,
+                tool_goodbye_instruction: "Клиент прощается: коротко поблагодари его и попрощайся.".into(),
+                silence_prompt_after: None,
+                silence_prompt_instruction: "Клиент давно молчит: спроси, слышит ли он тебя.".into(),
+                silence_end_after: Duration::from_secs(15),
+                silence_goodbye_instruction: "Клиент не отвечает: вежливо попрощайся.".into(),
+            },
         }
     }
 }

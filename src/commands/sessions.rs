@@ -76,6 +76,8 @@ pub fn markdown(d: &SessionDetail) -> String {
         let who = match m.role {
             consultant_actors::Role::User => "Клиент",
             consultant_actors::Role::Assistant => "Консультант",
+            consultant_actors::Role::ToolCall => "Вызов функции",
+            consultant_actors::Role::ToolResult => "Результат функции",
         };
         let cut = if m.interrupted { " (прервано)" } else { "" };
         let _ = writeln!(out, "{}. **{who}**{cut} [{}]: {}", m.seq, m.at.format("%H:%M:%S"), m.text);

@@ -144,6 +144,16 @@ pub struct ConsultationSection {
     pub restart_max: usize,
     pub restart_window_secs: u64,
     pub caller_gap_buffer_ms: u64,
+    pub steer_with_anketa: bool,
+    pub missing_fields_addendum: String,
+    pub complete_fields_addendum: String,
+    pub wrapup_missing_addendum: String,
+    pub end_tool: bool,
+    pub tool_goodbye_instruction: String,
+    pub silence_prompt_secs: u64,
+    pub silence_prompt_instruction: String,
+    pub silence_end_secs: u64,
+    pub silence_goodbye_instruction: String,
     pub anketa_fields: Vec<AnketaField>,
 }
 
@@ -405,6 +415,20 @@ impl Config {
             },
             caller_gap_buffer: Duration::from_millis(c.caller_gap_buffer_ms),
             realtime_recycle_after: (r.recycle_after_secs > 0).then(|| Duration::from_secs(r.recycle_after_secs)),
+            steering: consultant_actors::settings::Steering {
+                enabled: c.steer_with_anketa,
+                missing_addendum: c.missing_fields_addendum.clone(),
+                complete_addendum: c.complete_fields_addendum.clone(),
+                wrapup_missing: c.wrapup_missing_addendum.clone(),
+            },
+            ending: consultant_actors::settings::Ending {
+                end_tool: c.end_tool,
+                tool_goodbye_instruction: c.tool_goodbye_instruction.clone(),
+                silence_prompt_after: (c.silence_prompt_secs > 0).then(|| Duration::from_secs(c.silence_prompt_secs)),
+                silence_prompt_instruction: c.silence_prompt_instruction.clone(),
+                silence_end_after: Duration::from_secs(c.silence_end_secs),
+                silence_goodbye_instruction: c.silence_goodbye_instruction.clone(),
+            },
         }
     }
 }

@@ -18,7 +18,7 @@ pub enum Kind {
     F64,
     Bool,
     Choice(&'static [&'static str]),
-    /// `consultation.anketa_fields`: an array of `{name, description, kind}` tables.
+    /// `consultation.anketa_fields`: an array of `{name, description, kind, required}` tables.
     Fields,
 }
 
@@ -33,7 +33,7 @@ impl Kind {
             Kind::F64 => "a number".into(),
             Kind::Bool => "true or false".into(),
             Kind::Choice(names) => format!("one of: {}", names.join(", ")),
-            Kind::Fields => "an array of tables {name = \"..\", description = \"..\", kind = \"text|list|number|bool\"}".into(),
+            Kind::Fields => "an array of tables {name = \"..\", description = \"..\", kind = \"text|list|number|bool\", required = true|false}".into(),
         }
     }
 }
@@ -144,6 +144,16 @@ pub const KEYS: &[Key] = &[
     key("consultation", "restart_max", U64, "child actor restarts allowed per window"),
     key("consultation", "restart_window_secs", U64, "the restart window, seconds"),
     key("consultation", "caller_gap_buffer_ms", U64, "caller audio held while the realtime link reconnects, ms"),
+    key("consultation", "steer_with_anketa", Bool, "tell the model after each extraction which required fields are still unknown"),
+    key("consultation", "missing_fields_addendum", Str, "added to the instructions while fields are missing; {fields} lists them"),
+    key("consultation", "complete_fields_addendum", Str, "added to the instructions once every required field is known"),
+    key("consultation", "wrapup_missing_addendum", Str, "added to the wrap-up while fields are missing; {fields} lists them"),
+    key("consultation", "end_tool", Bool, "declare the end_consultation tool: the model ends the call when the caller says goodbye"),
+    key("consultation", "tool_goodbye_instruction", Str, "instruction when the model ended the call without a goodbye"),
+    key("consultation", "silence_prompt_secs", U64, "caller silence before the agent asks whether they are there, seconds (0 = off)"),
+    key("consultation", "silence_prompt_instruction", Str, "instruction for that question"),
+    key("consultation", "silence_end_secs", U64, "further silence before the agent says goodbye and ends the call, seconds"),
+    key("consultation", "silence_goodbye_instruction", Str, "instruction for the goodbye to a silent caller"),
     key("consultation", "anketa_fields", Fields, "the anketa fields, as a TOML array of tables"),
     key("storage", "path", Path, "the SQLite database").legacy("CONSULTANT_DB_PATH"),
     key("storage", "synchronous", Kind::Choice(SYNCHRONOUS), "SQLite durability: normal or full"),

@@ -153,7 +153,7 @@ impl AzureRealtimeClient {
     /// the last replayed item.
     async fn configure(&self, socket: &mut Socket, setup: &RealtimeSetup) -> Result<protocol::SessionInfo, RealtimeFailure> {
         let protocol = self.config.flavour.protocol();
-        let update = protocol::session_update(&self.config, &setup.instructions);
+        let update = protocol::session_update(&self.config, &setup.instructions, &setup.tools);
         send_json(socket, &update).await?;
         let mut previous = "root".to_owned();
         let mut last_item = None;
@@ -161,7 +161,12 @@ impl AzureRealtimeClient {
         for (n, message) in setup.history.iter().enumerate() {
             // Item ids are ours (max 32 chars); old ids do not exist on a new session.
             let id = format!("h{}_{n}", &salt[..12]);
-            let item = protocol::history_item(protocol, &id, &previous, message.role == Role::Assistant, &message.text);
+            let item = match (message.role.is_spoken(), message.tool()) {
+                (true, _) => protocol::history_item(protocol, &id, &previous, message.role == Role::Assistant, &message.text),
+                (false, Some(entry)) => protocol::history_tool_item(&id, &previous, &entry),
+                // An unreadable tool entry: nothing the model could use.
+                (false, None) => continue,
+            };
             send_json(socket, &item).await?;
             previous = id.clone();
             last_item = Some(id);

@@ -7,6 +7,9 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use consultant_actors::dialogue::{ToolCall, ToolResult};
+use consultant_actors::ports::ToolSpec;
+
 use super::config::{NoiseReduction, Protocol, RealtimeConfig, TurnDetection};
 
 #[derive(Deserialize)]
@@ -35,6 +38,23 @@ pub struct ItemInfo {
     pub role: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    /// Function-call items: which call, of which tool, with what (a JSON text).
+    #[serde(default)]
+    pub call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: Option<String>,
+}
+
+impl ItemInfo {
+    /// A finished function call of the model's, if this item is one.
+    pub fn function_call(&self) -> Option<ToolCall> {
+        if self.kind.as_deref() != Some("function_call") {
+            return None;
+        }
+        Some(ToolCall { call_id: self.call_id.clone()?, name: self.name.clone()?, arguments: self.arguments.clone().unwrap_or_else(|| "{}".into()) })
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -154,6 +174,9 @@ pub enum ServerEvent {
     TranscriptDone { item_id: String, transcript: String },
     TextDelta { item_id: Option<String>, delta: String },
     TextDone { item_id: Option<String>, text: String },
+    /// response.function_call_arguments.delta / .done: the call itself is taken from its
+    /// finished item (response.output_item.done), which carries the name on every flavour.
+    FunctionArguments,
     ResponseDone(ResponseInfo),
     RateLimits(Vec<RateLimit>),
     Error(ErrorInfo),
@@ -323,6 +346,7 @@ pub fn parse_server_event(text: &str) -> Result<ServerEvent, ParseError> {
             let b: WithItemId = body(kind, text)?;
             ServerEvent::TextDone { item_id: b.item_id, text: b.text.unwrap_or_default() }
         }
+        "response.function_call_arguments.delta" | "response.function_call_arguments.done" => ServerEvent::FunctionArguments,
         "rate_limits.updated" => ServerEvent::RateLimits(body::<WithRateLimits>(kind, text)?.rate_limits),
         "error" => ServerEvent::Error(body::<WithError>(kind, text)?.error),
         other => ServerEvent::Unknown(other.to_owned()),
@@ -375,8 +399,16 @@ fn transcription(config: &RealtimeConfig) -> Value {
     t
 }
 
+/// Function tools in the session: the same flat shape on every flavour.
+fn tools(specs: &[ToolSpec]) -> Value {
+    specs
+        .iter()
+        .map(|t| json!({ "type": "function", "name": t.name, "description": t.description, "parameters": t.parameters }))
+        .collect()
+}
+
 /// The full session configuration in the shape of the flavour's protocol.
-pub fn session_update(config: &RealtimeConfig, instructions: &str) -> Value {
+pub fn session_update(config: &RealtimeConfig, instructions: &str, specs: &[ToolSpec]) -> Value {
     let mut session = match config.flavour.protocol() {
         Protocol::Beta => json!({
             // Azure preview rejects audio alone.
@@ -405,6 +437,10 @@ pub fn session_update(config: &RealtimeConfig, instructions: &str) -> Value {
             },
         }),
     };
+    if !specs.is_empty() {
+        session["tools"] = tools(specs);
+        session["tool_choice"] = json!("auto");
+    }
     if let (Protocol::Beta, Some(t)) = (config.flavour.protocol(), config.temperature) {
         session["temperature"] = json!(t);
     }
@@ -440,6 +476,21 @@ pub fn history_item(protocol: Protocol, item_id: &str, previous_item_id: &str, a
             "content": [{ "type": content_type, "text": text }],
         },
     })
+}
+
+/// A tool entry of the dialogue replayed as its item (the call, or our output for it).
+pub fn history_tool_item(item_id: &str, previous_item_id: &str, entry: &consultant_actors::dialogue::ToolEntry) -> Value {
+    use consultant_actors::dialogue::ToolEntry;
+    let item = match entry {
+        ToolEntry::Call(c) => json!({ "id": item_id, "type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments }),
+        ToolEntry::Result(r) => json!({ "id": item_id, "type": "function_call_output", "call_id": r.call_id, "output": r.output }),
+    };
+    json!({ "type": "conversation.item.create", "previous_item_id": previous_item_id, "item": item })
+}
+
+/// Our answer to a function call of the model's.
+pub fn tool_result(result: &ToolResult) -> Value {
+    json!({ "type": "conversation.item.create", "item": { "type": "function_call_output", "call_id": result.call_id, "output": result.output } })
 }
 
 pub fn response_create(instructions: Option<&str>) -> Value {
@@ -510,13 +561,13 @@ mod tests {
         let mut c = RealtimeConfig::new(RealtimeFlavour::AzureGa, "https://r.openai.azure.com", crate::secret::Secret::new("k"));
         c.noise_reduction = NoiseReduction::FarField;
         c.idle_timeout_ms = 6000;
-        let s = &session_update(&c, "i")["session"];
+        let s = &session_update(&c, "i", &[])["session"];
         assert_eq!(s["audio"]["input"]["noise_reduction"], json!({ "type": "far_field" }));
         assert_eq!(s["audio"]["input"]["turn_detection"]["idle_timeout_ms"], 6000);
         c.idle_timeout_ms = 0;
         c.turn_detection = TurnDetection::SemanticVad;
         c.eagerness = Eagerness::Low;
-        let td = &session_update(&c, "i")["session"]["audio"]["input"]["turn_detection"];
+        let td = &session_update(&c, "i", &[])["session"]["audio"]["input"]["turn_detection"];
         assert_eq!(td, &json!({ "type": "semantic_vad", "eagerness": "low", "create_response": true, "interrupt_response": true }));
         assert!(c.validate().is_ok());
         // The preview protocol: refused before anything is sent.
@@ -524,6 +575,27 @@ mod tests {
         let refused: Vec<&str> = c.unsupported().into_iter().map(|(k, _)| k).collect();
         assert_eq!(refused, ["realtime.turn_detection", "realtime.noise_reduction"]);
         assert!(c.validate().unwrap_err().contains("azure-ga"));
+    }
+
+    #[test]
+    fn tools_are_declared_and_function_call_items_read_on_both_generations() {
+        use crate::realtime::RealtimeFlavour;
+        let spec = ToolSpec { name: "end_consultation".into(), description: "d".into(), parameters: json!({ "type": "object", "properties": {} }) };
+        for flavour in [RealtimeFlavour::AzurePreview, RealtimeFlavour::AzureGa] {
+            let c = RealtimeConfig::new(flavour, "https://r.openai.azure.com", crate::secret::Secret::new("k"));
+            let s = &session_update(&c, "i", std::slice::from_ref(&spec))["session"];
+            assert_eq!(s["tools"], json!([{ "type": "function", "name": "end_consultation", "description": "d", "parameters": { "type": "object", "properties": {} } }]));
+            assert_eq!(s["tool_choice"], "auto");
+            assert!(session_update(&c, "i", &[])["session"].get("tools").is_none());
+        }
+        let done = r#"{"type":"response.output_item.done","response_id":"r","output_index":1,"item":{"id":"it","type":"function_call","status":"completed","call_id":"call_9","name":"end_consultation","arguments":"{\"reason\":\"bye\"}"}}"#;
+        let ServerEvent::OutputItemDone { item, .. } = parse_server_event(done).unwrap() else { panic!() };
+        assert_eq!(item.function_call(), Some(ToolCall { call_id: "call_9".into(), name: "end_consultation".into(), arguments: r#"{"reason":"bye"}"#.into() }));
+        let message = r#"{"type":"response.output_item.done","item":{"id":"m","type":"message","role":"assistant"}}"#;
+        let ServerEvent::OutputItemDone { item, .. } = parse_server_event(message).unwrap() else { panic!() };
+        assert_eq!(item.function_call(), None);
+        let delta = r#"{"type":"response.function_call_arguments.delta","item_id":"it","call_id":"call_9","delta":"{\"re"}"#;
+        assert_eq!(parse_server_event(delta).unwrap(), ServerEvent::FunctionArguments);
     }
 
     #[test]

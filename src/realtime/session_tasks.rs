@@ -81,6 +81,7 @@ impl Writer {
                 RealtimeCommand::Truncate { item_id, content_index, audio_end_ms } => {
                     self.send_value(protocol::truncate(&item_id, content_index, audio_end_ms)).await
                 }
+                RealtimeCommand::ToolResult(result) => self.send_value(protocol::tool_result(&result)).await,
                 RealtimeCommand::UpdateInstructions(instructions) => {
                     self.send_value(protocol::instructions_update(self.protocol, &instructions)).await
                 }
@@ -234,6 +235,10 @@ impl Reader {
                     _ => return Step::Continue,
                 }
             }
+            ServerEvent::OutputItemDone { item, .. } => match item.function_call() {
+                Some(call) => RealtimeEvent::ToolCall(call),
+                None => return Step::Continue,
+            },
             ServerEvent::ResponseDone(response) => {
                 let status = match response.status.as_deref() {
                     Some("completed") => ResponseStatus::Completed,
@@ -278,7 +283,7 @@ impl Reader {
             | ServerEvent::ItemTruncated { .. }
             | ServerEvent::ItemDeleted { .. }
             | ServerEvent::UserTranscriptDelta { .. }
-            | ServerEvent::OutputItemDone { .. }
+            | ServerEvent::FunctionArguments
             | ServerEvent::ContentPartAdded { .. }
             | ServerEvent::ContentPartDone { .. }
             | ServerEvent::AudioDone { .. }

@@ -196,8 +196,8 @@ impl AnketaExtractor for NameExtractor {
 
 pub fn fields() -> Vec<AnketaField> {
     vec![
-        AnketaField { name: "name".into(), description: "Имя клиента".into(), kind: FieldKind::Text },
-        AnketaField { name: "goal".into(), description: "Цель обращения".into(), kind: FieldKind::Text },
+        AnketaField { name: "name".into(), description: "Имя клиента".into(), kind: FieldKind::Text, required: true },
+        AnketaField { name: "goal".into(), description: "Цель обращения".into(), kind: FieldKind::Text, required: true },
     ]
 }
 

@@ -43,7 +43,10 @@ impl ConsultationActor {
                     session_id: state.session.session_id.clone(),
                     instructions: state.current_instructions(),
                     history: state.session.dialogue.clone(),
+                    tools: state.tools(),
                 };
+                state.instructions_sent = Some(setup.instructions.clone());
+                state.instructions_pending = false;
                 let args = RealtimeArgs {
                     connector: state.args.ports.connector.clone(),
                     setup,

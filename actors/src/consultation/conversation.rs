@@ -27,7 +27,9 @@ impl ConsultationState {
                 v.push_line(message.seq, message.role, &message.text);
                 v.persistence_backlog += 1;
             });
-            self.audio_out.transcript(&message);
+            if message.role.is_spoken() {
+                self.audio_out.transcript(&message);
+            }
             if let Some(p) = &self.persistence {
                 if let Err(e) = p.send_message(PersistenceMsg::Append(message)) {
                     // Kept in the dialogue: the next Persistence (or finalize) writes it.
@@ -35,19 +37,6 @@ impl ConsultationState {
                 }
             }
         }
-    }
-
-    pub(super) fn current_instructions(&self) -> String {
-        let s = &self.args.settings;
-        match self.session.timer {
-            TimerPhase::Running => s.system_prompt.clone(),
-            TimerPhase::WrappingUp | TimerPhase::Expired => format!("{}\n\n{}", s.system_prompt, s.wrapup_instruction),
-        }
-    }
-
-    fn request_goodbye(&mut self) {
-        self.goodbye_requested = true;
-        self.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(self.args.settings.goodbye_instruction.clone()) });
     }
 }
 
@@ -66,6 +55,7 @@ impl ConsultationActor {
                 }
                 state.speech_stopped_at = None;
                 state.caller_speaking = true;
+                state.silence_prompted = false;
             }
             RealtimeEvent::SpeechStopped { .. } => {
                 state.caller_speaking = false;
@@ -114,6 +104,7 @@ impl ConsultationActor {
             }
             RealtimeEvent::AgentTranscriptDelta { item_id, delta } => state.turns.agent_transcript_delta(&item_id, &delta),
             RealtimeEvent::AgentTranscriptDone { item_id, text } => state.turns.agent_transcript_done(&item_id, &text),
+            RealtimeEvent::ToolCall(call) => state.pending_tool_calls.push(call),
             RealtimeEvent::ResponseDone { status, reason, usage, .. } => {
                 state.response_active = false;
                 if let Some(usage) = usage {
@@ -126,7 +117,7 @@ impl ConsultationActor {
                     tracing::warn!(session_id = %state.session.session_id, reason = reason.as_deref().unwrap_or(""), "realtime response failed");
                     // Nothing was said (a rate limit mid-session): ask again rather than leave the
                     // caller waiting, a couple of times with a growing pause.
-                    if !state.response_audio && !state.goodbye_requested && state.response_retries < RESPONSE_RETRIES {
+                    if !state.response_audio && !state.is_ending() && state.response_retries < RESPONSE_RETRIES {
                         state.response_retries += 1;
                         let delay = RESPONSE_RETRY_DELAY * state.response_retries;
                         tracing::info!(session_id = %state.session.session_id, attempt = state.response_retries, ?delay, "asking for the failed response again");
@@ -137,11 +128,13 @@ impl ConsultationActor {
                 }
                 let ready = state.turns.finish_agent(Some(status));
                 state.store_final(ready);
-                if state.goodbye_requested {
-                    state.goodbye_spoken = true;
-                } else if state.session.timer == TimerPhase::Expired {
-                    state.request_goodbye();
+                // A goodbye said before this answer's tool call stays the goodbye.
+                let ending_before = state.is_ending();
+                Self::on_tool_calls(myself, state);
+                if ending_before {
+                    Self::ending_on_response_done(myself, state);
                 }
+                state.flush_instructions();
             }
             RealtimeEvent::Error { code, message } => {
                 tracing::warn!(session_id = %state.session.session_id, code = code.as_deref().unwrap_or(""), %message, "realtime error event");
@@ -158,26 +151,17 @@ impl ConsultationActor {
         if state.session.timer == TimerPhase::Running && elapsed >= wrapup_at && elapsed < settings.max_duration {
             state.session.timer = TimerPhase::WrappingUp;
             tracing::info!(session_id = %state.session.session_id, remaining = ?state.session.remaining(), "wrap-up instruction sent");
-            state.send_realtime(RealtimeCommand::UpdateInstructions(state.current_instructions()));
+            state.instructions_changed();
         }
         if state.session.timer != TimerPhase::Expired && elapsed >= settings.max_duration {
             state.session.timer = TimerPhase::Expired;
-            state.goodbye_deadline = Some(Instant::now() + settings.goodbye_grace);
             tracing::info!(session_id = %state.session.session_id, "time limit reached; saying goodbye");
-            if state.response_active {
-                state.audio_out.interrupt();
-                state.send_realtime(RealtimeCommand::CancelResponse);
-            } else {
-                state.request_goodbye();
-            }
+            Self::begin_ending(myself, state, EndReason::TimeLimit, settings.goodbye_instruction.clone(), false);
         }
-        if state.session.timer == TimerPhase::Expired {
-            let said = state.goodbye_spoken && !state.audio_out.is_playing();
-            let overdue = state.goodbye_deadline.is_some_and(|d| Instant::now() >= d);
-            if said || overdue {
-                Self::begin_finalize(myself, state, EndReason::TimeLimit);
-                return;
-            }
+        Self::silence_tick(myself, state);
+        Self::check_ended(myself, state);
+        if state.finalizing {
+            return;
         }
         state.publish_caller_buffer();
     }

@@ -7,11 +7,17 @@
 //! - [`children`]: spawning, telling children apart, and the restart decisions.
 //! - [`conversation`]: what the call does with room and realtime events, the timer and the end.
 //! - [`rollover`]: the make-before-break switch to a standby realtime session.
+//! - [`steering`]: what the anketa still lacks, in the session's instructions.
+//! - [`ending`]: the goodbye (time limit, `end_consultation`, silence) and the hang-up after it.
 //! - `crate::turns` assembles the dialogue; `crate::finalize` ends it.
 
 mod children;
 mod conversation;
+mod ending;
 mod rollover;
+mod steering;
+
+pub use ending::END_CONSULTATION;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -75,6 +81,10 @@ pub enum EndReason {
     /// The LiveKit server closed the room or removed the agent.
     RoomClosed(String),
     TimeLimit,
+    /// The caller said goodbye and the model called `end_consultation`.
+    Goodbye,
+    /// The caller stayed silent after being asked whether they were still there.
+    Silence,
     Operator(String),
     Shutdown,
     Failed(String),
@@ -93,6 +103,8 @@ impl EndReason {
             EndReason::CallerLeft => "caller left".into(),
             EndReason::RoomClosed(why) => format!("room closed: {why}"),
             EndReason::TimeLimit => "time limit reached".into(),
+            EndReason::Goodbye => "the caller said goodbye (end_consultation)".into(),
+            EndReason::Silence => "the caller stayed silent".into(),
             EndReason::Operator(who) => format!("ended by operator {who}"),
             EndReason::Shutdown => "worker shutdown".into(),
             EndReason::Failed(why) => format!("failed: {why}"),
@@ -148,6 +160,8 @@ pub enum ConsultationMsg {
     TranscriptTimeout { item_id: String },
     /// Ask again for a response that failed before any audio (a provider rate limit).
     RetryResponse,
+    /// Has the goodbye played out? (polled while it plays)
+    CheckEnded,
     Tick,
     End(EndReason),
     /// Operator: run an extraction now.
@@ -214,9 +228,18 @@ pub struct ConsultationState {
     response_audio: bool,
     /// Failed responses asked again in a row.
     response_retries: u32,
-    goodbye_requested: bool,
-    goodbye_spoken: bool,
-    goodbye_deadline: Option<Instant>,
+    /// The goodbye in progress, once the call is ending.
+    ending: Option<ending::Ending>,
+    /// Function calls of the current answer, handled when it is done.
+    pending_tool_calls: Vec<crate::dialogue::ToolCall>,
+    /// The instructions the current realtime session has.
+    instructions_sent: Option<String>,
+    /// New instructions wait for the current answer to end.
+    instructions_pending: bool,
+    /// Since when nobody has spoken (for the silence prompt).
+    quiet_since: Option<Instant>,
+    /// The caller was asked whether they are still there.
+    silence_prompted: bool,
     persisted_upto: u32,
     /// Periodic anketas sent to Persistence and not yet confirmed: re-sent to its restart.
     unsaved_anketas: Vec<AnketaRecord>,
@@ -356,9 +379,12 @@ impl Actor for ConsultationActor {
             response_active: false,
             response_audio: false,
             response_retries: 0,
-            goodbye_requested: false,
-            goodbye_spoken: false,
-            goodbye_deadline: None,
+            ending: None,
+            pending_tool_calls: Vec::new(),
+            instructions_sent: None,
+            instructions_pending: false,
+            quiet_since: None,
+            silence_prompted: false,
             persisted_upto: 0,
             unsaved_anketas: Vec::new(),
             extraction_requested_at: 0,
@@ -457,6 +483,8 @@ impl Actor for ConsultationActor {
                     v.last_extraction_at_message = Some(message_count);
                     v.extractions += 1;
                 });
+                // What is still missing steers the dialogue from here on.
+                state.instructions_changed();
                 let record = AnketaRecord { anketa: state.session.anketa.clone(), message_count, is_final: false, at: Utc::now() };
                 state.unsaved_anketas.retain(|a| a.message_count != message_count);
                 state.unsaved_anketas.push(record.clone());
@@ -482,8 +510,9 @@ impl Actor for ConsultationActor {
                     state.store_final(ready);
                 }
             }
+            ConsultationMsg::CheckEnded => Self::check_ended(&myself, state),
             ConsultationMsg::RetryResponse => {
-                if !state.finalizing && !state.response_active {
+                if !state.finalizing && !state.response_active && !state.is_ending() {
                     // Before the greeting there is nothing to answer yet: ask for the greeting again.
                     let greeted = state.session.dialogue.iter().any(|m| m.role == crate::dialogue::Role::Assistant);
                     let instructions = (!greeted).then(|| state.args.settings.greeting_instruction.clone());

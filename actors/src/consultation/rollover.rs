@@ -90,7 +90,12 @@ impl ConsultationActor {
         state.realtime.last_generation += 1;
         let generation = state.realtime.last_generation;
         let instructions = state.current_instructions();
-        let setup = RealtimeSetup { session_id: state.session.session_id.clone(), instructions: instructions.clone(), history: state.session.dialogue.clone() };
+        let setup = RealtimeSetup {
+            session_id: state.session.session_id.clone(),
+            instructions: instructions.clone(),
+            history: state.session.dialogue.clone(),
+            tools: state.tools(),
+        };
         let args = RealtimeArgs { connector: state.args.ports.connector.clone(), setup, policy: state.args.settings.connect, parent: myself.clone(), generation };
         let (actor, _) = Actor::spawn_linked(None, RealtimeActor, args, myself.get_cell()).await?;
         tracing::info!(session_id = %state.session.session_id, generation, replay = state.session.dialogue.len(), "opening a standby realtime session before the limit");
@@ -136,9 +141,9 @@ impl ConsultationActor {
             // Not a child any more: its end is neither a failure nor a planned restart.
             old.stop(Some("rolled over to the standby session".into()));
         }
-        if standby.instructions != state.current_instructions() {
-            state.send_realtime(RealtimeCommand::UpdateInstructions(state.current_instructions()));
-        }
+        // Configured a while ago: anything that changed since goes out now (between answers).
+        state.instructions_sent = Some(standby.instructions);
+        state.instructions_changed();
         state.args.telemetry.actor_removed(&state.standby_path());
         state.set_link(RealtimeLinkState::Connected);
         state.args.telemetry.event("rollover", state.child_path(ChildKind::Realtime), format!("switched to generation {}, {} messages replayed", standby.generation, standby.dialogue_len));
