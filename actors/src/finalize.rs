@@ -22,6 +22,8 @@ pub struct SessionOutcome {
     pub room: String,
     pub status: SessionStatus,
     pub failure: Option<String>,
+    /// Why it ended (caller left, time limit, the caller said goodbye, silence...).
+    pub reason: String,
     pub dialogue: Vec<DialogueMessage>,
     pub anketa: Anketa,
     pub started_at: chrono::DateTime<Utc>,
@@ -103,6 +105,7 @@ pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
         room: job.room,
         status,
         failure,
+        reason: job.reason,
         dialogue: job.dialogue,
         anketa,
         started_at: job.started_at,

@@ -42,6 +42,10 @@ impl ConsultationState {
 
 impl ConsultationActor {
     pub(super) fn on_realtime_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RealtimeEvent) {
+        if matches!(event, RealtimeEvent::SpeechStarted { .. } | RealtimeEvent::SpeechStopped { .. } | RealtimeEvent::ResponseDone { .. }) {
+            // Someone spoke: the caller's silence counts from here (see `silence_tick`).
+            state.quiet_since = Some(Instant::now());
+        }
         match event {
             RealtimeEvent::SessionReady { .. } => {}
             RealtimeEvent::SpeechStarted { .. } => {

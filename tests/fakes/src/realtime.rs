@@ -27,6 +27,10 @@ use tokio_tungstenite::WebSocketStream;
 
 #[path = "realtime_session.rs"]
 mod session_rules;
+#[path = "realtime_tools.rs"]
+mod tools;
+
+pub use tools::ScriptedCall;
 
 const RATE: u64 = 24_000;
 /// VAD frame: 10 ms.
@@ -68,11 +72,27 @@ pub struct ScriptTurn {
     /// What the agent answers.
     pub agent: String,
     pub transcript: TranscriptTiming,
+    /// The model calls this function at the end of its answer.
+    pub call: Option<ScriptedCall>,
+    /// ... and says nothing before it.
+    pub call_only: bool,
 }
 
 impl ScriptTurn {
     pub fn new(user: impl Into<String>, agent: impl Into<String>) -> Self {
-        Self { user: user.into(), agent: agent.into(), transcript: TranscriptTiming::BeforeResponse }
+        Self { user: user.into(), agent: agent.into(), transcript: TranscriptTiming::BeforeResponse, call: None, call_only: false }
+    }
+
+    /// The model says its answer, then calls `name` with `arguments` (a JSON text).
+    pub fn then_calls(mut self, name: &str, arguments: &str) -> Self {
+        self.call = Some(ScriptedCall { name: name.into(), arguments: arguments.into() });
+        self
+    }
+
+    /// The model answers only with a call of `name`, saying nothing.
+    pub fn calls_silently(mut self, name: &str, arguments: &str) -> Self {
+        self.call_only = true;
+        self.then_calls(name, arguments)
     }
 
     pub fn late(mut self) -> Self {
@@ -214,6 +234,8 @@ pub struct ConnectionRecord {
     /// Error codes (or types when no code) sent to the client.
     pub errors_sent: Vec<String>,
     pub responses: Vec<ResponseRecord>,
+    /// Function calls the model made.
+    pub tool_calls: Vec<ScriptedCall>,
     pub user_turns: u32,
     pub ended: Option<String>,
 }
@@ -518,6 +540,8 @@ struct Response {
     /// A user transcript to deliver after the first audio delta.
     late_transcript: Option<(String, ScriptTurn)>,
     record_index: usize,
+    /// Called once the answer is said.
+    call: Option<ScriptedCall>,
 }
 
 struct Session {
@@ -545,6 +569,8 @@ struct Session {
     fail_next: Option<String>,
     /// The answer of a response that failed, given to the next `response.create`.
     pending_answer: Option<String>,
+    /// Function call ids in the conversation (made or replayed).
+    calls: Vec<String>,
 }
 
 enum Flow {
@@ -578,6 +604,7 @@ impl Session {
             drop_after: None,
             fail_next: None,
             pending_answer: None,
+            calls: Vec::new(),
         }
     }
 
@@ -798,7 +825,7 @@ impl Session {
                             self.options().greeting.clone()
                         }
                     });
-                    self.start_response(sink, text, None).await
+                    self.start_response(sink, text, None, None).await
                 }
             }
             "response.cancel" => {
@@ -824,7 +851,8 @@ impl Session {
     }
 
     fn validate_session(&self, session: &Value) -> Result<(), (&'static str, String, String)> {
-        session_rules::validate(self.protocol, self.azure(), session)
+        session_rules::validate(self.protocol, self.azure(), session)?;
+        tools::validate(session)
     }
 
     async fn on_session_update(&mut self, sink: &mut Sink, event: &Value, event_id: Option<&str>) -> Result<(), String> {
@@ -876,6 +904,16 @@ impl Session {
                 return self.error(sink, "invalid_request_error", Some("invalid_value"), &format!("Previous item with id '{p}' not found"), Some("previous_item_id"), event_id).await;
             }
         }
+        match self.check_tool_item(item) {
+            Some(Err((code, message, param))) => return self.error(sink, "invalid_request_error", Some(code), &message, Some(&param), event_id).await,
+            Some(Ok(())) => {
+                if item["type"] == "function_call" {
+                    self.calls.push(item["call_id"].as_str().unwrap_or_default().to_owned());
+                }
+                return self.create_item(sink, event, item, previous).await;
+            }
+            None => {}
+        }
         let role = item["role"].as_str().unwrap_or_default();
         let allowed: &[&str] = match (role, self.protocol) {
             ("user", _) | ("system", _) => &["input_text", "input_audio"],
@@ -892,6 +930,12 @@ impl Session {
                 }
             }
         }
+        self.create_item(sink, event, item, previous).await
+    }
+
+    /// Creates a checked item: its id (ours or the client's), the created/added events.
+    async fn create_item(&mut self, sink: &mut Sink, event: &Value, item: &Value, previous: Option<&str>) -> Result<(), String> {
+        let event_id = event["event_id"].as_str();
         let id = match item["id"].as_str() {
             Some(id) if id.len() > 32 => {
                 return self.error(sink, "invalid_request_error", Some("string_above_max_length"), "Invalid 'item.id': string too long. Expected a string with maximum length 32.", Some("item.id"), event_id).await;
@@ -1033,7 +1077,15 @@ impl Session {
         }
         if responding {
             let late = (turn.transcript == TranscriptTiming::AfterResponseStarted).then(|| (item_id, turn.clone()));
-            self.start_response(sink, turn.agent.clone(), late).await?;
+            if turn.call_only {
+                if let Some((item, turn)) = late {
+                    self.deliver_transcript(sink, &item, &turn).await?;
+                }
+                let call = turn.call.clone().expect("calls_silently sets the call");
+                self.call_only_response(sink, &call).await?;
+            } else {
+                self.start_response(sink, turn.agent.clone(), late, turn.call.clone()).await?;
+            }
         }
         Ok(())
     }
@@ -1068,7 +1120,7 @@ impl Session {
         }
     }
 
-    async fn start_response(&mut self, sink: &mut Sink, text: String, late_transcript: Option<(String, ScriptTurn)>) -> Result<(), String> {
+    async fn start_response(&mut self, sink: &mut Sink, text: String, late_transcript: Option<(String, ScriptTurn)>, call: Option<ScriptedCall>) -> Result<(), String> {
         let response_id = self.next_id("resp");
         let item_id = self.next_id("item");
         self.send(sink, json!({ "type": "response.created", "response": { "id": response_id, "object": "realtime.response", "status": "in_progress", "status_details": null, "output": [], "usage": null } })).await?;
@@ -1107,7 +1159,7 @@ impl Session {
         };
         let pcm = self.voice_for(&text);
         let words = text.split_inclusive(' ').map(str::to_owned).collect();
-        self.response = Some(Response { id: response_id, item_id, text, words, pcm, sent_samples: 0, words_sent: 0, deltas_sent: 0, started: Instant::now(), late_transcript, record_index });
+        self.response = Some(Response { id: response_id, item_id, text, words, pcm, sent_samples: 0, words_sent: 0, deltas_sent: 0, started: Instant::now(), late_transcript, record_index, call });
         Ok(())
     }
 
@@ -1217,9 +1269,13 @@ impl Session {
             (Some(reason), true) => json!(reason),
             (Some(reason), false) => json!({ "type": status, "reason": reason }),
         };
+        let mut output = vec![item];
+        if let (true, Some(call)) = (completed, r.call.take()) {
+            output.push(self.function_call(sink, &r.id, 1, &call).await?);
+        }
         let words = r.words.len() as u64;
         let usage = json!({ "total_tokens": 120 + words * 3, "input_tokens": 120, "output_tokens": words * 3, "input_token_details": { "text_tokens": 100, "audio_tokens": 20, "cached_tokens": 0 }, "output_token_details": { "text_tokens": words, "audio_tokens": words * 2 } });
-        self.send(sink, json!({ "type": "response.done", "response": { "id": r.id, "object": "realtime.response", "status": status, "status_details": details, "output": [item], "usage": usage } })).await?;
+        self.send(sink, json!({ "type": "response.done", "response": { "id": r.id, "object": "realtime.response", "status": status, "status_details": details, "output": output, "usage": usage } })).await?;
         let status = status.to_owned();
         self.record(|rec| rec.responses[r.record_index].status = status);
         Ok(())
