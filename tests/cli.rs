@@ -41,7 +41,7 @@ async fn seeded(dir: &Path) -> PathBuf {
     }
     let mut anketa = Anketa::default();
     anketa.0.insert("client_name".into(), serde_json::json!("Анна"));
-    store.save_anketa(&id, &AnketaRecord { anketa, message_count: 2, is_final: true, at: Utc::now() }).await.unwrap();
+    store.save_anketa(&id, &AnketaRecord { anketa, provenance: Default::default(), message_count: 2, is_final: true, at: Utc::now() }).await.unwrap();
     store.set_status(&id, SessionStatus::Completed, None, Some(Utc::now())).await.unwrap();
     db
 }
