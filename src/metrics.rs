@@ -87,6 +87,7 @@ impl Collector for BoardCollector {
             .encode_counter::<NoLabelSet, _, u64>(&dropped, None)?;
         let outcomes = [("ok".to_owned(), m.extractions_ok), ("failed".to_owned(), m.extractions_failed)];
         labelled_counter(&mut e, "consultant_extractions", "DeepSeek anketa extractions, by outcome.", "outcome", &outcomes)?;
+        counter(&mut e, "consultant_anketa_evidence_dropped", "Citations of the anketa extractor dropped by validation (unknown message, unknown field, field without a value).", None, m.evidence_dropped)?;
         histogram(&mut e, "consultant_extraction_duration", "Duration of a DeepSeek anketa extraction (retries included).", &m.extraction_duration)?;
         histogram(&mut e, "consultant_store_commit_duration", "Duration of a store write (message, status, anketa, session).", &m.store_commit)?;
         let backlog: usize = snapshot.consultations.iter().map(|c| c.persistence_backlog).sum();
@@ -114,7 +115,10 @@ mod tests {
     fn a_fresh_board_renders_every_family_with_zeroes() {
         let telemetry = Telemetry::new();
         telemetry.metrics().voice_latency.observe_secs(0.4);
+        telemetry.metrics().evidence_dropped.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         let text = render(&registry(telemetry)).unwrap();
+        assert!(text.contains("# TYPE consultant_anketa_evidence_dropped counter\n"), "{text}");
+        assert!(text.contains("consultant_anketa_evidence_dropped_total 2\n"), "{text}");
         assert!(text.contains("# TYPE consultant_realtime_reconnects counter\n"), "{text}");
         assert!(text.contains("consultant_realtime_reconnects_total{cause=\"planned\"} 0\n"), "{text}");
         assert!(text.contains("consultant_voice_to_voice_latency_seconds_bucket{le=\"0.3\"} 0\n"), "{text}");

@@ -23,9 +23,34 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Brings an existing database up to date. Runs after the schema's `CREATE ... IF NOT EXISTS`.
-pub fn upgrade(conn: &Connection) -> Result<(), StoreError> {
+pub fn upgrade(conn: &mut Connection) -> Result<(), StoreError> {
+    add_columns(conn)?;
     widen_message_roles(conn)
 }
+
+/// Columns added to the schema (`store::SCHEMA`) after databases were already in use: (table, column, type).
+/// Each is nullable, so the rows written before it read as "not recorded".
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Where each anketa value came from (JSON); the `anketa` column keeps the Python module's shape.
+    ("anketas", "provenance", "TEXT"),
+];
+
+/// Brings a database created by an earlier release up to the schema (`store::SCHEMA`). Check and change run in
+/// one write transaction, so two processes opening the same old file do not both add a column.
+fn add_columns(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(io)?;
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = tx
+            .query_row(&format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"), [column], |r| r.get(0))
+            .map_err(io)?;
+        if !present {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}")).map_err(io)?;
+            tracing::info!(table, column, "database migrated: column added");
+        }
+    }
+    tx.commit().map_err(io)
+}
+
 
 /// Releases before tool calls allowed only `user` and `assistant` in `messages.role`. SQLite
 /// cannot change a CHECK constraint, so the table is rebuilt, rows kept, in one transaction.
@@ -79,8 +104,8 @@ mod tests {
         conn.execute_batch(OLD_MESSAGES).unwrap();
         let refused = conn.execute("INSERT INTO messages VALUES ('s1', 3, 'tool_call', '{}', 'x', 0)", []);
         assert!(refused.is_err(), "the old CHECK refuses tool entries");
-        upgrade(&conn).unwrap();
-        upgrade(&conn).unwrap(); // idempotent
+        widen_message_roles(&conn).unwrap();
+        widen_message_roles(&conn).unwrap(); // idempotent
         conn.execute("INSERT INTO messages VALUES ('s1', 3, 'tool_call', '{}', 'x', 0)", []).unwrap();
         let rows: Vec<(u32, String, String, bool)> = conn
             .prepare("SELECT seq, role, text, interrupted FROM messages ORDER BY seq")

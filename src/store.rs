@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use consultant_actors::anketa::Anketa;
 use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
 use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError};
+use consultant_actors::provenance::Provenance;
 use consultant_actors::session::SessionStatus;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS anketas (
     message_count INTEGER NOT NULL,
     is_final      INTEGER NOT NULL,
     at            TEXT NOT NULL,
-    anketa        TEXT NOT NULL
+    anketa        TEXT NOT NULL,
+    provenance    TEXT
 );
 CREATE INDEX IF NOT EXISTS anketas_by_session ON anketas(session_id, id);
 CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions(status);
@@ -75,10 +77,10 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let writer = open(path, synchronous)?;
+        let mut writer = open(path, synchronous)?;
         writer.execute_batch(SCHEMA).map_err(io)?;
         writer.execute_batch(crate::migrations::MESSAGES_TABLE).map_err(io)?;
-        crate::migrations::upgrade(&writer)?;
+        crate::migrations::upgrade(&mut writer)?;
         // Checkpoints (the fsync-heavy part of WAL) run on their own thread, never inside a
         // commit that a consultation is waiting for.
         writer.pragma_update(None, "wal_autocheckpoint", 0).map_err(io)?;
@@ -165,13 +167,14 @@ impl SqliteStore {
         let history = self
             .read(move |c| {
                 let mut stmt = c
-                    .prepare("SELECT anketa, message_count, is_final, at FROM anketas WHERE session_id = ?1 ORDER BY id")
+                    .prepare("SELECT anketa, message_count, is_final, at, provenance FROM anketas WHERE session_id = ?1 ORDER BY id")
                     .map_err(io)?;
                 let rows = stmt.query_map([id.as_str()], anketa_row).map_err(io)?;
                 rows.map(|r| r.map_err(io)?).collect::<Result<Vec<_>, _>>()
             })
             .await?;
-        Ok(SessionDetail { anketa: history.last().map(|a| a.anketa.clone()).unwrap_or_default(), record, messages, anketa_history: history })
+        let (anketa, provenance) = history.last().map(|a| (a.anketa.clone(), a.provenance.clone())).unwrap_or_default();
+        Ok(SessionDetail { anketa, provenance, record, messages, anketa_history: history })
     }
 }
 
@@ -187,7 +190,9 @@ pub struct SessionDetail {
     #[serde(flatten)]
     pub record: SessionRecord,
     pub messages: Vec<DialogueMessage>,
+    /// The latest anketa and where its values came from.
     pub anketa: Anketa,
+    pub provenance: Provenance,
     pub anketa_history: Vec<AnketaRecord>,
 }
 
@@ -219,9 +224,12 @@ fn anketa_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AnketaRecord, St
     let count: i64 = r.get(1)?;
     let is_final: bool = r.get(2)?;
     let at: String = r.get(3)?;
+    let provenance: Option<String> = r.get(4)?;
     Ok((|| {
         Ok(AnketaRecord {
             anketa: serde_json::from_str(&json).map_err(io)?,
+            // NULL: stored before provenance was kept.
+            provenance: provenance.as_deref().map(serde_json::from_str).transpose().map_err(io)?.unwrap_or_default(),
             message_count: count as usize,
             is_final,
             at: parse_time(&at)?,
@@ -254,13 +262,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
         }
         Write::Anketa(id, a) => {
             let json = serde_json::to_string(&a.anketa).unwrap_or_else(|_| "{}".into());
+            let provenance = serde_json::to_string(&a.provenance).unwrap_or_else(|_| "{}".into());
             // Idempotent like messages: a snapshot re-sent after a Persistence restart (same
             // dialogue length, same content) is stored once; a different one is history.
             tx.execute(
-                "INSERT INTO anketas (session_id, message_count, is_final, at, anketa)
-                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (
-                   SELECT 1 FROM anketas WHERE session_id = ?1 AND message_count = ?2 AND is_final = ?3 AND anketa = ?5)",
-                params![id.as_str(), a.message_count as i64, a.is_final, a.at.to_rfc3339(), json],
+                "INSERT INTO anketas (session_id, message_count, is_final, at, anketa, provenance)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS (
+                   SELECT 1 FROM anketas WHERE session_id = ?1 AND message_count = ?2 AND is_final = ?3 AND anketa = ?5 AND provenance IS ?6)",
+                params![id.as_str(), a.message_count as i64, a.is_final, a.at.to_rfc3339(), json, provenance],
             )?;
         }
     }
@@ -402,7 +411,7 @@ impl DialogueStore for SqliteStore {
         let id = session_id.clone();
         self.read(move |c| {
             c.query_row(
-                "SELECT anketa, message_count, is_final, at FROM anketas WHERE session_id = ?1 ORDER BY id DESC LIMIT 1",
+                "SELECT anketa, message_count, is_final, at, provenance FROM anketas WHERE session_id = ?1 ORDER BY id DESC LIMIT 1",
                 [id.as_str()],
                 anketa_row,
             )
@@ -450,5 +459,68 @@ mod tests {
         let stored: Vec<u32> = check.prepare("SELECT seq FROM messages ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
         assert_eq!(answers, vec![true, false, true], "each write answered for itself");
         assert_eq!(stored, vec![1, 3], "what was answered Ok is stored, and only that");
+    }
+
+    fn evidenced_record(message_count: usize, is_final: bool) -> AnketaRecord {
+        use consultant_actors::provenance::{FieldProvenance, PastValue};
+        let mut anketa = Anketa::default();
+        anketa.0.insert("client_name".into(), serde_json::json!("Анна"));
+        let mut provenance = Provenance::default();
+        let history = vec![PastValue { value: serde_json::json!("Аня"), evidence: vec![2], set_at: 2 }];
+        provenance.fields.insert("client_name".into(), FieldProvenance { evidence: vec![4], set_at: message_count, history });
+        AnketaRecord { anketa, provenance, message_count, is_final, at: Utc::now() }
+    }
+
+    /// Each snapshot keeps its provenance, and the `anketa` column keeps the Python module's shape.
+    #[tokio::test]
+    async fn anketa_provenance_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let store = SqliteStore::open(&path, "normal").unwrap();
+        let id = SessionId::parse("s1").unwrap();
+        let record = SessionRecord { session_id: id.clone(), room: "r".into(), status: SessionStatus::Active, started_at: Utc::now(), ended_at: None, failure: None };
+        store.open_session(&record).await.unwrap();
+        let (periodic, last) = (evidenced_record(4, false), evidenced_record(6, true));
+        for r in [&periodic, &periodic, &last] {
+            store.save_anketa(&id, r).await.unwrap();
+        }
+        let detail = store.session_detail(&id).await.unwrap();
+        assert_eq!(detail.anketa_history, vec![periodic, last.clone()], "a re-sent snapshot is stored once");
+        assert_eq!((detail.anketa, detail.provenance), (last.anketa.clone(), last.provenance.clone()));
+        assert_eq!(store.latest_anketa(&id).await.unwrap(), Some(last));
+        let raw: String = Connection::open(&path).unwrap().query_row("SELECT anketa FROM anketas ORDER BY id LIMIT 1", [], |r| r.get(0)).unwrap();
+        assert_eq!(raw, r#"{"client_name":"Анна"}"#);
+    }
+
+    /// A database written before provenance was kept opens, reads its anketas with no
+    /// provenance, and stores new ones with it.
+    #[tokio::test]
+    async fn a_database_from_before_provenance_opens_and_keeps_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, room TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, failure TEXT);
+             CREATE TABLE messages (session_id TEXT NOT NULL REFERENCES sessions(session_id), seq INTEGER NOT NULL, role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), text TEXT NOT NULL, at TEXT NOT NULL, interrupted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (session_id, seq));
+             CREATE TABLE anketas (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL REFERENCES sessions(session_id), message_count INTEGER NOT NULL, is_final INTEGER NOT NULL, at TEXT NOT NULL, anketa TEXT NOT NULL);
+             INSERT INTO sessions VALUES ('old', 'consultation-old', 'active', '2026-01-01T10:00:00+00:00', NULL, NULL);
+             INSERT INTO anketas (session_id, message_count, is_final, at, anketa) VALUES ('old', 6, 0, '2026-01-01T10:05:00+00:00', '{\"client_name\":\"Анна\"}');",
+        )
+        .unwrap();
+        drop(old);
+        let store = SqliteStore::open(&path, "normal").unwrap();
+        let id = SessionId::parse("old").unwrap();
+        let before = store.latest_anketa(&id).await.unwrap().unwrap();
+        assert_eq!((before.anketa.0["client_name"].as_str(), before.message_count), (Some("Анна"), 6));
+        assert!(before.provenance.is_empty());
+        let record = evidenced_record(8, true);
+        store.save_anketa(&id, &record).await.unwrap();
+        let detail = store.session_detail(&id).await.unwrap();
+        assert_eq!(detail.anketa_history.len(), 2);
+        assert_eq!(detail.provenance, record.provenance);
+        drop(store);
+        // Opening it again (the column is there now) changes nothing.
+        let again = SqliteStore::open(&path, "normal").unwrap();
+        assert_eq!(again.session_detail(&id).await.unwrap().anketa_history, detail.anketa_history);
     }
 }

@@ -138,6 +138,34 @@ async fn fourteen_messages_give_two_periodic_and_one_final_extraction() {
     assert_eq!(detail.anketa.0["client_name"], "Реплика клиента 1");
 }
 
+/// Every snapshot carries where its values came from: `client_name` stays cited by message 2,
+/// `messages_seen` changes at each extraction and keeps its earlier values in its history.
+#[tokio::test]
+async fn each_anketa_value_keeps_its_evidence_and_history_up_to_the_final_anketa() {
+    use consultant_actors::provenance::{FieldProvenance, PastValue};
+    let w = world(settings()).await;
+    let id = sid("evidence");
+    let handle = w.handler.create_session(id.clone(), "consultation-evidence".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    fourteen_message_dialogue(&w, &id).await;
+    wait_until("two periodic extractions on the console", || w.telemetry.snapshot().consultations.first().is_some_and(|c| c.extractions == 2)).await;
+    let view = w.telemetry.snapshot().consultations[0].clone();
+    let shown: Vec<_> = view.anketa.iter().map(|f| (f.description.as_str(), f.value.clone(), f.evidence.clone(), f.set_at, f.history.len())).collect();
+    assert_eq!(shown, vec![("Имя", serde_json::json!("Реплика клиента 1"), vec![2], 6, 0), ("", serde_json::json!(12), vec![12], 12, 1)]);
+    let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+
+    let name = FieldProvenance { evidence: vec![2], set_at: 6, history: Vec::new() };
+    let past = |n: usize| PastValue { value: serde_json::json!(n), evidence: vec![n as u32], set_at: n };
+    let seen = FieldProvenance { evidence: vec![14], set_at: 14, history: vec![past(6), past(12)] };
+    assert_eq!(outcome.provenance.get("client_name"), Some(&name));
+    assert_eq!(outcome.provenance.get("messages_seen"), Some(&seen));
+    let detail = w.store.session_detail(&id).await.unwrap();
+    assert_eq!(detail.provenance, outcome.provenance, "the final anketa is stored with its provenance");
+    let snapshots: Vec<_> = detail.anketa_history.iter().map(|a| (a.message_count, a.provenance.get("messages_seen").cloned())).collect();
+    let at = |n: usize, history| Some(FieldProvenance { evidence: vec![n as u32], set_at: n, history });
+    assert_eq!(snapshots, vec![(6, at(6, vec![])), (12, at(12, vec![past(6)])), (14, at(14, vec![past(6), past(12)]))]);
+}
+
 #[tokio::test]
 async fn realtime_failing_three_times_is_restarted_with_the_dialogue_replayed() {
     let w = world(settings()).await;

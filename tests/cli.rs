@@ -8,7 +8,9 @@ use consultant::store::SqliteStore;
 use consultant_actors::anketa::Anketa;
 use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
 use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord};
+use consultant_actors::provenance::{ExtractedAnketa, Provenance};
 use consultant_actors::session::SessionStatus;
+use serde_json::json;
 
 fn config_with_db(dir: &Path, db: &Path) -> PathBuf {
     let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
@@ -27,24 +29,48 @@ fn consultant(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+const ID: &str = "3f2c1a9e-0b7d-4c1e-9a55-0e1f2a3b4c5d";
+
+/// A stored consultation in which the caller corrected their name: the anketa snapshot after
+/// two messages cites message 2, the final one message 4 and keeps "Аня" in its history.
 async fn seeded(dir: &Path) -> PathBuf {
     let db = dir.join("c.db");
     let store = SqliteStore::open(&db, "normal").unwrap();
-    let id = SessionId::parse("3f2c1a9e-0b7d-4c1e-9a55-0e1f2a3b4c5d").unwrap();
+    let id = SessionId::parse(ID).unwrap();
     let started = Utc::now();
     store
-        .open_session(&SessionRecord { session_id: id.clone(), room: "consultation-3f2c1a9e-0b7d-4c1e-9a55-0e1f2a3b4c5d".into(), status: SessionStatus::Active, started_at: started, ended_at: None, failure: None })
+        .open_session(&SessionRecord { session_id: id.clone(), room: format!("consultation-{ID}"), status: SessionStatus::Active, started_at: started, ended_at: None, failure: None })
         .await
         .unwrap();
-    for (seq, role, text) in [(1, Role::Assistant, "Здравствуйте! Как вас зовут?"), (2, Role::User, "Меня зовут Анна.")] {
+    let dialogue = [(1, Role::Assistant, "Здравствуйте! Как вас зовут?"), (2, Role::User, "Меня зовут Аня."), (3, Role::Assistant, "Аня — это полное имя?"), (4, Role::User, "Нет, Анна. Бюджет 100 тысяч.")];
+    for (seq, role, text) in dialogue {
         store.append_message(&id, &DialogueMessage { seq, role, text: text.into(), at: Utc::now(), interrupted: false }).await.unwrap();
     }
-    let mut anketa = Anketa::default();
-    anketa.0.insert("client_name".into(), serde_json::json!("Анна"));
-    store.save_anketa(&id, &AnketaRecord { anketa, message_count: 2, is_final: true, at: Utc::now() }).await.unwrap();
+    let (mut anketa, mut provenance) = (Anketa::default(), Provenance::default());
+    let extractions = [(2, json!({"client_name": "Аня"}), vec![2]), (4, json!({"client_name": "Анна", "budget": "100 тысяч"}), vec![4])];
+    for (count, values, cited) in extractions {
+        let mut extracted = ExtractedAnketa::default();
+        extracted.anketa = Anketa(serde_json::from_value(values).unwrap());
+        extracted.evidence.insert("client_name".into(), cited);
+        provenance.merge(&mut anketa, &extracted, count);
+        let record = AnketaRecord { anketa: anketa.clone(), provenance: provenance.clone(), message_count: count, is_final: count == 4, at: Utc::now() };
+        store.save_anketa(&id, &record).await.unwrap();
+    }
     store.set_status(&id, SessionStatus::Completed, None, Some(Utc::now())).await.unwrap();
     db
 }
+
+/// The anketa as `sessions show` and the Markdown export present it.
+const ANKETA_MD: &str = "## Анкета
+
+- **Имя клиента**: Анна
+  - источник: [4] Клиент: «Нет, Анна. Бюджет 100 тысяч.»
+  - извлечено по сообщениям 1–4
+  - прежнее значение: Аня (извлечено по сообщениям 1–2; источник: [2])
+- **Бюджет (как назвал клиент)**: 100 тысяч
+  - источник: не указан
+  - извлечено по сообщениям 1–4
+";
 
 #[tokio::test]
 async fn sessions_list_show_and_export() {
@@ -56,29 +82,95 @@ async fn sessions_list_show_and_export() {
     let out = consultant(dir.path(), &["--config", cfg, "sessions", "list", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(list[0]["session_id"], "3f2c1a9e-0b7d-4c1e-9a55-0e1f2a3b4c5d");
+    assert_eq!(list[0]["session_id"], ID);
     assert_eq!(list[0]["status"], "completed");
-    assert_eq!(list[0]["messages"], 2);
+    assert_eq!(list[0]["messages"], 4);
 
-    let out = consultant(dir.path(), &["--config", cfg, "sessions", "show", "3f2c1a9e-0b7d-4c1e-9a55-0e1f2a3b4c5d", "--json"]);
+    let out = consultant(dir.path(), &["--config", cfg, "sessions", "show", ID, "--json"]);
     assert!(out.status.success());
     let show: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["session_id", "room", "status", "started_at", "ended_at", "messages", "anketa"] {
+    for key in ["session_id", "room", "status", "started_at", "ended_at", "messages", "anketa", "provenance", "anketa_history"] {
         assert!(show.get(key).is_some(), "missing {key} in {show}");
     }
     assert_eq!(show["messages"][1]["role"], "user");
-    assert_eq!(show["messages"][1]["text"], "Меня зовут Анна.");
+    assert_eq!(show["messages"][1]["text"], "Меня зовут Аня.");
     assert!(show["messages"][1]["at"].is_string());
-    assert_eq!(show["anketa"]["client_name"], "Анна");
+    assert_eq!(show["anketa"], json!({"client_name": "Анна", "budget": "100 тысяч"}), "the stored anketa keeps its shape");
+    let name = json!({"evidence": [4], "set_at": 4, "history": [{"value": "Аня", "evidence": [2], "set_at": 2}]});
+    assert_eq!(show["provenance"], json!({"client_name": name, "budget": {"evidence": [], "set_at": 4}}), "{show:#}");
+    assert_eq!(show["anketa_history"][0]["provenance"], json!({"client_name": {"evidence": [2], "set_at": 2}}), "{show:#}");
 
-    let out = consultant(dir.path(), &["--config", cfg, "sessions", "export", "3f2c1a9e-0b7d-4c1e-9a55-0e1f2a3b4c5d", "--format", "md"]);
+    let out = consultant(dir.path(), &["--config", cfg, "sessions", "export", ID, "--format", "json"]);
+    let export: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(export["provenance"], show["provenance"]);
+
+    let out = consultant(dir.path(), &["--config", cfg, "sessions", "export", ID, "--format", "md"]);
     assert!(out.status.success());
     let md = String::from_utf8(out.stdout).unwrap();
-    assert!(md.contains("**Клиент**") && md.contains("Меня зовут Анна.") && md.contains("client_name: Анна"), "{md}");
+    assert!(md.contains("**Клиент**") && md.contains("Меня зовут Аня."), "{md}");
+    assert!(md.ends_with(ANKETA_MD), "fields named by description, each with its evidence:\n{md}");
 
     let out = consultant(dir.path(), &["--config", cfg, "sessions", "list"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("3f2c1a9e-0b7d-4c1e-9a55-0e1f2a3b4c5d") && text.contains("completed"), "{text}");
+    assert!(text.contains(ID) && text.contains("completed"), "{text}");
+}
+
+#[tokio::test]
+async fn sessions_show_names_anketa_fields_by_description_with_their_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = seeded(dir.path()).await;
+    let config = config_with_db(dir.path(), &db);
+    let out = consultant(dir.path(), &["--config", config.to_str().unwrap(), "sessions", "show", ID]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with(ANKETA_MD), "{text}");
+    assert!(!text.contains("client_name"), "the key is not what operators read: {text}");
+
+    // An anketa stored before provenance was kept says so instead of citing nothing.
+    {
+        let store = SqliteStore::open(&db, "normal").unwrap();
+        let id = SessionId::parse("legacy").unwrap();
+        store.open_session(&SessionRecord { session_id: id.clone(), room: "consultation-legacy".into(), status: SessionStatus::Completed, started_at: Utc::now(), ended_at: None, failure: None }).await.unwrap();
+        let anketa = Anketa(serde_json::from_value(json!({"client_name": "Анна", "old_field": "x"})).unwrap());
+        store.save_anketa(&id, &AnketaRecord { anketa, provenance: Provenance::default(), message_count: 2, is_final: true, at: Utc::now() }).await.unwrap();
+    }
+    let out = consultant(dir.path(), &["--config", config.to_str().unwrap(), "sessions", "show", "legacy"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let unknown = "  - источник не записан (анкета сохранена до того, как источники стали записываться)\n";
+    assert!(text.ends_with(&format!("- **Имя клиента**: Анна\n{unknown}- **old_field**: x\n{unknown}")), "a field no longer configured goes by its key, last: {text}");
+}
+
+/// Columns line up whatever the lengths: a 64-character id and a short one.
+#[tokio::test]
+async fn sessions_list_lines_up_its_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = seeded(dir.path()).await;
+    let long = "x".repeat(64);
+    {
+        let store = SqliteStore::open(&db, "normal").unwrap();
+        let record = SessionRecord { session_id: SessionId::parse(&long).unwrap(), room: format!("consultation-{long}"), status: SessionStatus::Interrupted, started_at: Utc::now(), ended_at: None, failure: None };
+        store.open_session(&record).await.unwrap();
+    }
+    let config = config_with_db(dir.path(), &db);
+    let out = consultant(dir.path(), &["--config", config.to_str().unwrap(), "sessions", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<Vec<char>> = text.lines().map(|l| l.chars().collect()).collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let header: String = lines[0].iter().collect();
+    let column = |name: &str| header.find(name).unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    // Left-aligned columns start where their header does, two spaces after the previous one.
+    for name in ["status", "started_at", "room"] {
+        let at = column(name);
+        for line in &lines[1..] {
+            let row: String = line.iter().collect();
+            assert!(line[at - 2] == ' ' && line[at - 1] == ' ' && line[at] != ' ', "{name} misaligned in {row:?}\n{text}");
+        }
+    }
+    // The message count is right-aligned under its header.
+    let end = column("messages") + "messages".len() - 1;
+    assert_eq!(lines.iter().map(|l| l[end]).collect::<String>(), "s04", "{text}");
+    assert_eq!(column("status"), 64 + 2, "the id column is as wide as the widest id: {text}");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use consultant::deepseek::{DeepSeekConfig, DeepSeekError, DeepSeekExtractor};
 use consultant::secret::Secret;
 use consultant_actors::ports::AnketaExtractor;
 use consultant_actors::{Anketa, AnketaField, DialogueMessage, FieldKind, Role};
-use consultant_fakes::deepseek::{Behaviour, FakeDeepSeek, Prompt, TEST_API_KEY};
+use consultant_fakes::deepseek::{with_evidence, Behaviour, FakeDeepSeek, Prompt, TEST_API_KEY};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -41,27 +41,43 @@ fn dialogue() -> Vec<DialogueMessage> {
 }
 
 /// What the fake "model" understands: a name after "Меня зовут", goals after "Хочу", the
-/// first number on a "Бюджет" line, and whether the client said they have no site.
+/// first number on a "Бюджет" line, and whether the client said they have no site; each value
+/// cites the numbered line it came from.
 fn rule(prompt: &Prompt) -> Value {
     let mut answer = serde_json::Map::new();
+    let mut evidence = serde_json::Map::new();
+    let mut cite = |field: &str, seq: Option<u32>| {
+        let cited = evidence.entry(field).or_insert_with(|| json!([]));
+        cited.as_array_mut().unwrap().push(json!(seq.expect("the prompt numbers its lines")));
+    };
     let mut goals = Vec::new();
-    for line in &prompt.client_lines {
+    for m in prompt.messages.iter().filter(|m| m.client) {
+        let line = &m.text;
         if let Some(name) = line.strip_prefix("Меня зовут ") {
             answer.insert("name".into(), json!(name.trim_end_matches('.')));
+            cite("name", m.seq);
         }
         if let Some(goal) = line.strip_prefix("Хочу ") {
             goals.push(json!(goal));
+            cite("goals", m.seq);
         }
         if line.starts_with("Бюджет") {
             let digits: String = line.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
             answer.insert("budget".into(), json!(digits.parse::<u64>().unwrap()));
+            cite("budget", m.seq);
         }
         if line.contains("сайта пока нет") {
             answer.insert("has_site".into(), json!(false));
+            cite("has_site", m.seq);
         }
     }
     answer.insert("goals".into(), Value::Array(goals));
-    Value::Object(answer)
+    with_evidence(Value::Object(answer), Value::Object(evidence))
+}
+
+/// The evidence `rule` cites for `dialogue()`.
+fn expected_evidence() -> consultant_actors::Evidence {
+    [("name", vec![2]), ("goals", vec![4, 5]), ("budget", vec![6]), ("has_site", vec![6])].into_iter().map(|(f, s)| (f.to_owned(), s)).collect()
 }
 
 fn expected_from_dialogue() -> Anketa {
@@ -129,9 +145,11 @@ async fn the_anketa_comes_from_the_dialogue_in_json_mode() {
     let extractor = extractor(config(&fake));
     let previous = Anketa::validate(&json!({"name": "Оля"}), &fields()).unwrap().0;
 
-    let anketa = extractor.extract(&dialogue(), &previous).await.expect("extraction succeeds");
+    let extracted = extractor.extract(&dialogue(), &previous).await.expect("extraction succeeds");
 
-    assert_eq!(anketa, expected_from_dialogue());
+    assert_eq!(extracted.anketa, expected_from_dialogue());
+    assert_eq!(extracted.evidence, expected_evidence());
+    assert_eq!(extracted.evidence_dropped, 0);
     let requests = fake.requests();
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
@@ -151,8 +169,10 @@ async fn the_anketa_comes_from_the_dialogue_in_json_mode() {
     }
     let user = body["messages"][1]["content"].as_str().unwrap();
     assert!(user.contains("{\"name\":\"Оля\"}"), "previous anketa missing: {user}");
-    assert!(user.contains("Консультант: Здравствуйте! Как вас зовут?\nКлиент: Меня зовут Ольга.\n"), "{user}");
-    assert!(user.contains("Клиент: Хочу чат-бота для поддержки\n"), "a message must stay on one line: {user}");
+    assert!(user.contains("\n[1] Консультант: Здравствуйте! Как вас зовут?\n[2] Клиент: Меня зовут Ольга.\n"), "lines numbered by seq: {user}");
+    assert!(user.contains("\n[5] Клиент: Хочу чат-бота для поддержки\n"), "a message must stay on one line: {user}");
+    assert!(system.contains("\"anketa\": {") && system.contains("\"evidence\": {"), "the shape asks for evidence: {system}");
+    assert!(system.contains("номера реплик"), "{system}");
 }
 
 #[tokio::test]
@@ -455,6 +475,63 @@ async fn unknown_fields_are_dropped_and_wrong_types_rejected() {
     assert_eq!(fake.request_count(), 1, "a partly valid answer is used, not retried");
     let text = logs.text();
     assert!(text.contains("hacker") && text.contains("budget (expected число, got string)"), "{text}");
+}
+
+#[tokio::test]
+async fn a_flat_answer_without_evidence_is_still_read() {
+    let fake = fake().await;
+    fake.push(Behaviour::json_content(json!({"name": "Ольга", "goals": ["интернет-магазин", "чат-бота для поддержки"], "budget": 250000, "has_site": false})));
+    let extracted = extractor(config(&fake)).extract(&dialogue(), &Anketa::default()).await.unwrap();
+    assert_eq!(extracted.anketa, expected_from_dialogue());
+    assert!(extracted.evidence.is_empty(), "{:?}", extracted.evidence);
+    assert_eq!(extracted.evidence_dropped, 0);
+    // A flat answer that still carries an evidence object has it read.
+    fake.push(Behaviour::json_content(json!({"name": "Ольга", "evidence": {"name": [2]}})));
+    let extraction = extractor(config(&fake)).extract_anketa(&dialogue(), &Anketa::default()).await.unwrap();
+    assert_eq!(extraction.evidence, [("name".to_owned(), vec![2])].into());
+    assert!(extraction.dropped.unknown_fields.is_empty(), "evidence is not an unknown field: {:?}", extraction.dropped);
+}
+
+/// As a real model may: cite a message that was never sent, a field outside the anketa, a
+/// field it gave no value (or a value of the wrong type), and something that is no number.
+/// Those citations are dropped, counted and logged; the rest stands and nothing is retried.
+#[tokio::test]
+async fn bad_evidence_is_dropped_counted_and_logged_never_fatal() {
+    let fake = fake().await;
+    fake.set_answer_rule(|prompt: &Prompt| {
+        let name = prompt.client_seq("Меня зовут").unwrap();
+        let beyond = prompt.last_seq().unwrap() + 1;
+        with_evidence(
+            json!({"name": "Ольга", "budget": "много", "has_site": null}),
+            json!({
+                "name": [name, beyond, "два"],
+                "hacker": [name],
+                "budget": [6],
+                "has_site": [6],
+                "goals": [4, 5],
+            }),
+        )
+    });
+    let logs = Logs::default();
+    let guard = logs.install();
+    let extractor = extractor(config(&fake));
+    let extracted = extractor.extract(&dialogue(), &Anketa::default()).await.expect("bad evidence is never fatal");
+    let extraction = extractor.extract_anketa(&dialogue(), &Anketa::default()).await.unwrap();
+    drop(guard);
+    assert_eq!(extracted.anketa, Anketa::validate(&json!({"name": "Ольга"}), &fields()).unwrap().0);
+    assert_eq!(extracted.evidence, [("name".to_owned(), vec![2])].into());
+    // On name a message never sent (7) and "два"; hacker; budget (wrong type: no value); has_site (null); goals x2.
+    assert_eq!(extracted.evidence_dropped, 2 + 1 + 1 + 1 + 2);
+    let report = &extraction.evidence_dropped;
+    assert_eq!(report.unknown_messages, vec![("name".to_owned(), json!(7)), ("name".to_owned(), json!("два"))]);
+    assert_eq!(report.unknown_fields, vec!["hacker"]);
+    let mut without_value = report.without_value.clone();
+    without_value.sort();
+    assert_eq!(without_value, vec!["budget", "goals", "has_site"]);
+    assert_eq!(fake.request_count(), 2, "one request per extraction: bad evidence is not retried");
+    let text = logs.text();
+    assert_eq!(text.matches("dropped those citations").count(), 2, "{text}");
+    assert!(text.contains("evidence_dropped=7") && text.contains("hacker"), "{text}");
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use consultant_actors::ports::{
     RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus,
 };
 use consultant_actors::telemetry::Telemetry;
-use consultant_actors::{Anketa, AnketaField, ConsultationSettings, DialogueMessage, FieldKind, Role, SessionId, SessionStatus, VoiceHandler};
+use consultant_actors::{Anketa, AnketaField, ConsultationSettings, DialogueMessage, ExtractedAnketa, FieldKind, Role, SessionId, SessionStatus, VoiceHandler};
 use consultant_fakes::memory::MemoryStore;
 use consultant_fakes::realtime::{caller_turn, Fault, FakeFlavour, FakeRealtime, FakeRealtimeOptions, HandshakeFault, ScriptTurn};
 use futures_util::{SinkExt, StreamExt};
@@ -488,7 +488,7 @@ struct KeywordExtractor;
 
 #[async_trait]
 impl AnketaExtractor for KeywordExtractor {
-    async fn extract(&self, dialogue: &[DialogueMessage], _previous: &Anketa) -> Result<Anketa, ExtractError> {
+    async fn extract(&self, dialogue: &[DialogueMessage], _previous: &Anketa) -> Result<ExtractedAnketa, ExtractError> {
         let mut fields = BTreeMap::new();
         for m in dialogue.iter().filter(|m| m.role == Role::User) {
             if m.text.contains("Иван") {
@@ -498,7 +498,7 @@ impl AnketaExtractor for KeywordExtractor {
                 fields.insert("product".to_owned(), json!("вклад"));
             }
         }
-        Ok(Anketa(fields))
+        Ok(ExtractedAnketa::without_evidence(Anketa(fields)))
     }
 }
 

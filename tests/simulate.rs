@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use consultant_fakes::deepseek::{FakeDeepSeek, Prompt};
+use consultant_fakes::deepseek::{with_evidence, FakeDeepSeek, Prompt};
 use consultant_fakes::realtime::{FakeFlavour, FakeRealtime, FakeRealtimeOptions, ScriptTurn};
 use serde_json::{json, Value};
 
@@ -37,15 +37,16 @@ async fn simulate_runs_a_whole_consultation_against_the_fakes() {
     let realtime = FakeRealtime::start(options).await.unwrap();
     let deepseek = FakeDeepSeek::start_with_key("ds-test-key").await;
     deepseek.set_answer_rule(|prompt: &Prompt| {
-        let said = prompt.client_lines.join(" ");
-        let mut anketa = json!({});
-        if said.contains("Иван") {
+        let (mut anketa, mut evidence) = (json!({}), json!({}));
+        if let Some(seq) = prompt.client_seq("Иван") {
             anketa["client_name"] = json!("Иван");
+            evidence["client_name"] = json!([seq]);
         }
-        if said.contains("вклад") {
+        if let Some(seq) = prompt.client_seq("вклад") {
             anketa["task"] = json!("открыть вклад на год");
+            evidence["task"] = json!([seq]);
         }
-        anketa
+        with_evidence(anketa, evidence)
     });
 
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
@@ -100,6 +101,9 @@ async fn simulate_runs_a_whole_consultation_against_the_fakes() {
     assert_eq!(dialogue, expected.map(|(r, t)| (r.to_owned(), t.to_owned())), "{summary:#}");
     assert_eq!(summary["anketa"]["client_name"], "Иван");
     assert_eq!(summary["anketa"]["task"], "открыть вклад на год");
+    // Each value with the message it was read from, set by the final extraction over all five.
+    let provenance = json!({"client_name": {"evidence": [2], "set_at": 5}, "task": {"evidence": [4], "set_at": 5}});
+    assert_eq!(summary["provenance"], provenance, "{summary:#}");
     let latencies = summary["turn_latency_ms"].as_array().unwrap();
     assert_eq!(latencies.len(), 2, "{summary:#}");
     assert!(latencies.iter().all(|l| l.as_u64().unwrap() < 2_000));
@@ -133,6 +137,7 @@ async fn simulate_runs_a_whole_consultation_against_the_fakes() {
     let stored: Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(stored["messages"].as_array().unwrap().len(), 5, "{stored:#}");
     assert_eq!(stored["status"], "completed");
+    assert_eq!(stored["provenance"], provenance, "{stored:#}");
     assert!(deepseek.request_count() >= 1);
     assert!(stderr.contains("DIALOGUE_MESSAGE") && stderr.contains("=== FINALIZE START ==="), "{stderr}");
     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -66,8 +66,8 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// Empty values never overwrite filled ones.
-fn is_empty(value: &Value) -> bool {
+/// Empty values never overwrite filled ones (and nothing can be cited for them).
+pub fn is_empty_value(value: &Value) -> bool {
     match value {
         Value::Null => true,
         Value::String(s) => s.trim().is_empty(),
@@ -117,7 +117,7 @@ impl Anketa {
     /// (order kept, duplicates dropped).
     pub fn merge(&mut self, newer: &Anketa) {
         for (name, value) in &newer.0 {
-            if is_empty(value) {
+            if is_empty_value(value) {
                 continue;
             }
             match (self.0.get_mut(name), value) {
@@ -137,7 +137,7 @@ impl Anketa {
 
     /// Whether this field holds a non-empty value.
     pub fn has(&self, name: &str) -> bool {
-        self.0.get(name).is_some_and(|v| !is_empty(v))
+        self.0.get(name).is_some_and(|v| !is_empty_value(v))
     }
 
     /// Required fields still without a value, in configured order.
@@ -147,7 +147,7 @@ impl Anketa {
 
     /// How many fields hold a non-empty value.
     pub fn filled(&self) -> usize {
-        self.0.values().filter(|v| !is_empty(v)).count()
+        self.0.values().filter(|v| !is_empty_value(v)).count()
     }
 
     pub fn to_json(&self) -> Value {

@@ -10,6 +10,7 @@ use crate::anketa::Anketa;
 use crate::consultation::ConsultationMsg;
 use crate::dialogue::DialogueMessage;
 use crate::ports::AnketaExtractor;
+use crate::provenance::ExtractedAnketa;
 use crate::tasks::OwnedTasks;
 
 pub struct ExtractionArgs {
@@ -25,7 +26,7 @@ pub struct ExtractionRequest {
 
 pub enum ExtractionMsg {
     Extract(ExtractionRequest),
-    Finished { message_count: usize, result: Result<Anketa, String> },
+    Finished { message_count: usize, result: Result<ExtractedAnketa, String> },
 }
 
 pub struct ExtractionState {
@@ -78,7 +79,7 @@ impl Actor for ExtractionActor {
             ExtractionMsg::Finished { message_count, result } => {
                 state.running = false;
                 let notice = match result {
-                    Ok(anketa) => ConsultationMsg::AnketaExtracted { anketa, message_count },
+                    Ok(extracted) => ConsultationMsg::AnketaExtracted { extracted, message_count },
                     Err(error) => ConsultationMsg::ExtractionFailed { error, message_count },
                 };
                 state.args.parent.send_message(notice)?;

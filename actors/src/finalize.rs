@@ -13,6 +13,7 @@ use crate::anketa::Anketa;
 use crate::dialogue::{DialogueMessage, SessionId};
 use crate::persistence::PersistenceMsg;
 use crate::ports::{AnketaExtractor, AnketaRecord, DialogueStore, SessionRecord, StoreError};
+use crate::provenance::Provenance;
 use crate::session::SessionStatus;
 
 /// The result of a finished consultation (what `end_session` returns).
@@ -26,6 +27,8 @@ pub struct SessionOutcome {
     pub reason: String,
     pub dialogue: Vec<DialogueMessage>,
     pub anketa: Anketa,
+    /// Where each value of `anketa` came from.
+    pub provenance: Provenance,
     pub started_at: chrono::DateTime<Utc>,
     pub ended_at: chrono::DateTime<Utc>,
     /// Caller speech end -> first agent audio, per turn.
@@ -44,6 +47,7 @@ pub struct FinalizeJob {
     pub started_at: chrono::DateTime<Utc>,
     pub dialogue: Vec<DialogueMessage>,
     pub anketa: Anketa,
+    pub provenance: Provenance,
     pub fields_timeout: Duration,
     pub store: Arc<dyn DialogueStore>,
     pub extractor: Arc<dyn AnketaExtractor>,
@@ -76,11 +80,17 @@ pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
         }
     }
     let mut anketa = job.anketa.clone();
+    let mut provenance = job.provenance.clone();
     let mut failure = job.failure.clone();
     let mut status = job.status;
     if !job.dialogue.is_empty() {
         match tokio::time::timeout(job.fields_timeout, job.extractor.extract(&job.dialogue, &job.anketa)).await {
-            Ok(Ok(extracted)) => anketa.merge(&extracted),
+            Ok(Ok(extracted)) => {
+                provenance.merge(&mut anketa, &extracted, job.dialogue.len());
+                if extracted.evidence_dropped > 0 {
+                    tracing::warn!(session_id = %job.session_id, evidence_dropped = extracted.evidence_dropped, "the final extraction cited messages or fields that do not hold; those citations were dropped");
+                }
+            }
             Ok(Err(e)) => {
                 tracing::error!(session_id = %job.session_id, error = %e, "final anketa extraction failed; keeping the last periodic anketa");
             }
@@ -90,7 +100,7 @@ pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
         }
     }
     let ended_at = Utc::now();
-    let record = AnketaRecord { anketa: anketa.clone(), message_count: job.dialogue.len(), is_final: true, at: ended_at };
+    let record = AnketaRecord { anketa: anketa.clone(), provenance: provenance.clone(), message_count: job.dialogue.len(), is_final: true, at: ended_at };
     if let Err(e) = job.store.save_anketa(&job.session_id, &record).await {
         tracing::error!(session_id = %job.session_id, error = %e, "could not store the final anketa");
         status = SessionStatus::Failed;
@@ -108,6 +118,7 @@ pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
         reason: job.reason,
         dialogue: job.dialogue,
         anketa,
+        provenance,
         started_at: job.started_at,
         ended_at,
         turn_latency_ms: job.turn_latency_ms,
@@ -128,7 +139,7 @@ impl FinalizeJob {
         fields_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let dialogue = store.load_messages(&record.session_id).await?;
-        let anketa = store.latest_anketa(&record.session_id).await?.map(|r| r.anketa).unwrap_or_default();
+        let (anketa, provenance) = store.latest_anketa(&record.session_id).await?.map(|r| (r.anketa, r.provenance)).unwrap_or_default();
         Ok(Self {
             session_id: record.session_id.clone(),
             room: record.room.clone(),
@@ -138,6 +149,7 @@ impl FinalizeJob {
             started_at: record.started_at,
             dialogue,
             anketa,
+            provenance,
             fields_timeout,
             store,
             extractor,

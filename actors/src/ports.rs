@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::anketa::Anketa;
 use crate::dialogue::{DialogueMessage, SessionId, ToolCall, ToolResult};
+use crate::provenance::{ExtractedAnketa, Provenance};
 use crate::session::SessionStatus;
 
 // ---------------------------------------------------------------------------------------------
@@ -251,7 +252,10 @@ pub struct SessionRecord {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AnketaRecord {
+    /// The anketa as the Python module stored it: field name -> value.
     pub anketa: Anketa,
+    /// Where each value came from; empty in snapshots stored before provenance was kept.
+    pub provenance: Provenance,
     /// Dialogue length that produced it.
     pub message_count: usize,
     pub is_final: bool,
@@ -300,6 +304,8 @@ pub enum ExtractError {
 #[async_trait]
 pub trait AnketaExtractor: Send + Sync + 'static {
     /// Extracts the anketa from the dialogue, given the previous one; returns only validated,
-    /// configured fields. Retries and timeouts are the adapter's business.
-    async fn extract(&self, dialogue: &[DialogueMessage], previous: &Anketa) -> Result<Anketa, ExtractError>;
+    /// configured fields, each with the messages (`seq`) it was read from when the extractor
+    /// cited them (validated: see [`crate::provenance::validate_evidence`]). Retries and
+    /// timeouts are the adapter's business.
+    async fn extract(&self, dialogue: &[DialogueMessage], previous: &Anketa) -> Result<ExtractedAnketa, ExtractError>;
 }

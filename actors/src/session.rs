@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anketa::Anketa;
 use crate::dialogue::{DialogueMessage, Role, SessionId};
+use crate::provenance::{ExtractedAnketa, Provenance};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +81,9 @@ pub struct VoiceConsultationSession {
     pub failure: Option<String>,
     pub dialogue: Vec<DialogueMessage>,
     pub anketa: Anketa,
+    /// Where each anketa value came from (beside the anketa, whose stored shape stays as the
+    /// Python module's).
+    pub provenance: Provenance,
     /// Dialogue length that produced the current anketa.
     pub anketa_at_message: usize,
 }
@@ -98,6 +102,7 @@ impl VoiceConsultationSession {
             failure: None,
             dialogue: Vec::new(),
             anketa: Anketa::default(),
+            provenance: Provenance::default(),
             anketa_at_message: 0,
         }
     }
@@ -111,6 +116,13 @@ impl VoiceConsultationSession {
 
     pub fn remaining(&self) -> Duration {
         self.max_duration.saturating_sub(self.elapsed())
+    }
+
+    /// Merges an extraction of the first `message_count` messages into the anketa and its
+    /// provenance.
+    pub fn apply_extraction(&mut self, extracted: &ExtractedAnketa, message_count: usize) {
+        self.provenance.merge(&mut self.anketa, extracted, message_count);
+        self.anketa_at_message = message_count;
     }
 
     /// Appends a final message and returns it (with its sequence number and time).

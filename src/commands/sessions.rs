@@ -2,14 +2,17 @@
 
 use std::fmt::Write as _;
 
-use consultant_actors::SessionId;
+use consultant_actors::provenance::FieldProvenance;
+use consultant_actors::{AnketaField, DialogueMessage, Role, SessionId};
+use serde_json::Value;
 
 use crate::cli::{ExportFormat, SessionsCommand};
 use crate::config::Config;
-use crate::store::{SessionDetail, SqliteStore};
+use crate::store::{SessionDetail, SessionSummary, SqliteStore};
 
 pub async fn run(config: &Config, action: SessionsCommand) -> anyhow::Result<()> {
     let store = SqliteStore::open(&config.storage.path, &config.storage.synchronous)?;
+    let fields = &config.consultation.anketa_fields;
     match action {
         SessionsCommand::List { json } => {
             let sessions = store.list_sessions().await?;
@@ -18,17 +21,7 @@ pub async fn run(config: &Config, action: SessionsCommand) -> anyhow::Result<()>
             } else if sessions.is_empty() {
                 println!("no sessions in {}", store.path().display());
             } else {
-                println!("{:<38} {:<12} {:<26} {:>8}  room", "session_id", "status", "started_at", "messages");
-                for s in sessions {
-                    println!(
-                        "{:<38} {:<12} {:<26} {:>8}  {}",
-                        s.record.session_id,
-                        s.record.status,
-                        s.record.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                        s.messages,
-                        s.record.room
-                    );
-                }
+                print!("{}", table(&sessions));
             }
         }
         SessionsCommand::Show { session_id, json } => {
@@ -36,14 +29,14 @@ pub async fn run(config: &Config, action: SessionsCommand) -> anyhow::Result<()>
             if json {
                 println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
-                print!("{}", markdown(&detail));
+                print!("{}", markdown(&detail, fields));
             }
         }
         SessionsCommand::Export { session_id, format } => {
             let detail = detail(&store, &session_id).await?;
             match format {
                 ExportFormat::Json => println!("{}", serde_json::to_string_pretty(&detail)?),
-                ExportFormat::Md => print!("{}", markdown(&detail)),
+                ExportFormat::Md => print!("{}", markdown(&detail, fields)),
             }
         }
     }
@@ -59,8 +52,54 @@ async fn detail(store: &SqliteStore, id: &SessionId) -> anyhow::Result<SessionDe
     })
 }
 
-/// A readable report of one consultation.
-pub fn markdown(d: &SessionDetail) -> String {
+/// One line per session, each column as wide as its widest cell.
+pub fn table(sessions: &[SessionSummary]) -> String {
+    let header = ["session_id", "status", "started_at", "messages", "room"].map(str::to_owned);
+    let rows: Vec<[String; 5]> = sessions
+        .iter()
+        .map(|s| {
+            let r = &s.record;
+            [r.session_id.to_string(), r.status.to_string(), r.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(), s.messages.to_string(), r.room.clone()]
+        })
+        .collect();
+    let width = |i: usize| std::iter::once(&header).chain(&rows).map(|row| row[i].chars().count()).max().unwrap_or(0);
+    let (id, status, started, messages) = (width(0), width(1), width(2), width(3));
+    let mut out = String::new();
+    for [a, b, c, d, e] in std::iter::once(&header).chain(&rows) {
+        let _ = writeln!(out, "{a:<id$}  {b:<status$}  {c:<started$}  {d:>messages$}  {e}");
+    }
+    out
+}
+
+fn speaker(role: Role) -> &'static str {
+    match role {
+        Role::User => "Клиент",
+        Role::Assistant => "Консультант",
+        Role::ToolCall => "Вызов функции",
+        Role::ToolResult => "Результат функции",
+    }
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}
+
+/// Which messages an extraction read: all of them up to its message count.
+fn extraction_text(set_at: usize) -> String {
+    if set_at == 0 {
+        "извлечено до того, как источники стали записываться".into()
+    } else {
+        format!("извлечено по сообщениям 1–{set_at}")
+    }
+}
+
+/// A readable report of one consultation; anketa fields are named by their configured
+/// description, each with the messages its value came from.
+pub fn markdown(d: &SessionDetail, fields: &[AnketaField]) -> String {
     let mut out = String::new();
     let r = &d.record;
     let _ = writeln!(out, "# Консультация {}\n", r.session_id);
@@ -73,25 +112,44 @@ pub fn markdown(d: &SessionDetail) -> String {
     }
     let _ = writeln!(out, "\n## Диалог\n");
     for m in &d.messages {
-        let who = match m.role {
-            consultant_actors::Role::User => "Клиент",
-            consultant_actors::Role::Assistant => "Консультант",
-            consultant_actors::Role::ToolCall => "Вызов функции",
-            consultant_actors::Role::ToolResult => "Результат функции",
-        };
         let cut = if m.interrupted { " (прервано)" } else { "" };
-        let _ = writeln!(out, "{}. **{who}**{cut} [{}]: {}", m.seq, m.at.format("%H:%M:%S"), m.text);
+        let _ = writeln!(out, "{}. **{}**{cut} [{}]: {}", m.seq, speaker(m.role), m.at.format("%H:%M:%S"), m.text);
     }
     let _ = writeln!(out, "\n## Анкета\n");
     if d.anketa.0.is_empty() {
         let _ = writeln!(out, "(пусто)");
     }
-    for (k, v) in &d.anketa.0 {
-        let value = match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let _ = writeln!(out, "- {k}: {value}");
+    // Configured fields in their configured order, then any no longer configured (by key).
+    let configured = fields.iter().filter(|f| d.anketa.0.contains_key(&f.name)).map(|f| (f.name.as_str(), f.description.trim()));
+    let others = d.anketa.0.keys().filter(|k| !fields.iter().any(|f| &f.name == *k)).map(|k| (k.as_str(), ""));
+    for (key, description) in configured.chain(others) {
+        let label = if description.is_empty() { key } else { description };
+        let _ = writeln!(out, "- **{label}**: {}", value_text(&d.anketa.0[key]));
+        match d.provenance.get(key) {
+            Some(origin) => field_origin(&mut out, origin, &d.messages),
+            None => {
+                let _ = writeln!(out, "  - источник не записан (анкета сохранена до того, как источники стали записываться)");
+            }
+        }
     }
     out
+}
+
+fn field_origin(out: &mut String, origin: &FieldProvenance, messages: &[DialogueMessage]) {
+    if origin.evidence.is_empty() {
+        let _ = writeln!(out, "  - источник: не указан");
+    }
+    for seq in &origin.evidence {
+        match messages.iter().find(|m| m.seq == *seq) {
+            Some(m) => writeln!(out, "  - источник: [{seq}] {}: «{}»", speaker(m.role), m.text),
+            None => writeln!(out, "  - источник: [{seq}]"),
+        }
+        .ok();
+    }
+    let _ = writeln!(out, "  - {}", extraction_text(origin.set_at));
+    for past in &origin.history {
+        let cited = past.evidence.iter().map(|s| format!("[{s}]")).collect::<Vec<_>>().join(", ");
+        let cited = if cited.is_empty() { "не указан".to_owned() } else { cited };
+        let _ = writeln!(out, "  - прежнее значение: {} ({}; источник: {cited})", value_text(&past.value), extraction_text(past.set_at));
+    }
 }

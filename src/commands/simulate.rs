@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use consultant_actors::consultation::{EndReason, Ports, SessionOutcome};
 use consultant_actors::ports::AgentAudioOutput;
 use consultant_actors::telemetry::Telemetry;
-use consultant_actors::{SessionId, SessionStatus, VoiceHandler};
+use consultant_actors::{AnketaField, SessionId, SessionStatus, VoiceHandler};
 use serde_json::json;
 
 use crate::audio::wav::{read_as_realtime_pcm, write_realtime_pcm};
@@ -106,6 +106,7 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
             "failure": outcome.failure,
             "dialogue": outcome.dialogue,
             "anketa": outcome.anketa,
+            "provenance": outcome.provenance,
             "turn_latency_ms": outcome.turn_latency_ms,
             "caller_audio_ms": caller_ms,
             "agent_audio_ms": agent_ms,
@@ -114,7 +115,7 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        print!("{}", text_summary(&outcome, caller_ms, agent_ms, args.out.as_deref(), &stats));
+        print!("{}", text_summary(&outcome, &config.consultation.anketa_fields, caller_ms, agent_ms, args.out.as_deref(), &stats));
     }
     handler.shutdown().await;
     if outcome.status == SessionStatus::Failed {
@@ -147,7 +148,7 @@ impl<'a> Microphone<'a> {
     }
 }
 
-fn text_summary(outcome: &SessionOutcome, caller_ms: u64, agent_ms: u64, out: Option<&Path>, stats: &crate::realtime::RealtimeStatsSnapshot) -> String {
+fn text_summary(outcome: &SessionOutcome, fields: &[AnketaField], caller_ms: u64, agent_ms: u64, out: Option<&Path>, stats: &crate::realtime::RealtimeStatsSnapshot) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "session {} (room {}): {}", outcome.session_id, outcome.room, outcome.status);
@@ -161,12 +162,25 @@ fn text_summary(outcome: &SessionOutcome, caller_ms: u64, agent_ms: u64, out: Op
         let cut = if m.interrupted { " (interrupted)" } else { "" };
         let _ = writeln!(s, "  {:>3}. [{}]{cut} {}", m.seq, m.role, m.text);
     }
-    let _ = writeln!(s, "\nanketa:");
+    let _ = writeln!(s, "\nanketa (each value with the messages it was read from):");
     if outcome.anketa.0.is_empty() {
         let _ = writeln!(s, "  (empty)");
     }
     for (field, value) in &outcome.anketa.0 {
-        let _ = writeln!(s, "  {field}: {value}");
+        let description = fields.iter().find(|f| &f.name == field).map(|f| format!(" ({})", f.description.trim())).unwrap_or_default();
+        let _ = writeln!(s, "  {field}{description}: {value}");
+        let origin = outcome.provenance.get(field).cloned().unwrap_or_default();
+        if origin.evidence.is_empty() {
+            let _ = writeln!(s, "      no evidence cited");
+        }
+        for seq in &origin.evidence {
+            let text = outcome.dialogue.iter().find(|m| m.seq == *seq).map(|m| format!(" {}: {}", m.role, m.text)).unwrap_or_default();
+            let _ = writeln!(s, "      [{seq}]{text}");
+        }
+        let _ = writeln!(s, "      set by the extraction over messages 1-{}", origin.set_at);
+        for past in &origin.history {
+            let _ = writeln!(s, "      earlier {} (messages 1-{}, evidence {:?})", past.value, past.set_at, past.evidence);
+        }
     }
     let latencies: Vec<String> = outcome.turn_latency_ms.iter().map(|ms| format!("{ms} ms")).collect();
     let _ = writeln!(s, "\nturn latency (caller speech end -> first agent audio): {}", if latencies.is_empty() { "no turns".to_owned() } else { latencies.join(", ") });
@@ -176,4 +190,52 @@ fn text_summary(outcome: &SessionOutcome, caller_ms: u64, agent_ms: u64, out: Op
         stats.connects, stats.connect_failures, stats.unknown_events, stats.malformed_events
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consultant_actors::provenance::{FieldProvenance, PastValue, Provenance};
+    use consultant_actors::{Anketa, DialogueMessage, FieldKind, Role};
+    use serde_json::json;
+
+    #[test]
+    fn the_summary_shows_each_value_with_its_evidence() {
+        let at = chrono::Utc::now();
+        let message = |seq, role, text: &str| DialogueMessage { seq, role, text: text.into(), at, interrupted: false };
+        let mut anketa = Anketa::default();
+        anketa.0.insert("client_name".into(), json!("Иван"));
+        anketa.0.insert("task".into(), json!("вклад"));
+        let mut provenance = Provenance::default();
+        let history = vec![PastValue { value: json!("Ваня"), evidence: vec![2], set_at: 2 }];
+        provenance.fields.insert("client_name".into(), FieldProvenance { evidence: vec![4], set_at: 5, history });
+        provenance.fields.insert("task".into(), FieldProvenance { evidence: Vec::new(), set_at: 5, history: Vec::new() });
+        let outcome = SessionOutcome {
+            session_id: SessionId::parse("sim").unwrap(),
+            room: "consultation-sim".into(),
+            status: SessionStatus::Completed,
+            failure: None,
+            reason: "caller left".into(),
+            dialogue: vec![message(1, Role::Assistant, "Как вас зовут?"), message(2, Role::User, "Ваня"), message(3, Role::Assistant, "Полное имя?"), message(4, Role::User, "Иван")],
+            anketa,
+            provenance,
+            started_at: at,
+            ended_at: at,
+            turn_latency_ms: Vec::new(),
+        };
+        let fields = [AnketaField { name: "client_name".into(), description: "Имя клиента".into(), kind: FieldKind::Text, required: true }];
+        let stats = crate::realtime::RealtimeStatsSnapshot::default();
+        let text = text_summary(&outcome, &fields, 1000, 1000, None, &stats);
+        let anketa = text.split("\nanketa").nth(1).unwrap();
+        let expected = " (each value with the messages it was read from):
+  client_name (Имя клиента): \"Иван\"
+      [4] user: Иван
+      set by the extraction over messages 1-5
+      earlier \"Ваня\" (messages 1-2, evidence [2])
+  task: \"вклад\"
+      no evidence cited
+      set by the extraction over messages 1-5
+";
+        assert!(anketa.starts_with(expected), "{text}");
+    }
 }

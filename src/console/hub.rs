@@ -402,6 +402,8 @@ mod tests {
             last_extraction_at_message: Some(2),
             extractions: 1,
             extraction_failures: 1,
+            anketa: Vec::new(),
+            evidence_dropped: 0,
             persistence_backlog: 1,
             caller_buffer_ms: 240,
             caller_dropped_ms: 20,

@@ -12,6 +12,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use consultant_actors::anketa::{Anketa, AnketaField, FieldKind};
 use consultant_actors::dialogue::DialogueMessage;
+use consultant_actors::provenance::ExtractedAnketa;
 use consultant_actors::ports::{
     AgentAudioOutput, AnketaExtractor, ExtractError, PlayedAudio, RealtimeCommand,
     RealtimeConnection, RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus, TokenUsage,
@@ -184,13 +185,13 @@ pub struct NameExtractor {
 
 #[async_trait]
 impl AnketaExtractor for NameExtractor {
-    async fn extract(&self, dialogue: &[DialogueMessage], _previous: &Anketa) -> Result<Anketa, ExtractError> {
+    async fn extract(&self, dialogue: &[DialogueMessage], _previous: &Anketa) -> Result<ExtractedAnketa, ExtractError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut anketa = Anketa::default();
         if dialogue.iter().any(|m| m.text.contains("Иван")) {
             anketa.0.insert("name".into(), serde_json::Value::from("Иван"));
         }
-        Ok(anketa)
+        Ok(ExtractedAnketa::without_evidence(anketa))
     }
 }
 

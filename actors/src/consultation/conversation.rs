@@ -210,6 +210,7 @@ impl ConsultationActor {
             started_at: state.session.started_at,
             dialogue: state.session.dialogue.clone(),
             anketa: state.session.anketa.clone(),
+            provenance: state.session.provenance.clone(),
             fields_timeout: state.args.settings.final_extraction_timeout,
             store: state.args.ports.store.clone(),
             extractor: state.args.ports.extractor.clone(),

@@ -28,13 +28,13 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::anketa::Anketa;
 use crate::caller_audio::CallerGap;
 pub use crate::caller_audio::CALLER_BACKLOG;
 use crate::dialogue::{DialogueMessage, SessionId};
 use crate::extraction::{ExtractionMsg, ExtractionRequest};
 pub use crate::finalize::{finalize_consultation, FinalizeJob, SessionOutcome};
 use crate::persistence::PersistenceMsg;
+use crate::provenance::ExtractedAnketa;
 use crate::ports::{
     AgentAudioOutput, AnketaExtractor, AnketaRecord, DialogueStore, RealtimeCommand, RealtimeConnector, RealtimeEvent,
     RealtimeFailure, RoomConnector, RoomEvent, RoomFailure, SessionRecord,
@@ -43,7 +43,7 @@ use crate::realtime::RealtimeMsg;
 use crate::restart::RestartTracker;
 use crate::session::{SessionStatus, VoiceConsultationSession};
 use crate::settings::ConsultationSettings;
-use crate::telemetry::{ConsultationView, RealtimeLinkState, Telemetry};
+use crate::telemetry::{AnketaFieldView, ConsultationView, RealtimeLinkState, Telemetry};
 use crate::turns::Turns;
 pub use crate::turns::{heard_prefix, REALTIME_RATE, UNINTELLIGIBLE};
 
@@ -154,7 +154,7 @@ pub enum ConsultationMsg {
     Persisted { seq: u32 },
     /// The periodic anketa of this dialogue length is durable.
     AnketaPersisted { message_count: usize },
-    AnketaExtracted { anketa: Anketa, message_count: usize },
+    AnketaExtracted { extracted: ExtractedAnketa, message_count: usize },
     ExtractionFailed { error: String, message_count: usize },
     RestartChild(ChildKind),
     TranscriptTimeout { item_id: String },
@@ -473,19 +473,23 @@ impl Actor for ConsultationActor {
             ConsultationMsg::AnketaPersisted { message_count } => {
                 state.unsaved_anketas.retain(|a| a.message_count != message_count);
             }
-            ConsultationMsg::AnketaExtracted { anketa, message_count } => {
-                state.session.anketa.merge(&anketa);
-                state.session.anketa_at_message = message_count;
+            ConsultationMsg::AnketaExtracted { extracted, message_count } => {
+                state.session.apply_extraction(&extracted, message_count);
                 let filled = state.session.anketa.filled();
-                tracing::info!(session_id = %state.session.session_id, message_count, fields_filled = filled, "periodic_anketa_extracted");
+                let dropped = extracted.evidence_dropped;
+                tracing::info!(session_id = %state.session.session_id, message_count, fields_filled = filled, evidence_dropped = dropped, "periodic_anketa_extracted");
+                let fields = AnketaFieldView::list(&state.session.anketa, &state.session.provenance, &state.args.settings.anketa_fields);
                 state.args.telemetry.consultation_update(&state.session.session_id, |v| {
                     v.anketa_filled = filled;
+                    v.anketa = fields;
+                    v.evidence_dropped += dropped as u64;
                     v.last_extraction_at_message = Some(message_count);
                     v.extractions += 1;
                 });
                 // What is still missing steers the dialogue from here on.
                 state.instructions_changed();
-                let record = AnketaRecord { anketa: state.session.anketa.clone(), message_count, is_final: false, at: Utc::now() };
+                let (anketa, provenance) = (state.session.anketa.clone(), state.session.provenance.clone());
+                let record = AnketaRecord { anketa, provenance, message_count, is_final: false, at: Utc::now() };
                 state.unsaved_anketas.retain(|a| a.message_count != message_count);
                 state.unsaved_anketas.push(record.clone());
                 if let Some(p) = &state.persistence {

@@ -13,6 +13,7 @@ use crate::anketa::Anketa;
 use crate::consultation::Ports;
 use crate::dialogue::{DialogueMessage, SessionId};
 use crate::ports::{AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, SessionRecord, StoreError};
+use crate::provenance::ExtractedAnketa;
 use crate::session::SessionStatus;
 
 /// The same ports, with the store and the extractor measured into `telemetry`'s metrics.
@@ -89,12 +90,15 @@ struct MeteredExtractor {
 
 #[async_trait]
 impl AnketaExtractor for MeteredExtractor {
-    async fn extract(&self, dialogue: &[DialogueMessage], previous: &Anketa) -> Result<Anketa, ExtractError> {
+    async fn extract(&self, dialogue: &[DialogueMessage], previous: &Anketa) -> Result<ExtractedAnketa, ExtractError> {
         let started = Instant::now();
         let result = self.inner.extract(dialogue, previous).await;
         let metrics = self.telemetry.metrics();
         metrics.extraction_duration.observe(started.elapsed());
         super::metrics::add(if result.is_ok() { &metrics.extractions_ok } else { &metrics.extractions_failed }, 1);
+        if let Ok(extracted) = &result {
+            super::metrics::add(&metrics.evidence_dropped, extracted.evidence_dropped as u64);
+        }
         result
     }
 }
@@ -148,5 +152,33 @@ mod tests {
         let m = telemetry.metrics().snapshot();
         assert_eq!(m.store_commit.count, 6);
         assert_eq!(m.consultations_finished, vec![("completed".to_owned(), 1), ("failed".to_owned(), 0), ("interrupted".to_owned(), 0)]);
+    }
+
+    /// Drops `dropped` citations per call; fails when told to.
+    struct CitingExtractor {
+        dropped: usize,
+        fail: bool,
+    }
+
+    #[async_trait]
+    impl AnketaExtractor for CitingExtractor {
+        async fn extract(&self, _: &[DialogueMessage], _: &Anketa) -> Result<ExtractedAnketa, ExtractError> {
+            if self.fail {
+                return Err(ExtractError::Failed("503".into()));
+            }
+            Ok(ExtractedAnketa { evidence_dropped: self.dropped, ..Default::default() })
+        }
+    }
+
+    /// Citations dropped by validation are counted, extraction by extraction.
+    #[tokio::test]
+    async fn dropped_evidence_is_counted() {
+        let telemetry = Telemetry::new();
+        let metered = |dropped, fail| MeteredExtractor { inner: Arc::new(CitingExtractor { dropped, fail }), telemetry: telemetry.clone() };
+        metered(3, false).extract(&[], &Anketa::default()).await.unwrap();
+        metered(2, false).extract(&[], &Anketa::default()).await.unwrap();
+        metered(5, true).extract(&[], &Anketa::default()).await.unwrap_err();
+        let m = telemetry.metrics().snapshot();
+        assert_eq!((m.evidence_dropped, m.extractions_ok, m.extractions_failed), (5, 2, 1));
     }
 }

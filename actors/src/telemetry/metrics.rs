@@ -88,6 +88,8 @@ pub struct Metrics {
     pub caller_dropped_ms: AtomicU64,
     pub extractions_ok: AtomicU64,
     pub extractions_failed: AtomicU64,
+    /// Citations of the extractor dropped by evidence validation.
+    pub evidence_dropped: AtomicU64,
     pub extraction_duration: Histogram,
     pub store_commit: Histogram,
     pub input_tokens: AtomicU64,
@@ -104,6 +106,7 @@ impl Default for Metrics {
             caller_dropped_ms: AtomicU64::new(0),
             extractions_ok: AtomicU64::new(0),
             extractions_failed: AtomicU64::new(0),
+            evidence_dropped: AtomicU64::new(0),
             extraction_duration: Histogram::new(EXTRACTION_BUCKETS),
             store_commit: Histogram::new(STORE_BUCKETS),
             input_tokens: AtomicU64::new(0),
@@ -146,6 +149,7 @@ impl Metrics {
             caller_dropped_ms: get(&self.caller_dropped_ms),
             extractions_ok: get(&self.extractions_ok),
             extractions_failed: get(&self.extractions_failed),
+            evidence_dropped: get(&self.evidence_dropped),
             extraction_duration: self.extraction_duration.snapshot(),
             store_commit: self.store_commit.snapshot(),
             input_tokens: get(&self.input_tokens),
@@ -175,6 +179,9 @@ pub struct MetricsSnapshot {
     pub caller_dropped_ms: u64,
     pub extractions_ok: u64,
     pub extractions_failed: u64,
+    /// Absent from older servers.
+    #[serde(default)]
+    pub evidence_dropped: u64,
     pub extraction_duration: HistogramSnapshot,
     pub store_commit: HistogramSnapshot,
     pub input_tokens: u64,

@@ -10,8 +10,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::anketa::{Anketa, AnketaField};
 use crate::dialogue::{Role, SessionId};
 use crate::ports::TokenUsage;
+use crate::provenance::{PastValue, Provenance};
 use crate::session::SessionStatus;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +107,43 @@ pub struct TranscriptLine {
     pub text: String,
 }
 
+/// One filled anketa field as the console shows it: named, with where its value came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnketaFieldView {
+    pub name: String,
+    /// The configured description (what operators read); empty for a field no longer configured.
+    pub description: String,
+    pub value: serde_json::Value,
+    /// Messages (seq) the value was read from.
+    pub evidence: Vec<u32>,
+    /// Message count of the extraction that set it.
+    pub set_at: usize,
+    #[serde(default)]
+    pub history: Vec<PastValue>,
+}
+
+impl AnketaFieldView {
+    /// The anketa's values in the configured order (fields no longer configured last).
+    pub fn list(anketa: &Anketa, provenance: &Provenance, fields: &[AnketaField]) -> Vec<Self> {
+        let configured = fields.iter().filter(|f| anketa.0.contains_key(&f.name)).map(|f| (f.name.as_str(), f.description.as_str()));
+        let others = anketa.0.keys().filter(|k| !fields.iter().any(|f| &f.name == *k)).map(|k| (k.as_str(), ""));
+        configured
+            .chain(others)
+            .map(|(name, description)| {
+                let origin = provenance.get(name).cloned().unwrap_or_default();
+                Self {
+                    name: name.to_owned(),
+                    description: description.to_owned(),
+                    value: anketa.0[name].clone(),
+                    evidence: origin.evidence,
+                    set_at: origin.set_at,
+                    history: origin.history,
+                }
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsultationView {
     pub session_id: SessionId,
@@ -123,6 +162,12 @@ pub struct ConsultationView {
     pub last_extraction_at_message: Option<usize>,
     pub extractions: u64,
     pub extraction_failures: u64,
+    /// The anketa so far, with its evidence; absent from older servers.
+    #[serde(default)]
+    pub anketa: Vec<AnketaFieldView>,
+    /// Citations of the extractor dropped by validation in this consultation.
+    #[serde(default)]
+    pub evidence_dropped: u64,
     /// Messages handed to persistence and not yet durable.
     pub persistence_backlog: usize,
     /// Caller audio held while the realtime link is down (ms) and dropped from it.
@@ -150,6 +195,8 @@ impl ConsultationView {
             last_extraction_at_message: None,
             extractions: 0,
             extraction_failures: 0,
+            anketa: Vec::new(),
+            evidence_dropped: 0,
             persistence_backlog: 0,
             caller_buffer_ms: 0,
             caller_dropped_ms: 0,

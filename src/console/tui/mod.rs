@@ -332,6 +332,10 @@ mod tests {
     }
 
     fn app() -> App {
+        app_with(ConsultationView::starting(SessionId::parse("abc").unwrap(), "consultation-abc".into(), SessionStatus::Active, Utc::now(), 1800, 0))
+    }
+
+    fn app_with(consultation: ConsultationView) -> App {
         let mut app = App::new("ws://test".into());
         let actor = |path: &str, kind: &'static str, status: ActorStatus| ActorInfo {
             path: path.into(),
@@ -342,7 +346,6 @@ mod tests {
             total_restarts: 0,
             last_failure: None,
         };
-        let consultation = ConsultationView::starting(SessionId::parse("abc").unwrap(), "consultation-abc".into(), SessionStatus::Active, Utc::now(), 1800, 0);
         let snap = Snapshot {
             board: TelemetrySnapshot {
                 worker: WorkerView { mode: "dev".into(), ..Default::default() },
@@ -391,5 +394,37 @@ mod tests {
         assert!(text.contains("realtime [restarting]"));
         assert!(text.contains("room: consultation-abc"));
         assert!(text.contains("metrics: finished ()  voice-to-voice - over 0 turns  barge-ins 0"), "{text}");
+    }
+
+    #[test]
+    fn the_consultation_detail_shows_the_anketa_with_its_evidence() {
+        use consultant_actors::anketa::{Anketa, AnketaField, FieldKind};
+        use consultant_actors::provenance::{FieldProvenance, PastValue, Provenance};
+        use consultant_actors::telemetry::AnketaFieldView;
+        let mut view = ConsultationView::starting(SessionId::parse("abc").unwrap(), "consultation-abc".into(), SessionStatus::Active, Utc::now(), 1800, 2);
+        let mut anketa = Anketa::default();
+        anketa.0.insert("client_name".into(), serde_json::json!("Иван"));
+        anketa.0.insert("task".into(), serde_json::json!("вклад"));
+        let mut provenance = Provenance::default();
+        let history = vec![PastValue { value: serde_json::json!("Ваня"), evidence: vec![2], set_at: 6 }];
+        provenance.fields.insert("client_name".into(), FieldProvenance { evidence: vec![2, 4], set_at: 12, history });
+        let fields = [
+            AnketaField { name: "client_name".into(), description: "Имя клиента".into(), kind: FieldKind::Text, required: true },
+            AnketaField { name: "task".into(), description: "Задача".into(), kind: FieldKind::Text, required: true },
+        ];
+        view.anketa = AnketaFieldView::list(&anketa, &provenance, &fields);
+        view.evidence_dropped = 3;
+        let mut app = app_with(view);
+        app.on_key(key(KeyCode::Down));
+        let mut terminal = ratatui::Terminal::new(TestBackend::new(200, 40)).unwrap();
+        terminal.draw(|f| app.draw(f)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let rows: Vec<String> = (0..buffer.area.height)
+            .map(|y| (0..buffer.area.width).map(|x| buffer[(x, y)].symbol()).collect::<String>())
+            .collect();
+        let has = |needle: &str| rows.iter().any(|r| r.contains(needle));
+        assert!(has("Имя клиента = Иван  <- messages 2, 4 (set at 12; was \"Ваня\")"), "{rows:#?}");
+        assert!(has("Задача = вклад  <- no evidence (set at 0)"), "{rows:#?}");
+        assert!(has("(0 runs, 0 failed, 3 citations dropped)"), "{rows:#?}");
     }
 }

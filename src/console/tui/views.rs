@@ -1,7 +1,7 @@
 //! Drawing the console: header, supervision tree, detail pane, event log and footer.
 
 use chrono::{DateTime, Utc};
-use consultant_actors::telemetry::{ActorStatus, ConsultationView, HistogramSnapshot, MetricsSnapshot};
+use consultant_actors::telemetry::{ActorStatus, AnketaFieldView, ConsultationView, HistogramSnapshot, MetricsSnapshot};
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -213,16 +213,20 @@ fn consultation_lines(c: &ConsultationView) -> Vec<Line<'static>> {
         Line::from(format!("turn latency: {latency}")),
         Line::from(format!("tokens: in {}  out {}", c.usage.input_tokens, c.usage.output_tokens)),
         Line::from(format!(
-            "anketa: {}/{} fields, last extraction at message {} ({} runs, {} failed)",
+            "anketa: {}/{} fields, last extraction at message {} ({} runs, {} failed, {} citations dropped)",
             c.anketa_filled,
             c.anketa_fields,
             c.last_extraction_at_message.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
             c.extractions,
-            c.extraction_failures
+            c.extraction_failures,
+            c.evidence_dropped
         )),
+    ];
+    lines.extend(c.anketa.iter().map(anketa_line));
+    lines.extend([
         Line::from(format!("messages: {}  persistence backlog: {}", c.messages, c.persistence_backlog)),
         Line::from(format!("audio: caller buffer {} ms, dropped {} ms", c.caller_buffer_ms, c.caller_dropped_ms)),
-    ];
+    ]);
     if let Some(f) = &c.failure {
         lines.push(Line::from(Span::styled(format!("failure: {f}"), Style::default().fg(Color::Red))));
     }
@@ -231,6 +235,22 @@ fn consultation_lines(c: &ConsultationView) -> Vec<Line<'static>> {
         lines.push(Line::from(format!("  [{}] {}: {}", line.seq, line.role, line.text)));
     }
     lines
+}
+
+/// `  Имя клиента = Иван  <- messages 2, 4 (set at 6; was "Ваня")`
+fn anketa_line(field: &AnketaFieldView) -> Line<'static> {
+    let name = if field.description.trim().is_empty() { field.name.as_str() } else { field.description.trim() };
+    let value = match &field.value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let cited = if field.evidence.is_empty() {
+        "no evidence".to_owned()
+    } else {
+        format!("messages {}", field.evidence.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+    };
+    let was: String = field.history.iter().map(|p| format!("; was {}", p.value)).collect();
+    Line::from(format!("  {name} = {value}  <- {cited} (set at {}{was})", field.set_at))
 }
 
 fn status_color(status: ActorStatus) -> Color {
@@ -272,7 +292,7 @@ fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
     let pairs = |v: &[(String, u64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
     let mean_ms = |h: &HistogramSnapshot| h.mean_secs().map_or_else(|| "-".to_owned(), |s| format!("{:.0} ms", s * 1000.0));
     Line::from(format!(
-        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({})  store commit {}  tokens {} in / {} out  caller audio dropped {:.1} s",
+        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({}, {} citations dropped)  store commit {}  tokens {} in / {} out  caller audio dropped {:.1} s",
         pairs(&m.consultations_finished),
         mean_ms(&m.voice_latency),
         m.voice_latency.count,
@@ -282,6 +302,7 @@ fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
         m.extractions_ok,
         m.extractions_failed,
         mean_ms(&m.extraction_duration),
+        m.evidence_dropped,
         mean_ms(&m.store_commit),
         m.input_tokens,
         m.output_tokens,

@@ -6,7 +6,9 @@
 //! all-space content, invalid JSON, `insufficient_system_resource`, and slow answers preceded
 //! by blank lines. Tests script behaviours with [`FakeDeepSeek::push`]; once the script is used
 //! up every valid request gets [`Behaviour::Answer`], computed from the dialogue by the answer
-//! rule ([`FakeDeepSeek::set_answer_rule`]).
+//! rule ([`FakeDeepSeek::set_answer_rule`]). The rule sees each dialogue line with the number
+//! the prompt gave it ([`Prompt::messages`]), so it can cite evidence as the real model does,
+//! good or bad ([`with_evidence`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -80,6 +82,16 @@ impl Behaviour {
     }
 }
 
+/// One dialogue line of the prompt: `[seq] Клиент: text` (the number is absent from prompts
+/// that do not number their lines).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptMessage {
+    pub seq: Option<u32>,
+    /// A "Клиент" line (else "Консультант").
+    pub client: bool,
+    pub text: String,
+}
+
 /// The parts of a request's prompt the answer rule works from.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Prompt {
@@ -91,6 +103,25 @@ pub struct Prompt {
     pub client_lines: Vec<String>,
     /// Text of the "Консультант: ..." lines, in order.
     pub consultant_lines: Vec<String>,
+    /// Every dialogue line, in order, with its number.
+    pub messages: Vec<PromptMessage>,
+}
+
+impl Prompt {
+    /// The number of the first client line containing `needle`.
+    pub fn client_seq(&self, needle: &str) -> Option<u32> {
+        self.messages.iter().find(|m| m.client && m.text.contains(needle)).and_then(|m| m.seq)
+    }
+
+    /// The highest line number of the prompt.
+    pub fn last_seq(&self) -> Option<u32> {
+        self.messages.iter().filter_map(|m| m.seq).max()
+    }
+}
+
+/// An answer in the shape the extractor asks for: `{"anketa": ..., "evidence": ...}`.
+pub fn with_evidence(anketa: Value, evidence: Value) -> Value {
+    json!({"anketa": anketa, "evidence": evidence})
 }
 
 pub type AnswerRule = Arc<dyn Fn(&Prompt) -> Value + Send + Sync>;
@@ -320,17 +351,33 @@ fn prompt_of(body: &Value) -> Prompt {
             Some("user") => {
                 prompt.user.push_str(content);
                 for line in content.lines() {
-                    if let Some(text) = line.strip_prefix("Клиент:") {
-                        prompt.client_lines.push(text.trim().to_owned());
-                    } else if let Some(text) = line.strip_prefix("Консультант:") {
-                        prompt.consultant_lines.push(text.trim().to_owned());
+                    let Some(message) = dialogue_line(line) else { continue };
+                    if message.client {
+                        prompt.client_lines.push(message.text.clone());
+                    } else {
+                        prompt.consultant_lines.push(message.text.clone());
                     }
+                    prompt.messages.push(message);
                 }
             }
             _ => {}
         }
     }
     prompt
+}
+
+/// `[7] Клиент: text`, `Консультант: text`, ...
+fn dialogue_line(line: &str) -> Option<PromptMessage> {
+    let (seq, rest) = match line.strip_prefix('[').and_then(|l| l.split_once("] ")) {
+        Some((n, rest)) => (Some(n.parse().ok()?), rest),
+        None => (None, line),
+    };
+    let (client, text) = if let Some(text) = rest.strip_prefix("Клиент:") {
+        (true, text)
+    } else {
+        (false, rest.strip_prefix("Консультант:")?)
+    };
+    Some(PromptMessage { seq, client, text: text.trim().to_owned() })
 }
 
 fn completion(model: &str, content: &str, finish_reason: &str) -> Value {

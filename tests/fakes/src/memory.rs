@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use consultant_actors::anketa::Anketa;
+use consultant_actors::provenance::ExtractedAnketa;
 use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
 use consultant_actors::ports::{
     AgentAudioOutput, AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, PlayedAudio, RealtimeCommand,
@@ -125,7 +126,8 @@ impl RealtimeConnector for ScriptedRealtime {
     }
 }
 
-/// An extractor that fills `client_name` from the first user message and counts its calls.
+/// An extractor that fills `client_name` from the first user message (citing it) and
+/// `messages_seen` with the dialogue length (citing the last message), and counts its calls.
 #[derive(Default)]
 pub struct CountingExtractor {
     pub calls: AtomicUsize,
@@ -143,18 +145,22 @@ impl CountingExtractor {
 
 #[async_trait]
 impl AnketaExtractor for CountingExtractor {
-    async fn extract(&self, dialogue: &[DialogueMessage], _previous: &Anketa) -> Result<Anketa, ExtractError> {
+    async fn extract(&self, dialogue: &[DialogueMessage], _previous: &Anketa) -> Result<ExtractedAnketa, ExtractError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.seen.lock().unwrap().push(dialogue.len());
         if self.failing.load(Ordering::SeqCst) {
             return Err(ExtractError::Failed("DeepSeek answered 503 four times".into()));
         }
-        let mut anketa = Anketa::default();
+        let mut extracted = ExtractedAnketa::default();
         if let Some(first) = dialogue.iter().find(|m| m.role == Role::User) {
-            anketa.0.insert("client_name".into(), serde_json::Value::String(first.text.clone()));
+            extracted.anketa.0.insert("client_name".into(), serde_json::Value::String(first.text.clone()));
+            extracted.evidence.insert("client_name".into(), vec![first.seq]);
         }
-        anketa.0.insert("messages_seen".into(), serde_json::json!(dialogue.len()));
-        Ok(anketa)
+        extracted.anketa.0.insert("messages_seen".into(), serde_json::json!(dialogue.len()));
+        if let Some(last) = dialogue.last() {
+            extracted.evidence.insert("messages_seen".into(), vec![last.seq]);
+        }
+        Ok(extracted)
     }
 }
 

@@ -14,11 +14,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use consultant_actors::anketa::ValidationReport;
 use consultant_actors::ports::{AnketaExtractor, ExtractError};
-use consultant_actors::{Anketa, AnketaField, DialogueMessage, FieldKind, Role};
+use consultant_actors::provenance::{validate_evidence, EvidenceReport};
+use consultant_actors::{Anketa, AnketaField, DialogueMessage, Evidence, ExtractedAnketa};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
+
+mod prompt;
+
+use prompt::{kind_name, split_answer, system_prompt, user_prompt};
 
 use crate::config::DeepSeekSection;
 use crate::secret::Secret;
@@ -131,6 +136,10 @@ pub struct Extraction {
     pub anketa: Anketa,
     /// What validation dropped from DeepSeek's answer.
     pub dropped: ValidationReport,
+    /// The messages (seq) each field was read from, as DeepSeek cited them and validation kept.
+    pub evidence: Evidence,
+    /// The citations validation dropped.
+    pub evidence_dropped: EvidenceReport,
     /// Requests made, the successful one included.
     pub attempts: u32,
 }
@@ -144,6 +153,14 @@ pub enum DeepSeekError {
     Exhausted { attempts: u32, last: String },
     #[error("DeepSeek extraction timed out after {timeout:?} ({attempts} attempts; last: {last}); raise deepseek.timeout if this repeats")]
     TimedOut { timeout: Duration, attempts: u32, last: String },
+}
+
+/// A validated answer of one attempt.
+struct Answer {
+    anketa: Anketa,
+    dropped: ValidationReport,
+    evidence: Evidence,
+    evidence_dropped: EvidenceReport,
 }
 
 /// What one attempt ended with, when it did not succeed.
@@ -229,20 +246,21 @@ impl DeepSeekExtractor {
         let attempts = self.config.attempts;
         let mut last = String::from("no answer yet");
         for attempt in 1..=attempts {
-            let outcome = match tokio::time::timeout_at(deadline, self.attempt(&body)).await {
+            let outcome = match tokio::time::timeout_at(deadline, self.attempt(&body, dialogue)).await {
                 Ok(outcome) => outcome,
                 Err(_) => return Err(self.timed_out(attempt, last)),
             };
             match outcome {
-                Ok((anketa, dropped)) => {
+                Ok(Answer { anketa, dropped, evidence, evidence_dropped }) => {
                     tracing::info!(
                         model = %self.config.model,
                         attempt,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         filled = anketa.filled(),
+                        cited = evidence.len(),
                         "DeepSeek anketa extracted"
                     );
-                    return Ok(Extraction { anketa, dropped, attempts: attempt });
+                    return Ok(Extraction { anketa, dropped, evidence, evidence_dropped, attempts: attempt });
                 }
                 Err(AttemptError::Fatal { status, reason }) => {
                     tracing::error!(status, model = %self.config.model, "{reason}");
@@ -278,7 +296,7 @@ impl DeepSeekExtractor {
         error
     }
 
-    async fn attempt(&self, body: &Value) -> Result<(Anketa, ValidationReport), AttemptError> {
+    async fn attempt(&self, body: &Value, dialogue: &[DialogueMessage]) -> Result<Answer, AttemptError> {
         let response = self
             .http
             .post(&self.endpoint)
@@ -338,6 +356,7 @@ impl DeepSeekExtractor {
             }
             Err(e) => return Err(AttemptError::retry(format!("DeepSeek content is not valid JSON ({e})"))),
         };
+        let (raw, raw_evidence) = split_answer(raw, &self.fields);
         let (anketa, report) = Anketa::validate(&raw, &self.fields)
             .map_err(|e| AttemptError::retry(format!("DeepSeek content is not an anketa: {e}")))?;
         if !report.unknown_fields.is_empty() || !report.wrong_types.is_empty() {
@@ -352,7 +371,17 @@ impl DeepSeekExtractor {
                 "DeepSeek answer had fields outside the anketa or of the wrong type; dropped them"
             );
         }
-        Ok((anketa, report))
+        let (evidence, evidence_dropped) = validate_evidence(raw_evidence.as_ref(), &anketa, &self.fields, dialogue);
+        if evidence_dropped.dropped > 0 {
+            tracing::warn!(
+                evidence_dropped = evidence_dropped.dropped,
+                unknown_messages = ?evidence_dropped.unknown_messages,
+                unknown_fields = ?evidence_dropped.unknown_fields,
+                without_value = ?evidence_dropped.without_value,
+                "DeepSeek cited messages or fields that do not hold; dropped those citations"
+            );
+        }
+        Ok(Answer { anketa, dropped: report, evidence, evidence_dropped })
     }
 
     fn classify_error(&self, status: StatusCode, text: &str, retry_after: Option<Duration>) -> AttemptError {
@@ -393,10 +422,10 @@ impl DeepSeekExtractor {
 
 #[async_trait]
 impl AnketaExtractor for DeepSeekExtractor {
-    async fn extract(&self, dialogue: &[DialogueMessage], previous: &Anketa) -> Result<Anketa, ExtractError> {
+    async fn extract(&self, dialogue: &[DialogueMessage], previous: &Anketa) -> Result<ExtractedAnketa, ExtractError> {
         self.extract_anketa(dialogue, previous)
             .await
-            .map(|e| e.anketa)
+            .map(|e| ExtractedAnketa { anketa: e.anketa, evidence: e.evidence, evidence_dropped: e.evidence_dropped.dropped })
             .map_err(|e| ExtractError::Failed(e.to_string()))
     }
 }
@@ -414,68 +443,6 @@ fn strip_code_fence(content: &str) -> &str {
     };
     let inner = inner.strip_prefix("json").unwrap_or(inner);
     inner.strip_suffix("```").unwrap_or(inner).trim()
-}
-
-fn kind_name(kind: FieldKind) -> &'static str {
-    match kind {
-        FieldKind::Text => "строка",
-        FieldKind::List => "список строк",
-        FieldKind::Number => "число",
-        FieldKind::Bool => "true или false",
-    }
-}
-
-fn kind_example(kind: FieldKind) -> &'static str {
-    match kind {
-        FieldKind::Text => "\"строка\"",
-        FieldKind::List => "[\"строка\", \"...\"]",
-        FieldKind::Number => "число",
-        FieldKind::Bool => "true | false",
-    }
-}
-
-/// The system prompt: the word "json" (JSON mode refuses prompts without it) and the target
-/// shape built from the configured fields.
-fn system_prompt(fields: &[AnketaField]) -> String {
-    let mut shape = String::from("{\n");
-    for (i, field) in fields.iter().enumerate() {
-        let comma = if i + 1 < fields.len() { "," } else { "" };
-        let name = Value::String(field.name.clone());
-        shape.push_str(&format!("  {name}: {}{comma}\n", kind_example(field.kind)));
-    }
-    shape.push('}');
-    let mut described = String::new();
-    for field in fields {
-        described.push_str(&format!("- {} ({}): {}\n", field.name, kind_name(field.kind), field.description.trim()));
-    }
-    format!(
-        "Ты заполняешь анкету клиента по расшифровке голосовой консультации.\n\
-         Ответь строго одним объектом json, без пояснений и без markdown, такой формы:\n\
-         {shape}\n\n\
-         Поля анкеты:\n\
-         {described}\n\
-         Правила:\n\
-         - Заполняй только то, что клиент сказал сам или явно подтвердил; ничего не выдумывай.\n\
-         - Если значение неизвестно, пиши null.\n\
-         - Тебе дана предыдущая анкета: сохраняй её значения, если клиент их не менял, и заменяй, если менял.\n\
-         - Не добавляй полей, которых нет в форме, и соблюдай типы значений."
-    )
-}
-
-fn user_prompt(dialogue: &[DialogueMessage], previous: &Anketa) -> String {
-    let mut text = format!("Предыдущая анкета (json):\n{}\n\nДиалог:\n", previous.to_json());
-    for message in dialogue {
-        let speaker = match message.role {
-            Role::User => "Клиент",
-            Role::Assistant => "Консультант",
-            // Nobody said these: the anketa comes from the spoken dialogue only.
-            Role::ToolCall | Role::ToolResult => continue,
-        };
-        // One message, one line: the speaker labels stay unambiguous.
-        let line = message.text.split_whitespace().collect::<Vec<_>>().join(" ");
-        text.push_str(&format!("{speaker}: {line}\n"));
-    }
-    text
 }
 
 #[derive(Deserialize)]
