@@ -175,7 +175,7 @@ mod tests {
     use serde_json::json;
 
     fn fields() -> Vec<AnketaField> {
-        let field = |name: &str, kind| AnketaField { name: name.into(), description: String::new(), kind };
+        let field = |name: &str, kind| AnketaField { name: name.into(), description: String::new(), kind, required: true };
         vec![field("name", FieldKind::Text), field("goals", FieldKind::List), field("budget", FieldKind::Number)]
     }
 
