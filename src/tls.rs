@@ -152,14 +152,9 @@ impl ClientTls {
         tokio_tungstenite::Connector::Rustls(self.config.clone())
     }
 
-    /// For reqwest's `tls_backend_preconfigured`, which takes the config by value.
-    pub fn reqwest_config(&self) -> ClientConfig {
-        (*self.config).clone()
-    }
-
-    /// A reqwest client builder over this policy.
+    /// A reqwest client builder over this policy (reqwest takes the config by value).
     pub fn http_client(&self) -> reqwest::ClientBuilder {
-        reqwest::Client::builder().tls_backend_preconfigured(self.reqwest_config())
+        reqwest::Client::builder().tls_backend_preconfigured((*self.config).clone())
     }
 }
 
@@ -172,6 +167,8 @@ fn system_roots(env: &dyn Fn(&str) -> Option<String>) -> (Vec<CertificateDer<'st
     let dirs: Vec<PathBuf> = var("SSL_CERT_DIR").map(|d| std::env::split_paths(&d).filter(|p| !p.as_os_str().is_empty()).collect()).unwrap_or_default();
     let mut results = Vec::new();
     let source = if file.is_none() && dirs.is_empty() {
+        // The platform's store (rustls-native-certs looks at the process environment again,
+        // which in production is `env`).
         results.push(rustls_native_certs::load_native_certs());
         "the system store".to_owned()
     } else {
