@@ -19,6 +19,7 @@ use consultant::realtime::protocol::{decode_pcm, parse_server_event, write_audio
 use consultant::realtime::{AzureRealtimeClient, RealtimeConfig, RealtimeFlavour};
 use consultant::secret::Secret;
 use consultant::store::SqliteStore;
+use consultant::tls::ClientTls;
 use consultant_actors::consultation::{EndReason, Ports};
 use consultant_actors::ports::{AgentAudioOutput, PlayedAudio};
 use consultant_actors::settings::ConsultationSettings;
@@ -167,7 +168,7 @@ fn sessions_benchmark(sessions: usize, window: Duration) {
         let store = Arc::new(SqliteStore::open(&dir.path().join("bench.db"), "normal").unwrap());
         let mut config = RealtimeConfig::new(RealtimeFlavour::AzureGa, endpoint, Secret::new(key));
         config.deployment = "gpt-4o-realtime-preview".into();
-        let client = AzureRealtimeClient::new(config).unwrap();
+        let client = AzureRealtimeClient::new(config, ClientTls::default()).unwrap();
         let stats = client.stats();
         let ports = Ports { connector: Arc::new(client), store, extractor: CountingExtractor::new() };
         let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text, required: true }];

@@ -16,6 +16,7 @@ use consultant_actors::ports::RoomConnector;
 use consultant_actors::SessionId;
 use consultant::livekit::WorkerMode;
 use consultant::store::SqliteStore;
+use consultant::tls::ClientTls;
 use consultant::worker::{Worker, WorkerParts};
 use consultant_fakes::memory::{CountingExtractor, RecordingAudio, ScriptedRealtime};
 use consultant_fakes::rooms::RefusingRoom;
@@ -55,6 +56,7 @@ fn parts(dir: &Path) -> WorkerParts {
         extractor: CountingExtractor::new(),
         store: Arc::new(SqliteStore::open(&dir.join("db.sqlite"), "normal").unwrap()),
         rooms: Arc::new(NoMedia),
+        tls: ClientTls::default(),
     }
 }
 

@@ -84,6 +84,10 @@ pub struct ConsoleArgs {
     /// With --once: print JSON.
     #[arg(long, requires = "once")]
     pub json: bool,
+    /// Also trust this CA (PEM) for a wss:// console, e.g. the private CA that signed
+    /// console.tls_cert; added to the built-in and system roots and tls.ca_file.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -19,4 +19,5 @@ pub mod realtime;
 pub mod room;
 pub mod secret;
 pub mod store;
+pub mod tls;
 pub mod worker;

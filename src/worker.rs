@@ -24,6 +24,7 @@ use crate::health::{self, HealthServer};
 use crate::livekit::link::{spawn_link, LinkArgs, LinkHandle, LinkSettings};
 use crate::livekit::{LiveKitClient, WorkerMode};
 use crate::process_stats::ProcessSampler;
+use crate::tls::ClientTls;
 
 /// How long the link gets to report the last job statuses before the process exits.
 const FINAL_REPORT_WAIT: Duration = Duration::from_secs(3);
@@ -34,6 +35,8 @@ pub struct WorkerParts {
     pub extractor: Arc<dyn AnketaExtractor>,
     pub store: Arc<dyn DialogueStore>,
     pub rooms: Arc<dyn JobRooms>,
+    /// The trust policy of the LiveKit link and Twirp (the adapters above hold theirs).
+    pub tls: ClientTls,
 }
 
 /// Puts the worker into drain: LiveKit sees FULL, new jobs and sessions are refused, running
@@ -89,7 +92,7 @@ impl Worker {
             tracing::warn!(count = recovered.len(), "finalized sessions a previous worker left open");
         }
         let handler = Arc::new(handler);
-        let client = Arc::new(LiveKitClient::new(&config.livekit)?);
+        let client = Arc::new(LiveKitClient::new(&config.livekit, &parts.tls)?);
         let agent = AgentDescription { model: describe_model(config), system_prompt: config.consultation.system_prompt.clone() };
         let runner = Arc::new(Entrypoint::new(handler.clone(), parts.rooms, agent));
         let process = ProcessSampler::new();

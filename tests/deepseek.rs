@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use consultant::deepseek::{DeepSeekConfig, DeepSeekError, DeepSeekExtractor};
 use consultant::secret::Secret;
+use consultant::tls::ClientTls;
 use consultant_actors::ports::AnketaExtractor;
 use consultant_actors::{Anketa, AnketaField, DialogueMessage, FieldKind, Role};
 use consultant_fakes::deepseek::{with_evidence, Behaviour, FakeDeepSeek, Prompt, TEST_API_KEY};
@@ -106,7 +107,7 @@ fn config(fake: &FakeDeepSeek) -> DeepSeekConfig {
 }
 
 fn extractor(config: DeepSeekConfig) -> DeepSeekExtractor {
-    DeepSeekExtractor::new(config, fields()).expect("valid config")
+    DeepSeekExtractor::new(config, fields(), &ClientTls::default()).expect("valid config")
 }
 
 /// Captures this thread's log output (tests run on the current-thread runtime).
@@ -325,7 +326,8 @@ async fn bad_parameters_are_refused_like_the_real_api_and_not_retried() {
 #[tokio::test]
 async fn the_fake_refuses_json_mode_without_the_word_json() {
     let fake = fake().await;
-    let client = reqwest::Client::new();
+    // reqwest is built without a crypto provider: the trust policy brings ring.
+    let client = ClientTls::default().http_client().build().unwrap();
     let request = |content: &str| {
         json!({
             "model": "deepseek-chat",
@@ -616,11 +618,11 @@ fn bad_settings_are_named() {
         (DeepSeekConfig { temperature: 3.0, ..base() }, "deepseek.temperature"),
     ];
     for (config, key) in cases {
-        let error = DeepSeekExtractor::new(config, fields()).unwrap_err();
+        let error = DeepSeekExtractor::new(config, fields(), &ClientTls::default()).unwrap_err();
         assert_eq!(error.key, key, "{error}");
         assert!(error.to_string().starts_with(&format!("bad DeepSeek setting {key}: ")), "{error}");
     }
-    let error = DeepSeekExtractor::new(base(), Vec::new()).unwrap_err();
+    let error = DeepSeekExtractor::new(base(), Vec::new(), &ClientTls::default()).unwrap_err();
     assert_eq!(error.key, "consultation.anketa_fields");
-    assert!(DeepSeekExtractor::new(base(), fields()).is_ok());
+    assert!(DeepSeekExtractor::new(base(), fields(), &ClientTls::default()).is_ok());
 }

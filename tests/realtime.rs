@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use consultant::audio::PacedRecorder;
 use consultant::realtime::{AzureRealtimeClient, RealtimeConfig, RealtimeFlavour};
 use consultant::secret::Secret;
+use consultant::tls::ClientTls;
 use consultant_actors::consultation::{EndReason, Ports};
 use consultant_actors::ports::{
     AgentAudioOutput, AnketaExtractor, DialogueStore, ExtractError, RealtimeCommand, RealtimeConnection,
@@ -54,7 +55,7 @@ fn config_for(fake: &FakeRealtime, flavour: RealtimeFlavour) -> RealtimeConfig {
 }
 
 fn client_for(fake: &FakeRealtime, flavour: RealtimeFlavour) -> AzureRealtimeClient {
-    AzureRealtimeClient::new(config_for(fake, flavour)).expect("valid config")
+    AzureRealtimeClient::new(config_for(fake, flavour), ClientTls::default()).expect("valid config")
 }
 
 fn setup(history: &[(Role, &str)]) -> RealtimeSetup {
@@ -262,7 +263,7 @@ async fn handshake_errors_carry_the_python_modules_advice() {
     let fake = start_fake(RealtimeFlavour::AzurePreview, |_| {}).await;
     let mut config = config_for(&fake, RealtimeFlavour::AzurePreview);
     config.api_key = Secret::new("wrong-key-987");
-    let failure = AzureRealtimeClient::new(config).unwrap().connect(setup(&[])).await.err().unwrap();
+    let failure = AzureRealtimeClient::new(config, ClientTls::default()).unwrap().connect(setup(&[])).await.err().unwrap();
     let RealtimeFailure::Fatal(message) = &failure else { panic!("{failure:?}") };
     assert!(message.contains("401") && message.contains("AZURE_OPENAI_API_KEY"), "{message}");
     assert!(!message.contains("wrong-key-987"));
@@ -271,7 +272,7 @@ async fn handshake_errors_carry_the_python_modules_advice() {
     // Retired api-version: 404 naming both the api-version and the path.
     let mut config = config_for(&fake, RealtimeFlavour::AzurePreview);
     config.api_version = "2024-10-01-preview".into();
-    let failure = AzureRealtimeClient::new(config).unwrap().connect(setup(&[])).await.err().unwrap();
+    let failure = AzureRealtimeClient::new(config, ClientTls::default()).unwrap().connect(setup(&[])).await.err().unwrap();
     let RealtimeFailure::Fatal(message) = &failure else { panic!("{failure:?}") };
     assert!(message.contains("404") && message.contains("2024-10-01-preview") && message.contains("/openai/realtime"), "{message}");
 
@@ -292,7 +293,7 @@ async fn handshake_errors_carry_the_python_modules_advice() {
     let ga = start_fake(RealtimeFlavour::AzureGa, |_| {}).await;
     let mut config = config_for(&ga, RealtimeFlavour::AzureGa);
     config.api_key = Secret::new("nope");
-    let failure = AzureRealtimeClient::new(config).unwrap().connect(setup(&[])).await.err().unwrap();
+    let failure = AzureRealtimeClient::new(config, ClientTls::default()).unwrap().connect(setup(&[])).await.err().unwrap();
     let RealtimeFailure::Fatal(message) = &failure else { panic!("{failure:?}") };
     assert!(message.contains("401") && message.contains("api-version"), "{message}");
 
@@ -300,14 +301,14 @@ async fn handshake_errors_carry_the_python_modules_advice() {
     let openai = start_fake(RealtimeFlavour::OpenAi, |_| {}).await;
     let mut config = config_for(&openai, RealtimeFlavour::OpenAi);
     config.api_key = Secret::new("sk-bad");
-    let failure = AzureRealtimeClient::new(config).unwrap().connect(setup(&[])).await.err().unwrap();
+    let failure = AzureRealtimeClient::new(config, ClientTls::default()).unwrap().connect(setup(&[])).await.err().unwrap();
     assert!(matches!(&failure, RealtimeFailure::Fatal(m) if m.contains("OPENAI_API_KEY")), "{failure:?}");
 
     // Nothing listening: transient.
     drop(openai);
     let mut config = config_for(&ga, RealtimeFlavour::AzureGa);
     config.endpoint = "http://127.0.0.1:1".into();
-    let failure = AzureRealtimeClient::new(config).unwrap().connect(setup(&[])).await.err().unwrap();
+    let failure = AzureRealtimeClient::new(config, ClientTls::default()).unwrap().connect(setup(&[])).await.err().unwrap();
     assert!(matches!(failure, RealtimeFailure::Transient(_)), "{failure:?}");
 }
 

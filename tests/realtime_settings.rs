@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use consultant::realtime::{AzureRealtimeClient, Eagerness, NoiseReduction, RealtimeConfig, RealtimeFlavour, TurnDetection};
 use consultant::secret::Secret;
+use consultant::tls::ClientTls;
 use consultant_actors::ports::{RealtimeConnector, RealtimeEvent, RealtimeSetup};
 use consultant_actors::SessionId;
 use consultant_fakes::realtime::{FakeFlavour, FakeRealtime, FakeRealtimeOptions};
@@ -37,7 +38,7 @@ fn setup() -> RealtimeSetup {
 /// Connects, waits for the session, and returns the turn detection and noise reduction the
 /// fake accepted.
 async fn accepted(fake: &FakeRealtime, config: RealtimeConfig) -> (Value, Value) {
-    let mut connection = AzureRealtimeClient::new(config).expect("valid settings").connect(setup()).await.expect("the fake accepts the session");
+    let mut connection = AzureRealtimeClient::new(config, ClientTls::default()).expect("valid settings").connect(setup()).await.expect("the fake accepts the session");
     let first = tokio::time::timeout(WAIT, connection.events.recv()).await.expect("an event").expect("events open");
     assert!(matches!(first, RealtimeEvent::SessionReady { .. }), "{first:?}");
     let record = fake.connections().pop().expect("a connection");
@@ -81,7 +82,7 @@ async fn azure_preview_refuses_them_before_connecting() {
     for (key, tweak) in tweaks {
         let mut c = config(&fake, RealtimeFlavour::AzurePreview);
         tweak(&mut c);
-        let err = AzureRealtimeClient::new(c).err().unwrap_or_else(|| panic!("{key} accepted on azure-preview")).to_string();
+        let err = AzureRealtimeClient::new(c, ClientTls::default()).err().unwrap_or_else(|| panic!("{key} accepted on azure-preview")).to_string();
         assert!(err.contains(key) && err.contains("GA protocol") && err.contains("realtime.flavour = \"azure-ga\""), "{err}");
     }
     assert!(fake.connections().is_empty(), "nothing was sent");

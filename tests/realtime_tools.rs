@@ -36,7 +36,7 @@ fn client(fake: &FakeRealtime, flavour: RealtimeFlavour) -> AzureRealtimeClient 
     config.deployment = fake.options().deployment.clone();
     config.model = fake.options().deployment.clone();
     config.api_version = "2025-04-01-preview".into();
-    AzureRealtimeClient::new(config).unwrap()
+    AzureRealtimeClient::new(config, consultant::tls::ClientTls::default()).unwrap()
 }
 
 fn setup(history: Vec<DialogueMessage>) -> RealtimeSetup {

@@ -19,6 +19,7 @@ use consultant_fakes::rooms::{MemoryRoom, RefusingRoom};
 use consultant::livekit::{LiveKitClient, WorkerMode};
 use consultant::secret::Secret;
 use consultant::store::SqliteStore;
+use consultant::tls::ClientTls;
 use consultant::worker::{Worker, WorkerParts};
 use consultant_actors::{SessionId, SessionStatus};
 use consultant_fakes::memory::{CountingExtractor, RecordingAudio, ScriptedRealtime};
@@ -204,6 +205,7 @@ async fn start_with(server: LoopbackServer, s: Setup) -> Running {
         extractor: CountingExtractor::new(),
         store: store.clone(),
         rooms: if s.media { rooms.clone() } else { Arc::new(NoMedia) },
+        tls: ClientTls::default(),
     };
     let worker = Worker::start(&config, s.mode, parts).await.expect("worker starts");
     Running { server, worker: Some(worker), rooms, realtime, store, _dir: dir }
@@ -344,7 +346,7 @@ async fn cli_tokens_verify_with_the_official_python_sdk() {
         _ => None,
     })
     .unwrap();
-    let client = LiveKitClient::new(&config.livekit).unwrap();
+    let client = LiveKitClient::new(&config.livekit, &ClientTls::default()).unwrap();
     let agent_token = client.create_agent_token("consultation-sess-42", "agent-AJ_1").unwrap();
     let worker_token = client.worker_token().unwrap();
     assert!(!format!("{client:?}").contains("s3cr3t"));

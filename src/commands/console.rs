@@ -13,6 +13,7 @@ use crate::console::auth::client_token_from_file;
 use crate::console::client::ConsoleClient;
 use crate::console::protocol::Snapshot;
 use crate::console::tui;
+use crate::tls::{CaFile, ClientTls};
 
 /// Where the console listens when neither --url nor a config says otherwise.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:7700";
@@ -61,7 +62,8 @@ pub async fn run(config_path: Option<&Path>, args: ConsoleArgs) -> anyhow::Resul
             .with_context(|| format!("no console token: pass --token, set CONSULTANT_CONSOLE_TOKEN, or make {} readable", c.console.token_file.display()))?,
         _ => bail!("no console token: pass --token or set CONSULTANT_CONSOLE_TOKEN (the worker writes its tokens to console.token_file)"),
     };
-    let client = ConsoleClient::connect(&url, &token).await?;
+    let tls = trust(config.as_ref(), args.ca_cert.as_deref())?;
+    let client = ConsoleClient::connect_with_tls(&url, &token, &tls).await?;
     match once {
         Some(view) => {
             let mut client = client;
@@ -71,6 +73,13 @@ pub async fn run(config_path: Option<&Path>, args: ConsoleArgs) -> anyhow::Resul
         }
         None => tui::run(url, client).await,
     }
+}
+
+/// The trust policy of `wss://`: the config's (tls.ca_file) plus `--ca-cert`.
+fn trust(config: Option<&Config>, ca_cert: Option<&Path>) -> anyhow::Result<ClientTls> {
+    let mut files = config.map(|c| c.tls.ca_files()).unwrap_or_default();
+    files.extend(ca_cert.map(|path| CaFile { origin: "--ca-cert", path }));
+    Ok(ClientTls::with_ca_files(&files)?)
 }
 
 fn print_once(view: &Once, snapshot: &Snapshot, as_json: bool) -> anyhow::Result<()> {

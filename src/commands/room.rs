@@ -7,10 +7,11 @@ use consultant_actors::SessionId;
 use crate::cli::RoomCommand;
 use crate::config::{Config, Service};
 use crate::livekit::LiveKitClient;
+use crate::tls::ClientTls;
 
 pub async fn run(config: &Config, action: RoomCommand) -> anyhow::Result<()> {
     config.require(&[Service::LiveKit])?;
-    let client = LiveKitClient::new(&config.livekit)?;
+    let client = LiveKitClient::new(&config.livekit, &ClientTls::from_config(&config.tls)?)?;
     match action {
         RoomCommand::Create { session_id, identity } => create(&client, &session_id, &identity).await,
     }

@@ -19,6 +19,7 @@ use crate::config::{Config, Service};
 use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
 use crate::realtime::{AzureRealtimeClient, RealtimeConfig};
 use crate::store::SqliteStore;
+use crate::tls::ClientTls;
 
 /// Caller audio goes out in 20 ms frames, like a LiveKit track.
 const FRAME: usize = RATE as usize / 50;
@@ -43,10 +44,11 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     }
     let _log = crate::logging::init(&config.logging, false).context("cannot start logging")?;
 
-    let realtime = AzureRealtimeClient::new(RealtimeConfig::from_section(&config.realtime, &config.consultation.language))
+    let tls = ClientTls::from_config(&config.tls)?;
+    let realtime = AzureRealtimeClient::new(RealtimeConfig::from_section(&config.realtime, &config.consultation.language), tls.clone())
         .map_err(|e| anyhow::anyhow!("realtime configuration: {e}"))?;
     let stats = realtime.stats();
-    let extractor = DeepSeekExtractor::new(DeepSeekConfig::from_section(&config.deepseek), config.consultation.anketa_fields.clone())?;
+    let extractor = DeepSeekExtractor::new(DeepSeekConfig::from_section(&config.deepseek), config.consultation.anketa_fields.clone(), &tls)?;
     let store = SqliteStore::open(&config.storage.path, &config.storage.synchronous)?;
     let ports = Ports { connector: Arc::new(realtime), store: Arc::new(store), extractor: Arc::new(extractor) };
     let handler = VoiceHandler::start(Arc::new(config.consultation_settings()), ports, Telemetry::new()).await?;

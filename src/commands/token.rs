@@ -5,10 +5,12 @@ use consultant_actors::SessionId;
 
 use crate::config::{Config, Service};
 use crate::livekit::{generate_room_name, JoinInfo, LiveKitClient};
+use crate::tls::ClientTls;
 
 pub fn run(config: &Config, session_id: &SessionId, identity: &str, dispatch: bool) -> anyhow::Result<()> {
     config.require(&[Service::LiveKit])?;
-    let client = LiveKitClient::new(&config.livekit)?;
+    // No connection is made, but the client is the one the other commands use.
+    let client = LiveKitClient::new(&config.livekit, &ClientTls::from_config(&config.tls)?)?;
     let room = generate_room_name(session_id);
     let token = client.participant_token(&room, identity, dispatch)?;
     let info = JoinInfo { url: client.url().to_owned(), room, identity: identity.to_owned(), token: token.expose().to_owned() };

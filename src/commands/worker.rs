@@ -8,7 +8,9 @@ use crate::config::{Config, Service};
 use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
 use crate::livekit::WorkerMode;
 use crate::realtime::{AzureRealtimeClient, RealtimeConfig};
+use crate::room::{LiveKitRooms, RoomOptions};
 use crate::store::SqliteStore;
+use crate::tls::ClientTls;
 use crate::worker::{self, WorkerParts};
 
 pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
@@ -16,9 +18,13 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     let log = crate::logging::init(&config.logging, mode == WorkerMode::Dev)
         .map_err(|e| anyhow::anyhow!("cannot open the log file in {}: {e}", config.logging.dir.display()))?;
     let store = Arc::new(SqliteStore::open(&config.storage.path, &config.storage.synchronous)?);
-    let (realtime, extractor) = adapters(config)?;
+    // One trust policy for every connection the worker makes.
+    let tls = ClientTls::from_config(&config.tls)?;
+    tracing::info!(trusts = %tls.summary(), "outgoing TLS trust");
+    let (realtime, extractor) = adapters(config, &tls)?;
     let stats = realtime.stats();
-    let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(crate::room::LiveKitRooms::default()) };
+    let rooms = LiveKitRooms { options: RoomOptions { tls: tls.clone(), ..Default::default() } };
+    let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(rooms), tls };
     let result = worker::run(config, mode, parts, Some(log.level.clone()), Some(stats)).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "worker failed");
@@ -27,9 +33,10 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
 }
 
 /// The realtime connector (Azure/OpenAI) and the anketa extractor (DeepSeek) from config.
-fn adapters(config: &Config) -> anyhow::Result<(Arc<AzureRealtimeClient>, Arc<dyn AnketaExtractor>)> {
-    let realtime = AzureRealtimeClient::new(RealtimeConfig::from_section(&config.realtime, &config.consultation.language)).map_err(|e| anyhow::anyhow!("realtime settings: {e}"))?;
-    let extractor = DeepSeekExtractor::new(DeepSeekConfig::from_section(&config.deepseek), config.consultation.anketa_fields.clone())
+fn adapters(config: &Config, tls: &ClientTls) -> anyhow::Result<(Arc<AzureRealtimeClient>, Arc<dyn AnketaExtractor>)> {
+    let realtime = AzureRealtimeClient::new(RealtimeConfig::from_section(&config.realtime, &config.consultation.language), tls.clone())
+        .map_err(|e| anyhow::anyhow!("realtime settings: {e}"))?;
+    let extractor = DeepSeekExtractor::new(DeepSeekConfig::from_section(&config.deepseek), config.consultation.anketa_fields.clone(), tls)
         .map_err(|e| anyhow::anyhow!("deepseek settings: {e}"))?;
     Ok((Arc::new(realtime), Arc::new(extractor)))
 }

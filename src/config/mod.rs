@@ -70,6 +70,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub console: ConsoleConfig,
     pub logging: LoggingConfig,
+    pub tls: TlsSection,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -179,6 +180,22 @@ pub struct ConsoleConfig {
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
     pub max_clients: usize,
+}
+
+/// `[tls]`: the trust policy of outgoing TLS connections (see `crate::tls`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// A PEM file of extra CA certificates trusted besides the built-in and system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsSection {
+    /// The CA files this section names.
+    pub fn ca_files(&self) -> Vec<crate::tls::CaFile<'_>> {
+        self.ca_file.iter().map(|path| crate::tls::CaFile { origin: "tls.ca_file", path }).collect()
+    }
 }
 
 /// `logging.format`.

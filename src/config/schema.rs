@@ -172,12 +172,15 @@ pub const KEYS: &[Key] = &[
     key("logging", "max_files", U64, "rotated log files kept"),
     key("logging", "format", Kind::Choice(LOG_FORMATS), "log file format: text or json (one object per line)"),
     key("logging", "json", Bool, "deprecated: true means format = \"json\"").optional(),
+    key("tls", "ca_file", Path, "extra CA certificates (PEM) trusted by every outgoing TLS connection").optional(),
 ];
 
 /// Variables read outside the schema.
 pub const OTHER_ENV: &[(&str, &str)] = &[
     ("RUST_LOG", "log filter; overrides logging.level (e.g. consultant=debug,info)"),
     ("NO_COLOR", "any value: no colour on the console even on a terminal"),
+    ("SSL_CERT_FILE", "a PEM file of CA certificates trusted instead of the system store (tls.ca_file adds to it)"),
+    ("SSL_CERT_DIR", "directories of CA certificates trusted instead of the system store (':'-separated)"),
 ];
 
 pub fn sections() -> impl Iterator<Item = &'static str> {

@@ -74,6 +74,20 @@ fn console_off_loopback_needs_tls() {
 }
 
 #[test]
+fn an_unusable_tls_ca_file_is_a_config_error_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-ca.pem");
+    let err = load(SHIPPED, &[("CONSULTANT_TLS_CA_FILE", missing.to_str().unwrap())]).unwrap_err().to_string();
+    assert!(err.contains("tls.ca_file") && err.contains("CONSULTANT_TLS_CA_FILE") && err.contains("no-such-ca.pem") && err.contains("cannot be read"), "{err}");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let text = format!("[tls]\nca_file = {:?}\n", empty.to_str().unwrap());
+    let err = load(&text, &[]).unwrap_err().to_string();
+    assert!(err.contains("tls.ca_file") && err.contains("empty.pem") && err.contains("is empty"), "{err}");
+    assert_eq!(load(SHIPPED, &[]).unwrap().tls.ca_file, None, "no CA file by default");
+}
+
+#[test]
 fn a_file_may_hold_any_subset_of_keys() {
     let c = load("[storage]\npath = \"elsewhere.db\"\n", &[]).unwrap();
     let d = Config::from_env(|_| None).unwrap();

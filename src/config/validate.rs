@@ -133,5 +133,10 @@ pub fn check(config: &Config, layered: &Layered) -> Vec<Problem> {
             }
         }
     }
+    for file in config.tls.ca_files() {
+        if let Err(e) = crate::tls::read_ca_file(file) {
+            c.bad(file.origin, format!("the file {} {}", e.path.display(), e.problem), "a readable PEM file of CA certificates");
+        }
+    }
     c.problems
 }

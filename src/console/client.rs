@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::protocol::{encode_command, Command, ServerFrame};
+use crate::tls::ClientTls;
 
 /// How long connecting (TCP, TLS, upgrade) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +31,8 @@ pub enum ClientError {
     Closed(String),
     #[error("the console sent a frame this client does not understand: {0}")]
     Protocol(String),
+    #[error("cannot connect to the worker console: {0}")]
+    Tls(crate::tls::TlsFailure),
     #[error("console connection failed: {0}")]
     Transport(String),
     #[error("timed out waiting for the console")]
@@ -58,18 +61,20 @@ fn body_message(body: Option<&Vec<u8>>) -> String {
 }
 
 impl ConsoleClient {
-    /// Connects and authenticates with `token` (sent only in the Authorization header).
+    /// Connects and authenticates with `token` (sent only in the Authorization header);
+    /// `wss://` trusts the built-in and system roots.
     pub async fn connect(url: &str, token: &str) -> Result<Self, ClientError> {
-        if url.starts_with("wss://") {
-            // Both crypto providers may be compiled in; pick ring once for the process.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
+        Self::connect_with_tls(url, token, &ClientTls::default()).await
+    }
+
+    /// [`ConsoleClient::connect`] with `wss://` trusting `tls` (e.g. a private CA).
+    pub async fn connect_with_tls(url: &str, token: &str, tls: &ClientTls) -> Result<Self, ClientError> {
         let mut request = url.into_client_request().map_err(|e| ClientError::Url(url.to_owned(), e.to_string()))?;
         let value = format!("Bearer {}", token.trim())
             .parse()
             .map_err(|_| ClientError::Url(url.to_owned(), "the token contains characters not allowed in a header".into()))?;
         request.headers_mut().insert("authorization", value);
-        let connect = tokio_tungstenite::connect_async(request);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(tls.connector()));
         let (ws, _) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Err(_) => return Err(ClientError::Unreachable { url: url.to_owned(), reason: format!("no answer within {CONNECT_TIMEOUT:?}") }),
             Ok(Ok(ok)) => ok,
@@ -82,9 +87,7 @@ impl ConsoleClient {
                     ClientError::Refused { status, message }
                 });
             }
-            Ok(Err(WsError::Io(e))) => return Err(ClientError::Unreachable { url: url.to_owned(), reason: e.to_string() }),
-            Ok(Err(WsError::Url(e))) => return Err(ClientError::Url(url.to_owned(), e.to_string())),
-            Ok(Err(e)) => return Err(ClientError::Transport(e.to_string())),
+            Ok(Err(e)) => return Err(Self::failure(url, e)),
         };
         let mut client = Self { ws, scope: String::new() };
         match client.next_frame().await? {
@@ -94,6 +97,19 @@ impl ConsoleClient {
             }
             ServerFrame::Error { code, message, .. } => Err(ClientError::Server { code, message }),
             other => Err(ClientError::Protocol(format!("expected hello, got {other:?}"))),
+        }
+    }
+
+    /// Why connecting failed; a TLS failure in the trust policy's words.
+    fn failure(url: &str, e: WsError) -> ClientError {
+        let target = url::Url::parse(url).map(|u| crate::tls::target(&u)).unwrap_or_else(|_| url.to_owned());
+        if let Some(failure) = crate::tls::explain(&target, &e) {
+            return ClientError::Tls(failure);
+        }
+        match e {
+            WsError::Io(e) => ClientError::Unreachable { url: url.to_owned(), reason: e.to_string() },
+            WsError::Url(e) => ClientError::Url(url.to_owned(), e.to_string()),
+            e => ClientError::Transport(e.to_string()),
         }
     }
 

@@ -8,7 +8,6 @@
 //! for the whole extraction (blank lines keep an idle timeout alive forever).
 
 use std::fmt;
-use std::sync::Once;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +26,7 @@ use prompt::{kind_name, split_answer, system_prompt, user_prompt};
 
 use crate::config::DeepSeekSection;
 use crate::secret::Secret;
+use crate::tls::{self, ClientTls};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.deepseek.com";
 /// `deepseek-chat` was announced as deprecated on 2026-07-24 in favour of `deepseek-v4-flash`
@@ -192,17 +192,9 @@ impl fmt::Debug for DeepSeekExtractor {
     }
 }
 
-/// reqwest is built with `rustls-no-provider`: the process picks ring, once.
-fn install_crypto_provider() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        // Err only means another part of the process installed one first: fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl DeepSeekExtractor {
-    pub fn new(config: DeepSeekConfig, fields: Vec<AnketaField>) -> Result<Self, DeepSeekConfigError> {
+    /// `https://` trusts `tls`.
+    pub fn new(config: DeepSeekConfig, fields: Vec<AnketaField>, tls: &ClientTls) -> Result<Self, DeepSeekConfigError> {
         config.validate()?;
         if fields.is_empty() {
             return Err(DeepSeekConfigError {
@@ -210,8 +202,8 @@ impl DeepSeekExtractor {
                 reason: "is empty; configure at least one anketa field to extract".into(),
             });
         }
-        install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let http = tls
+            .http_client()
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| DeepSeekConfigError { key: "deepseek", reason: format!("cannot build the HTTP client: {e}") })?;
@@ -296,6 +288,16 @@ impl DeepSeekExtractor {
         error
     }
 
+    /// A refused certificate is final; other network errors are worth a retry.
+    fn send_error(&self, e: &reqwest::Error) -> AttemptError {
+        let target = url::Url::parse(&self.endpoint).map(|u| tls::target(&u)).unwrap_or_else(|_| self.endpoint.clone());
+        match tls::explain(&target, e) {
+            Some(failure) if failure.certificate => AttemptError::Fatal { status: None, reason: format!("DeepSeek: {failure}") },
+            Some(failure) => AttemptError::retry(format!("network error: {failure}")),
+            None => AttemptError::retry(format!("network error: {e}")),
+        }
+    }
+
     async fn attempt(&self, body: &Value, dialogue: &[DialogueMessage]) -> Result<Answer, AttemptError> {
         let response = self
             .http
@@ -304,7 +306,7 @@ impl DeepSeekExtractor {
             .json(body)
             .send()
             .await
-            .map_err(|e| AttemptError::retry(format!("network error: {e}")))?;
+            .map_err(|e| self.send_error(&e))?;
         let status = response.status();
         let retry_after = response
             .headers()

@@ -14,6 +14,7 @@ use livekit_protocol as proto;
 
 use crate::config::LivekitConfig;
 use crate::secret::Secret;
+use crate::tls::{self, ClientTls};
 
 /// Prefix of every consultation room: `consultation-{session_id}`.
 pub const ROOM_PREFIX: &str = "consultation-";
@@ -139,6 +140,8 @@ pub struct LiveKitClient {
     agent_name: String,
     participant_ttl: Duration,
     http: reqwest::Client,
+    /// Also the `/agent` link's trust policy.
+    tls: ClientTls,
 }
 
 impl std::fmt::Debug for LiveKitClient {
@@ -148,7 +151,8 @@ impl std::fmt::Debug for LiveKitClient {
 }
 
 impl LiveKitClient {
-    pub fn new(config: &LivekitConfig) -> Result<Self, LiveKitError> {
+    /// Twirp over `https://` and the `/agent` link over `wss://` trust `tls`.
+    pub fn new(config: &LivekitConfig, tls: &ClientTls) -> Result<Self, LiveKitError> {
         let mut missing = Vec::new();
         if config.api_key.is_empty() {
             missing.push("LIVEKIT_API_KEY");
@@ -160,9 +164,8 @@ impl LiveKitClient {
             return Err(LiveKitError::MissingKeys(missing.join(", ")));
         }
         with_scheme(&config.url, true)?;
-        // reqwest is built without a default TLS provider; ignore "already installed".
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = tls
+            .http_client()
             .timeout(TWIRP_TIMEOUT)
             .build()
             .map_err(|e| LiveKitError::Unreachable { method: "client", url: config.url.clone(), reason: e.to_string() })?;
@@ -173,6 +176,7 @@ impl LiveKitClient {
             agent_name: config.agent_name.clone(),
             participant_ttl: Duration::from_secs(config.participant_token_ttl_secs),
             http,
+            tls: tls.clone(),
         })
     }
 
@@ -183,6 +187,11 @@ impl LiveKitClient {
 
     pub fn agent_name(&self) -> &str {
         &self.agent_name
+    }
+
+    /// The trust policy of this server's connections.
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
     }
 
     /// `ws(s)://host[/base]/agent`.
@@ -303,7 +312,7 @@ impl LiveKitClient {
             .body(request.encode_to_vec())
             .send()
             .await
-            .map_err(|e| LiveKitError::Unreachable { method, url: url.to_string(), reason: error_chain(&e) })?;
+            .map_err(|e| unreachable(method, &url, &e))?;
         let status = answer.status();
         let body = answer
             .bytes()
@@ -330,6 +339,15 @@ impl LiveKitClient {
         }
         Resp::decode(body.as_ref()).map_err(|e| LiveKitError::BadAnswer { method, what, reason: e.to_string() })
     }
+}
+
+/// A Twirp call that did not get an answer; a TLS failure is said in the trust policy's words.
+fn unreachable(method: &'static str, url: &url::Url, e: &reqwest::Error) -> LiveKitError {
+    let reason = match tls::explain(&tls::target(url), e) {
+        Some(failure) => failure.message,
+        None => error_chain(e),
+    };
+    LiveKitError::Unreachable { method, url: url.to_string(), reason }
 }
 
 /// An error with its sources (reqwest hides the useful part in them).

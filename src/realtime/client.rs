@@ -25,6 +25,7 @@ use super::config::{RealtimeConfig, RealtimeFlavour, DEFAULT_AZURE_PREVIEW_API_V
 use super::protocol::{self, is_fatal_code, ErrorInfo, ParseError, ServerEvent};
 use super::session_tasks::{Reader, Writer};
 use super::stats::RealtimeStats;
+use crate::tls::{self, ClientTls};
 
 pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -46,6 +47,7 @@ pub(super) const DEFAULT_SESSION_LIMIT: Duration = Duration::from_secs(30 * 60);
 #[derive(Clone)]
 pub struct AzureRealtimeClient {
     config: Arc<RealtimeConfig>,
+    tls: ClientTls,
     pub(super) stats: Arc<RealtimeStats>,
 }
 
@@ -56,12 +58,10 @@ impl std::fmt::Debug for AzureRealtimeClient {
 }
 
 impl AzureRealtimeClient {
-    /// Checks the configuration (a bad value is named with its fix).
-    pub fn new(config: RealtimeConfig) -> Result<Self, String> {
+    /// Checks the configuration (a bad value is named with its fix); `wss://` trusts `tls`.
+    pub fn new(config: RealtimeConfig, tls: ClientTls) -> Result<Self, String> {
         config.websocket_url()?;
-        // rustls needs a process-wide provider; another component may have installed it already.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Ok(Self { config: Arc::new(config), stats: Arc::new(RealtimeStats::default()) })
+        Ok(Self { config: Arc::new(config), tls, stats: Arc::new(RealtimeStats::default()) })
     }
 
     pub fn config(&self) -> &RealtimeConfig {
@@ -142,10 +142,18 @@ impl AzureRealtimeClient {
 
     async fn open(&self) -> Result<Socket, RealtimeFailure> {
         let request = self.request()?;
-        match tokio_tungstenite::connect_async_with_config(request, None, true).await {
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(self.tls.connector())).await {
             Ok((socket, _response)) => Ok(socket),
             Err(WsError::Http(response)) => Err(self.handshake_failure(response.status(), response.body().as_deref())),
-            Err(e) => Err(RealtimeFailure::Transient(format!("cannot open the realtime WebSocket at {}: {e}", self.config.websocket_url().map(|u| u.to_string()).unwrap_or_default()))),
+            Err(e) => {
+                let url = self.config.websocket_url().map_err(RealtimeFailure::Fatal)?;
+                match tls::explain(&tls::target(&url), &e) {
+                    // A refused certificate stays refused: no point in retrying.
+                    Some(failure) if failure.certificate => Err(RealtimeFailure::Fatal(failure.message)),
+                    Some(failure) => Err(RealtimeFailure::Transient(failure.message)),
+                    None => Err(RealtimeFailure::Transient(format!("cannot open the realtime WebSocket at {url}: {e}"))),
+                }
+            }
         }
     }
 
@@ -308,7 +316,7 @@ mod tests {
 
     fn messages(flavour: RealtimeFlavour) -> Vec<String> {
         // An endpoint whose host names no flavour-like word, so only the advice is scanned.
-        let client = AzureRealtimeClient::new(RealtimeConfig::new(flavour, "http://127.0.0.1:9", Secret::new("k"))).unwrap();
+        let client = AzureRealtimeClient::new(RealtimeConfig::new(flavour, "http://127.0.0.1:9", Secret::new("k")), ClientTls::default()).unwrap();
         let rejected = ErrorInfo { kind: Some("invalid_request_error".into()), ..Default::default() };
         let text = |f: RealtimeFailure| match f {
             RealtimeFailure::Fatal(m) | RealtimeFailure::Transient(m) => m,

@@ -31,6 +31,7 @@ use super::signal::{self, Incoming, Request, Response, SignalLink};
 use super::status::{RoomStats, RoomStatus};
 use super::{transcript, RoomOptions};
 use crate::secret::Secret;
+use crate::tls::ClientTls;
 
 const RESUME_ATTEMPTS: u32 = 5;
 const MAX_FULL_REJOINS: u32 = 2;
@@ -67,6 +68,7 @@ pub enum Room {
 pub struct RoomState {
     url: String,
     token: Arc<Mutex<Secret>>,
+    tls: ClientTls,
     join_timeout: Duration,
     local_ip: IpAddr,
     gen: u64,
@@ -110,6 +112,7 @@ impl RoomState {
         let mut st = RoomState {
             url: args.url,
             token: args.token,
+            tls: args.options.tls.clone(),
             join_timeout: args.options.join_timeout,
             local_ip,
             gen: 0,
@@ -351,14 +354,14 @@ impl RoomState {
         self.signal = None;
         self.gen += 1;
         let gen = self.gen;
-        let (url, token, me) = (self.url.clone(), self.token.clone(), myself.clone());
+        let (url, token, tls, me) = (self.url.clone(), self.token.clone(), self.tls.clone(), myself.clone());
         let sid = (!full).then(|| self.sid.clone());
         self.set_status(|s| s.resumes += 1);
         self.tasks.push(tokio::spawn(async move {
             let mut last = cause;
             for attempt in 1..=RESUME_ATTEMPTS {
                 let token = token.lock().expect("token lock").clone();
-                match signal::connect(&url, &token, sid.as_deref(), deliverer(me.clone(), gen)).await {
+                match signal::connect(&url, &token, sid.as_deref(), &tls, deliverer(me.clone(), gen)).await {
                     Ok((link, first)) => {
                         // If the actor is gone nobody needs the link: dropping it closes it.
                         let _unused = me.send_message(RoomMsg::Resumed { gen, result: Ok((link, Box::new(first))) });

@@ -20,7 +20,7 @@ pub async fn connect(myself: &ActorRef<RoomMsg>, args: &RoomArgs) -> Result<(IpA
     let http = signal::rtc_url(&args.url, None).map_err(RoomFailure::Join)?.as_str().replacen("ws", "http", 1);
     let local_ip = peer::local_ip_towards(&http).await.map_err(RoomFailure::Join)?;
     let token = args.token.lock().expect("token lock").clone();
-    let attempt = signal::connect(&args.url, &token, None, deliverer(myself.clone(), 0));
+    let attempt = signal::connect(&args.url, &token, None, &args.options.tls, deliverer(myself.clone(), 0));
     let (link, first) = tokio::time::timeout(args.options.join_timeout, attempt)
         .await
         .map_err(|_| RoomFailure::Join(format!("no join response within {:?}", args.options.join_timeout)))?

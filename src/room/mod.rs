@@ -33,6 +33,7 @@ pub use playout::Playout;
 pub use status::{RoomStats, RoomStatus};
 
 use crate::secret::Secret;
+use crate::tls::ClientTls;
 
 /// Caller audio frames buffered towards a standalone listener (about 2 s of 20 ms frames);
 /// beyond that frames are dropped and counted, the media loop never waits.
@@ -46,11 +47,18 @@ pub struct RoomOptions {
     /// Joining (signalling, track published, publisher connected) must finish within this.
     pub join_timeout: Duration,
     pub track_name: String,
+    /// Trust policy of `wss://` signalling; the default trusts the built-in and system roots.
+    pub tls: ClientTls,
 }
 
 impl Default for RoomOptions {
     fn default() -> Self {
-        Self { rejoin_grace: Duration::from_secs(3), join_timeout: Duration::from_secs(15), track_name: "agent-voice".into() }
+        Self {
+            rejoin_grace: Duration::from_secs(3),
+            join_timeout: Duration::from_secs(15),
+            track_name: "agent-voice".into(),
+            tls: ClientTls::default(),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::secret::Secret;
+use crate::tls::{self, ClientTls};
 
 /// The signalling protocol version we speak (v0 two-PC semantics).
 pub const PROTOCOL_VERSION: u32 = 16;
@@ -68,10 +69,10 @@ pub enum Incoming {
     Closed(String),
 }
 
-/// Opens the WebSocket, waits for the first response (`join` on a fresh connection,
-/// `reconnect` or `join` on a resume), and starts the reader/writer tasks. Incoming
-/// messages after the first are delivered to `deliver`.
-pub async fn connect<F>(base: &str, token: &Secret, resume_sid: Option<&str>, deliver: F) -> Result<(SignalLink, Response), String>
+/// Opens the WebSocket (`wss://` trusting `tls`), waits for the first response (`join` on a
+/// fresh connection, `reconnect` or `join` on a resume), and starts the reader/writer tasks.
+/// Incoming messages after the first are delivered to `deliver`.
+pub async fn connect<F>(base: &str, token: &Secret, resume_sid: Option<&str>, tls: &ClientTls, deliver: F) -> Result<(SignalLink, Response), String>
 where
     F: Fn(Incoming) -> bool + Send + 'static,
 {
@@ -81,7 +82,8 @@ where
     request.headers_mut().insert(AUTHORIZATION, bearer);
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
     let shown = format!("{}://{}{port}{}", url.scheme(), url.host_str().unwrap_or(""), url.path());
-    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(tls.connector()));
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
         .map_err(|_| format!("signalling connect to {shown} timed out after {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| match e {
@@ -89,7 +91,10 @@ where
                 let body = r.body().as_ref().map(|b| String::from_utf8_lossy(b).trim().to_owned()).unwrap_or_default();
                 format!("signalling {shown} refused with HTTP {}: {body} (check the room token and URL)", r.status())
             }
-            other => format!("signalling connect to {shown} failed: {other}"),
+            other => match tls::explain(&tls::target(&url), &other) {
+                Some(failure) => format!("signalling connect failed: {failure}"),
+                None => format!("signalling connect to {shown} failed: {other}"),
+            },
         })?;
     let (mut sink, mut stream) = ws.split();
 

@@ -336,7 +336,7 @@ impl Actor for WorkerLink {
                 };
                 let register = socket::register_request(&state.args.settings);
                 tracing::debug!(%url, attempt = state.failures, "connecting to LiveKit");
-                state.connection = Some(tokio::spawn(socket::run_connection(myself.clone(), state.generation, url, token, register)));
+                state.connection = Some(tokio::spawn(socket::run_connection(myself.clone(), state.generation, url, token, register, state.args.client.tls().clone())));
                 state.publish();
             }
             LinkMsg::Registered { generation, worker_id, out } => {

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message as
 
 use super::{LinkMsg, LinkSettings};
 use crate::secret::Secret;
+use crate::tls::{self, ClientTls};
 
 /// TCP + TLS + upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,7 +49,7 @@ pub(super) fn register_request(s: &LinkSettings) -> proto::RegisterWorkerRequest
 }
 
 /// One `/agent` connection: connect, register, then pump frames both ways until it breaks.
-pub(super) async fn run_connection(me: ActorRef<LinkMsg>, generation: u64, url: url::Url, token: Secret, register: proto::RegisterWorkerRequest) {
+pub(super) async fn run_connection(me: ActorRef<LinkMsg>, generation: u64, url: url::Url, token: Secret, register: proto::RegisterWorkerRequest, tls: ClientTls) {
     let failed = |error: String, fatal: bool| LinkMsg::ConnectFailed { generation, error, fatal };
     let mut request = match url.as_str().into_client_request() {
         Ok(r) => r,
@@ -66,7 +67,8 @@ pub(super) async fn run_connection(me: ActorRef<LinkMsg>, generation: u64, url: 
     };
     request.headers_mut().insert(tungstenite::http::header::AUTHORIZATION, bearer);
     // Nagle off: an update_worker right after an update_job must not wait for an ACK.
-    let ws = match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, None, true)).await {
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(tls.connector()));
+    let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Err(_) => {
             let _ = me.send_message(failed(format!("connecting to {url} timed out after {CONNECT_TIMEOUT:?}"), false));
             return;
@@ -83,7 +85,12 @@ pub(super) async fn run_connection(me: ActorRef<LinkMsg>, generation: u64, url: 
             return;
         }
         Ok(Err(e)) => {
-            let _ = me.send_message(failed(format!("cannot connect to {url}: {}", crate::livekit::error_chain(&e)), false));
+            let failure = match tls::explain(&tls::target(&url), &e) {
+                // A refused certificate is a configuration problem, like a refused token.
+                Some(f) => failed(f.message, f.certificate),
+                None => failed(format!("cannot connect to {url}: {}", crate::livekit::error_chain(&e)), false),
+            };
+            let _ = me.send_message(failure);
             return;
         }
         Ok(Ok((ws, _))) => ws,
