@@ -278,7 +278,60 @@ impl DeepSeekExtractor {
         error
     }
 
+    /// One JSON-mode request of a few tokens, no retries (`consultant doctor`): proves the
+    /// key, the model and JSON mode for a fraction of an extraction's cost.
+    pub async fn ping(&self) -> Result<(), DeepSeekError> {
+        let body = json!({
+            "model": self.config.model,
+            "messages": [{"role": "system", "content": "Answer with the json object {\"ok\": true}."}, {"role": "user", "content": "ping"}],
+            "response_format": {"type": "json_object"},
+            "max_tokens": 16,
+            "temperature": 0.0,
+            "stream": false,
+        });
+        let once = |reason: String| DeepSeekError::Exhausted { attempts: 1, last: reason };
+        let (content, _) = self.complete(&body).await.map_err(|e| match e {
+            AttemptError::Fatal { status, reason } => DeepSeekError::Rejected { status, reason },
+            AttemptError::Retryable { reason, .. } => once(reason),
+        })?;
+        serde_json::from_str::<Value>(strip_code_fence(content.trim())).map_err(|e| once(format!("DeepSeek content is not valid JSON ({e})")))?;
+        Ok(())
+    }
+
     async fn attempt(&self, body: &Value) -> Result<(Anketa, ValidationReport), AttemptError> {
+        let (content, finish_reason) = self.complete(body).await?;
+        let raw: Value = match serde_json::from_str(strip_code_fence(content.trim())) {
+            Ok(value) => value,
+            Err(e) if finish_reason == "length" => {
+                return Err(AttemptError::Fatal {
+                    status: None,
+                    reason: format!(
+                        "DeepSeek cut the answer at max_tokens = {} (finish_reason length, {e}): raise deepseek.max_tokens",
+                        self.config.max_tokens
+                    ),
+                })
+            }
+            Err(e) => return Err(AttemptError::retry(format!("DeepSeek content is not valid JSON ({e})"))),
+        };
+        let (anketa, report) = Anketa::validate(&raw, &self.fields)
+            .map_err(|e| AttemptError::retry(format!("DeepSeek content is not an anketa: {e}")))?;
+        if !report.unknown_fields.is_empty() || !report.wrong_types.is_empty() {
+            let wrong: Vec<String> = report
+                .wrong_types
+                .iter()
+                .map(|(name, kind, got)| format!("{name} (expected {}, got {got})", kind_name(*kind)))
+                .collect();
+            tracing::warn!(
+                unknown_fields = ?report.unknown_fields,
+                wrong_types = ?wrong,
+                "DeepSeek answer had fields outside the anketa or of the wrong type; dropped them"
+            );
+        }
+        Ok((anketa, report))
+    }
+
+    /// One request: the answer's content and finish_reason, or why there is none.
+    async fn complete(&self, body: &Value) -> Result<(String, String), AttemptError> {
         let response = self
             .http
             .post(&self.endpoint)
@@ -325,34 +378,7 @@ impl DeepSeekExtractor {
                 content.len()
             )));
         }
-        let raw: Value = match serde_json::from_str(strip_code_fence(content.trim())) {
-            Ok(value) => value,
-            Err(e) if finish_reason == "length" => {
-                return Err(AttemptError::Fatal {
-                    status: None,
-                    reason: format!(
-                        "DeepSeek cut the answer at max_tokens = {} (finish_reason length, {e}): raise deepseek.max_tokens",
-                        self.config.max_tokens
-                    ),
-                })
-            }
-            Err(e) => return Err(AttemptError::retry(format!("DeepSeek content is not valid JSON ({e})"))),
-        };
-        let (anketa, report) = Anketa::validate(&raw, &self.fields)
-            .map_err(|e| AttemptError::retry(format!("DeepSeek content is not an anketa: {e}")))?;
-        if !report.unknown_fields.is_empty() || !report.wrong_types.is_empty() {
-            let wrong: Vec<String> = report
-                .wrong_types
-                .iter()
-                .map(|(name, kind, got)| format!("{name} (expected {}, got {got})", kind_name(*kind)))
-                .collect();
-            tracing::warn!(
-                unknown_fields = ?report.unknown_fields,
-                wrong_types = ?wrong,
-                "DeepSeek answer had fields outside the anketa or of the wrong type; dropped them"
-            );
-        }
-        Ok((anketa, report))
+        Ok((content, finish_reason))
     }
 
     fn classify_error(&self, status: StatusCode, text: &str, retry_after: Option<Duration>) -> AttemptError {
