@@ -228,3 +228,24 @@ async fn a_silent_service_fails_at_the_timeout_instead_of_hanging() {
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
     world.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_deepseek_model_names_the_models() {
+    let world = World::start().await;
+    let run = world.doctor(&[("DEEPSEEK_MODEL", "deepseek-chatt".into())]).await;
+    let (line, hints) = run.only_failure("deepseek");
+    assert!(line.contains("(400): Model Not Exist"), "{line}");
+    assert!(hints.contains("DEEPSEEK_MODEL") && hints.contains("\"deepseek-chatt\"") && hints.contains("deepseek-v4-flash"), "{hints}");
+    world.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_setting_fails_config_and_the_services_are_still_checked() {
+    let world = World::start().await;
+    let run = world.doctor(&[("CONSULTANT_LIVEKIT_CAPACITY", "0".into())]).await;
+    let (line, hints) = run.only_failure("config");
+    assert!(line.contains("1 problem(s)"), "{line}");
+    assert!(hints.contains("livekit.capacity") && hints.contains("CONSULTANT_LIVEKIT_CAPACITY"), "{hints}");
+    assert!(run.verdict("livekit").0.starts_with("ok   "), "{}", run.stdout);
+    world.stop().await;
+}
