@@ -24,6 +24,13 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Check every dependency with the configured settings (LiveKit, agent name, realtime,
+    /// DeepSeek, storage, console): one verdict per line, non-zero exit if any fails.
+    Doctor {
+        /// Seconds each check may take before it counts as failed.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        timeout: u64,
+    },
     /// Stored consultations: list, show, export.
     Sessions {
         #[command(subcommand)]

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod deepseek;
+pub mod doctor;
 pub mod entrypoint;
 pub mod health;
 pub mod livekit;

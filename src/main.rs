@@ -31,10 +31,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Config { check } = cli.command {
         return commands::config::run(cli.config.as_deref(), check);
     }
+    // The doctor reports configuration problems as a verdict instead of stopping at them.
+    if let Command::Doctor { timeout } = cli.command {
+        return commands::doctor::run(cli.config.as_deref(), std::time::Duration::from_secs(timeout.max(1))).await;
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Sessions { action } => commands::sessions::run(&config, action).await,
-        Command::Console(_) | Command::Config { .. } => unreachable!("handled before the config is loaded"),
+        Command::Console(_) | Command::Config { .. } | Command::Doctor { .. } => unreachable!("handled before the config is loaded"),
         Command::Token { session_id, identity, dispatch } => commands::token::run(&config, &session_id, &identity, dispatch),
         Command::Room { action } => commands::room::run(&config, action).await,
         Command::Start => commands::worker::run(&config, consultant::livekit::WorkerMode::Start).await,

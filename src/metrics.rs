@@ -92,8 +92,14 @@ impl Collector for BoardCollector {
         histogram(&mut e, "consultant_store_commit_duration", "Duration of a store write (message, status, anketa, session).", &m.store_commit)?;
         let backlog: usize = snapshot.consultations.iter().map(|c| c.persistence_backlog).sum();
         gauge(&mut e, "consultant_persistence_backlog_messages", "Dialogue messages handed to persistence and not yet durable.", backlog as i64)?;
-        let tokens = [("input".to_owned(), m.input_tokens), ("output".to_owned(), m.output_tokens)];
-        labelled_counter(&mut e, "consultant_realtime_tokens", "Realtime model tokens, by direction.", "direction", &tokens)?;
+        histogram(&mut e, "consultant_worker_added_latency", "Time the worker adds to an agent answer: its first audio off the realtime socket to queued for the room's playout.", &m.worker_added_latency)?;
+        // Two labels; summed over `kind` it is the older by-direction series.
+        let mut tokens = e.encode_descriptor("consultant_realtime_tokens", "Realtime model tokens, by direction and kind (other: not itemised by the provider).", None, MetricType::Counter)?;
+        for (direction, kind, n) in &m.tokens {
+            let labels = [("direction", direction.as_str()), ("kind", kind.as_str())];
+            tokens.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+        counter(&mut e, "consultant_realtime_cached_input_tokens", "Realtime input tokens served from the prompt cache (part of the input tokens).", None, m.cached_input_tokens)?;
         let mut link = e.encode_descriptor("consultant_livekit_link_state", "The LiveKit worker link: 1 for the current state.", None, MetricType::Gauge)?;
         for state in LINK_STATES {
             let labels = [("state", state)];
@@ -126,5 +132,36 @@ mod tests {
         assert!(text.contains("consultant_voice_to_voice_latency_seconds_bucket{le=\"+Inf\"} 1\n"), "{text}");
         assert!(text.contains("consultant_livekit_link_state{state=\"registered\"} 0\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn tokens_by_kind_and_the_added_latency_render() {
+        let telemetry = Telemetry::new();
+        let usage = consultant_actors::ports::TokenUsage {
+            input_tokens: 120,
+            output_tokens: 60,
+            input_audio_tokens: 20,
+            input_text_tokens: 90,
+            input_cached_tokens: 64,
+            output_audio_tokens: 40,
+            output_text_tokens: 20,
+        };
+        telemetry.metrics().tokens(&usage);
+        telemetry.metrics().worker_added_latency.observe_secs(0.000_3);
+        let text = render(&registry(telemetry)).unwrap();
+        for line in [
+            "consultant_realtime_tokens_total{direction=\"input\",kind=\"audio\"} 20\n",
+            "consultant_realtime_tokens_total{direction=\"input\",kind=\"text\"} 90\n",
+            // Ten input tokens the details did not itemise (e.g. an image).
+            "consultant_realtime_tokens_total{direction=\"input\",kind=\"other\"} 10\n",
+            "consultant_realtime_tokens_total{direction=\"output\",kind=\"audio\"} 40\n",
+            "consultant_realtime_tokens_total{direction=\"output\",kind=\"other\"} 0\n",
+            "consultant_realtime_cached_input_tokens_total 64\n",
+            "consultant_worker_added_latency_seconds_bucket{le=\"0.00025\"} 0\n",
+            "consultant_worker_added_latency_seconds_bucket{le=\"0.0005\"} 1\n",
+            "consultant_worker_added_latency_seconds_count 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

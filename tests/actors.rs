@@ -287,7 +287,7 @@ async fn barge_in_truncates_to_what_was_heard() {
     s.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
     s.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
     // 2 s received, the caller heard 1 s (the output reports it), then speaks over it.
-    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 48_000].into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 48_000].into(), received: std::time::Instant::now() }).await;
     s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "a1".into(), text: text.into() }).await;
     wait_until("audio queued", || audio.played_samples.load(Ordering::SeqCst) == 48_000).await;
     audio.heard_ms.store(5_000, Ordering::SeqCst); // more than received: must be clamped
@@ -310,7 +310,7 @@ async fn barge_in_truncates_to_what_was_heard() {
     handle.wait_ready().await.unwrap();
     let s = w.realtime.session(2).await;
     s.emit(RealtimeEvent::AgentItemStarted { response_id: None, item_id: "b1".into() }).await;
-    s.emit(RealtimeEvent::AgentAudio { item_id: "b1".into(), pcm: vec![500i16; 48_000].into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "b1".into(), pcm: vec![500i16; 48_000].into(), received: std::time::Instant::now() }).await;
     s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "b1".into(), text: text.into() }).await;
     wait_until("audio queued", || audio.played_samples.load(Ordering::SeqCst) == 48_000).await;
     audio.heard_ms.store(1_000, Ordering::SeqCst);

@@ -146,16 +146,16 @@ async fn metrics_follow_a_consultation() {
     s.user_says("u1", "Здравствуйте, сколько стоит доставка?").await;
     s.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
     s.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
-    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 4_800].into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 4_800].into(), received: std::time::Instant::now() }).await;
     s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "a1".into(), text: "Доставка бесплатная".into() }).await;
-    let usage = TokenUsage { input_tokens: 120, output_tokens: 45 };
+    let usage = TokenUsage { input_tokens: 120, output_tokens: 45, input_audio_tokens: 20, input_text_tokens: 100, input_cached_tokens: 64, output_audio_tokens: 30, output_text_tokens: 15 };
     s.emit(RealtimeEvent::ResponseDone { response_id: Some("r1".into()), status: ResponseStatus::Completed, reason: None, usage: Some(usage) }).await;
     // Two messages persisted: the periodic extraction runs.
     wait_until("an extraction", || extractor.calls.load(Ordering::SeqCst) >= 1).await;
 
     // A barge-in: the caller speaks over an answer they heard half of.
     s.emit(RealtimeEvent::AgentItemStarted { response_id: None, item_id: "a2".into() }).await;
-    s.emit(RealtimeEvent::AgentAudio { item_id: "a2".into(), pcm: vec![500i16; 48_000].into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "a2".into(), pcm: vec![500i16; 48_000].into(), received: std::time::Instant::now() }).await;
     s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "a2".into(), text: "Давайте я подробно расскажу о тарифах".into() }).await;
     wait_until("audio queued", || audio.played_samples.load(Ordering::SeqCst) == 4_800 + 48_000).await;
     audio.heard_ms.store(1_000, Ordering::SeqCst);
@@ -189,8 +189,16 @@ async fn metrics_follow_a_consultation() {
     assert_eq!(get(&during, r#"consultant_extractions_total{outcome="failed"}"#), 0.0);
     assert!(get(&during, "consultant_extraction_duration_seconds_count") >= 1.0);
     assert!(get(&during, "consultant_store_commit_duration_seconds_count") >= 3.0, "session, two messages at least");
-    assert_eq!(get(&during, r#"consultant_realtime_tokens_total{direction="input"}"#), 120.0);
-    assert_eq!(get(&during, r#"consultant_realtime_tokens_total{direction="output"}"#), 45.0);
+    let tokens = |direction: &str, kind: &str| get(&during, &format!(r#"consultant_realtime_tokens_total{{direction="{direction}",kind="{kind}"}}"#));
+    assert_eq!((tokens("input", "audio"), tokens("input", "text"), tokens("input", "other")), (20.0, 100.0, 0.0));
+    assert_eq!((tokens("output", "audio"), tokens("output", "text"), tokens("output", "other")), (30.0, 15.0, 0.0));
+    assert_eq!(get(&during, "consultant_realtime_cached_input_tokens_total"), 64.0);
+    // One observation per answer (a1, a2), at its first audio.
+    assert_eq!(get(&during, "consultant_worker_added_latency_seconds_count"), 2.0, "{text}");
+    assert_eq!(get(&during, r#"consultant_worker_added_latency_seconds_bucket{le="+Inf"}"#), 2.0);
+    let added = get(&during, "consultant_worker_added_latency_seconds_sum");
+    assert!(added > 0.0, "{text}");
+    eprintln!("worker-added latency over the in-memory ports: mean {:.1} us per answer", added / 2.0 * 1e6);
     assert_eq!(get(&during, r#"consultant_consultations_finished_total{status="completed"}"#), 0.0);
 
     // The sample dashboard asks only for series the endpoint serves.
@@ -204,6 +212,8 @@ async fn metrics_follow_a_consultation() {
     let worker: serde_json::Value = serde_json::from_str(&worker).unwrap();
     assert_eq!(worker["metrics"]["barge_ins"], 1);
     assert_eq!(worker["metrics"]["input_tokens"], 120);
+    assert_eq!(worker["metrics"]["worker_added_latency"]["count"], 2);
+    assert!(worker["metrics"]["tokens"].as_array().unwrap().iter().any(|t| t == &serde_json::json!(["output", "audio", 30])), "{worker}");
     assert_eq!(worker["metrics"]["voice_latency"]["count"].as_f64().unwrap(), latency_count);
 
     s2.user_says("u2", "Спасибо, до свидания").await;

@@ -75,7 +75,7 @@ async fn six_messages_the_last_mid_answer(s: &ScriptedSession) {
     s.emit(RealtimeEvent::UserItemCommitted { item_id: "u3".into() }).await;
     s.emit(RealtimeEvent::ResponseStarted { response_id: "r3".into() }).await;
     s.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r3".into()), item_id: "a3".into() }).await;
-    s.emit(RealtimeEvent::AgentAudio { item_id: "a3".into(), pcm: vec![1000i16; 2400].into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "a3".into(), pcm: vec![1000i16; 2400].into(), received: std::time::Instant::now() }).await;
     s.emit(RealtimeEvent::UserTranscript { item_id: "u3".into(), text: "Для пекарни".into() }).await;
 }
 
@@ -139,7 +139,7 @@ async fn a_goodbye_with_end_consultation_ends_the_call_once_the_goodbye_has_play
     c.audio.playing.store(true, Ordering::SeqCst);
     s.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
     s.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
-    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![1000i16; 24_000].into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![1000i16; 24_000].into(), received: std::time::Instant::now() }).await;
     s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "a1".into(), text: "Всего доброго!".into() }).await;
     let call = ToolCall { call_id: "call_1".into(), name: END_CONSULTATION.into(), arguments: r#"{"reason":"клиент попрощался"}"#.into() };
     s.emit(RealtimeEvent::ToolCall(call.clone())).await;

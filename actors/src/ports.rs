@@ -74,10 +74,50 @@ pub enum ResponseStatus {
     Incomplete,
 }
 
+/// A response's token usage. The totals are what the provider bills; the split (from
+/// `input_token_details` / `output_token_details`) is absent from some deployments, so it may
+/// cover less than the total (image tokens, or no details at all).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    // Defaults: a console reading an older worker's views.
+    #[serde(default)]
+    pub input_audio_tokens: u64,
+    #[serde(default)]
+    pub input_text_tokens: u64,
+    /// Input tokens served from the provider's prompt cache (part of the input, billed lower).
+    #[serde(default)]
+    pub input_cached_tokens: u64,
+    #[serde(default)]
+    pub output_audio_tokens: u64,
+    #[serde(default)]
+    pub output_text_tokens: u64,
+}
+
+impl TokenUsage {
+    pub fn add(&mut self, other: &TokenUsage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.input_audio_tokens += other.input_audio_tokens;
+        self.input_text_tokens += other.input_text_tokens;
+        self.input_cached_tokens += other.input_cached_tokens;
+        self.output_audio_tokens += other.output_audio_tokens;
+        self.output_text_tokens += other.output_text_tokens;
+    }
+
+    /// What `self` holds beyond `earlier` (counters only grow; a reset reads as nothing new).
+    pub fn since(&self, earlier: &TokenUsage) -> TokenUsage {
+        TokenUsage {
+            input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
+            input_audio_tokens: self.input_audio_tokens.saturating_sub(earlier.input_audio_tokens),
+            input_text_tokens: self.input_text_tokens.saturating_sub(earlier.input_text_tokens),
+            input_cached_tokens: self.input_cached_tokens.saturating_sub(earlier.input_cached_tokens),
+            output_audio_tokens: self.output_audio_tokens.saturating_sub(earlier.output_audio_tokens),
+            output_text_tokens: self.output_text_tokens.saturating_sub(earlier.output_text_tokens),
+        }
+    }
 }
 
 /// Server events, flavour-independent (preview/beta and GA names map to the same events).
@@ -94,8 +134,9 @@ pub enum RealtimeEvent {
     ResponseStarted { response_id: String },
     /// An assistant item of the current response.
     AgentItemStarted { response_id: Option<String>, item_id: String },
-    /// Agent speech: PCM16 mono 24 kHz.
-    AgentAudio { item_id: String, pcm: Arc<[i16]> },
+    /// Agent speech: PCM16 mono 24 kHz. `received`: when its frame came off the socket (wall
+    /// clock, not tokio's), so the worker's own share of the latency can be measured.
+    AgentAudio { item_id: String, pcm: Arc<[i16]>, received: std::time::Instant },
     AgentTranscriptDelta { item_id: String, delta: String },
     AgentTranscriptDone { item_id: String, text: String },
     /// The model called a function (its finished `function_call` item).

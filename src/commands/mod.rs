@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod console;
+pub mod doctor;
 pub mod room;
 pub mod sessions;
 pub mod token;

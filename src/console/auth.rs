@@ -103,8 +103,7 @@ impl Tokens {
         let path = &config.token_file;
         let io = |source| TokenError::Io { path: path.clone(), source };
         let mut file = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str::<TokenFile>(&text)
-                .map_err(|e| TokenError::Parse { path: path.clone(), message: e.to_string() })?,
+            Ok(text) => parse_token_file(path, &text)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
             Err(e) => return Err(io(e)),
         };
@@ -125,6 +124,23 @@ impl Tokens {
         let operator = if config.operator_token.is_empty() { Secret::new(file.operator_token.trim()) } else { config.operator_token.clone() };
         Ok((Self::new(read_only, operator)?, written.then(|| path.clone())))
     }
+}
+
+/// toml's error text quotes the offending line, which may hold a token: say only where.
+fn parse_token_file(path: &Path, text: &str) -> Result<TokenFile, TokenError> {
+    toml::from_str::<TokenFile>(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        TokenError::Parse { path: path.to_owned(), message: format!("{}{at}", e.message()) }
+    })
+}
+
+/// Which tokens the file holds (read-only, operator), without their values
+/// (`consultant doctor`).
+pub fn inspect_token_file(path: &Path) -> Result<(bool, bool), TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Io { path: path.to_owned(), source })?;
+    let file = parse_token_file(path, &text)?;
+    Ok((!file.token.trim().is_empty(), !file.operator_token.trim().is_empty()))
 }
 
 /// A token a client reads from the token file: the operator one if present, else read-only.
@@ -231,6 +247,18 @@ mod tests {
         assert!(first.operator.expose().starts_with("op_") && first.read_only.expose().starts_with("ro_"));
         assert_eq!(client_token_from_file(&cfg.token_file).unwrap().expose(), first.operator.expose());
         assert!(!format!("{first:?}").contains(first.operator.expose()));
+    }
+
+    #[test]
+    fn a_broken_token_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "token = \"ro_abc\"\noperator_token = \"op_s3cr3t-value").unwrap();
+        let err = inspect_token_file(&path).unwrap_err().to_string();
+        assert!(err.contains("t.toml") && err.contains("line 2"), "{err}");
+        assert!(!err.contains("s3cr3t") && !err.contains("ro_abc"), "{err}");
+        std::fs::write(&path, "token = \"ro_abc\"\n").unwrap();
+        assert_eq!(inspect_token_file(&path).unwrap(), (true, false));
     }
 
     #[test]

@@ -388,7 +388,7 @@ mod tests {
             messages: 0,
             transcript_tail: Default::default(),
             turn_latency_ms: Default::default(),
-            usage: TokenUsage { input_tokens: 1200, output_tokens: 45 },
+            usage: TokenUsage { input_tokens: 1200, output_tokens: 45, ..Default::default() },
             realtime: RealtimeView {
                 link: RealtimeLinkState::Reconnecting { attempt: 2 },
                 connected_at: Some(started),

@@ -298,7 +298,71 @@ impl DeepSeekExtractor {
         }
     }
 
+    /// One JSON-mode request of a few tokens, no retries (`consultant doctor`): proves the
+    /// key, the model and JSON mode for a fraction of an extraction's cost.
+    pub async fn ping(&self) -> Result<(), DeepSeekError> {
+        let body = json!({
+            "model": self.config.model,
+            "messages": [{"role": "system", "content": "Answer with the json object {\"ok\": true}."}, {"role": "user", "content": "ping"}],
+            "response_format": {"type": "json_object"},
+            "max_tokens": 16,
+            "temperature": 0.0,
+            "stream": false,
+        });
+        let once = |reason: String| DeepSeekError::Exhausted { attempts: 1, last: reason };
+        let (content, _) = self.complete(&body).await.map_err(|e| match e {
+            AttemptError::Fatal { status, reason } => DeepSeekError::Rejected { status, reason },
+            AttemptError::Retryable { reason, .. } => once(reason),
+        })?;
+        serde_json::from_str::<Value>(strip_code_fence(content.trim())).map_err(|e| once(format!("DeepSeek content is not valid JSON ({e})")))?;
+        Ok(())
+    }
+
     async fn attempt(&self, body: &Value, dialogue: &[DialogueMessage]) -> Result<Answer, AttemptError> {
+        let (content, finish_reason) = self.complete(body).await?;
+        let raw: Value = match serde_json::from_str(strip_code_fence(content.trim())) {
+            Ok(value) => value,
+            Err(e) if finish_reason == "length" => {
+                return Err(AttemptError::Fatal {
+                    status: None,
+                    reason: format!(
+                        "DeepSeek cut the answer at max_tokens = {} (finish_reason length, {e}): raise deepseek.max_tokens",
+                        self.config.max_tokens
+                    ),
+                })
+            }
+            Err(e) => return Err(AttemptError::retry(format!("DeepSeek content is not valid JSON ({e})"))),
+        };
+        let (raw, raw_evidence) = split_answer(raw, &self.fields);
+        let (anketa, report) = Anketa::validate(&raw, &self.fields)
+            .map_err(|e| AttemptError::retry(format!("DeepSeek content is not an anketa: {e}")))?;
+        if !report.unknown_fields.is_empty() || !report.wrong_types.is_empty() {
+            let wrong: Vec<String> = report
+                .wrong_types
+                .iter()
+                .map(|(name, kind, got)| format!("{name} (expected {}, got {got})", kind_name(*kind)))
+                .collect();
+            tracing::warn!(
+                unknown_fields = ?report.unknown_fields,
+                wrong_types = ?wrong,
+                "DeepSeek answer had fields outside the anketa or of the wrong type; dropped them"
+            );
+        }
+        let (evidence, evidence_dropped) = validate_evidence(raw_evidence.as_ref(), &anketa, &self.fields, dialogue);
+        if evidence_dropped.dropped > 0 {
+            tracing::warn!(
+                evidence_dropped = evidence_dropped.dropped,
+                unknown_messages = ?evidence_dropped.unknown_messages,
+                unknown_fields = ?evidence_dropped.unknown_fields,
+                without_value = ?evidence_dropped.without_value,
+                "DeepSeek cited messages or fields that do not hold; dropped those citations"
+            );
+        }
+        Ok(Answer { anketa, dropped: report, evidence, evidence_dropped })
+    }
+
+    /// One request: the answer's content and finish_reason, or why there is none.
+    async fn complete(&self, body: &Value) -> Result<(String, String), AttemptError> {
         let response = self
             .http
             .post(&self.endpoint)
@@ -345,45 +409,7 @@ impl DeepSeekExtractor {
                 content.len()
             )));
         }
-        let raw: Value = match serde_json::from_str(strip_code_fence(content.trim())) {
-            Ok(value) => value,
-            Err(e) if finish_reason == "length" => {
-                return Err(AttemptError::Fatal {
-                    status: None,
-                    reason: format!(
-                        "DeepSeek cut the answer at max_tokens = {} (finish_reason length, {e}): raise deepseek.max_tokens",
-                        self.config.max_tokens
-                    ),
-                })
-            }
-            Err(e) => return Err(AttemptError::retry(format!("DeepSeek content is not valid JSON ({e})"))),
-        };
-        let (raw, raw_evidence) = split_answer(raw, &self.fields);
-        let (anketa, report) = Anketa::validate(&raw, &self.fields)
-            .map_err(|e| AttemptError::retry(format!("DeepSeek content is not an anketa: {e}")))?;
-        if !report.unknown_fields.is_empty() || !report.wrong_types.is_empty() {
-            let wrong: Vec<String> = report
-                .wrong_types
-                .iter()
-                .map(|(name, kind, got)| format!("{name} (expected {}, got {got})", kind_name(*kind)))
-                .collect();
-            tracing::warn!(
-                unknown_fields = ?report.unknown_fields,
-                wrong_types = ?wrong,
-                "DeepSeek answer had fields outside the anketa or of the wrong type; dropped them"
-            );
-        }
-        let (evidence, evidence_dropped) = validate_evidence(raw_evidence.as_ref(), &anketa, &self.fields, dialogue);
-        if evidence_dropped.dropped > 0 {
-            tracing::warn!(
-                evidence_dropped = evidence_dropped.dropped,
-                unknown_messages = ?evidence_dropped.unknown_messages,
-                unknown_fields = ?evidence_dropped.unknown_fields,
-                without_value = ?evidence_dropped.without_value,
-                "DeepSeek cited messages or fields that do not hold; dropped those citations"
-            );
-        }
-        Ok(Answer { anketa, dropped: report, evidence, evidence_dropped })
+        Ok((content, finish_reason))
     }
 
     fn classify_error(&self, status: StatusCode, text: &str, retry_after: Option<Duration>) -> AttemptError {

@@ -269,12 +269,9 @@ impl LiveKitClient {
         self.sign(self.base_token().with_grants(VideoGrants { agent: true, ..Default::default() }).with_ttl(WORKER_TOKEN_TTL))
     }
 
-    fn admin_token(&self) -> Result<Secret, LiveKitError> {
-        self.sign(
-            self.base_token()
-                .with_grants(VideoGrants { room_create: true, ..Default::default() })
-                .with_ttl(ADMIN_TOKEN_TTL),
-        )
+    /// A short token with only the grants one Twirp call needs.
+    fn admin_token(&self, grants: VideoGrants) -> Result<Secret, LiveKitError> {
+        self.sign(self.base_token().with_grants(grants).with_ttl(ADMIN_TOKEN_TTL))
     }
 
     /// What a caller needs to join the consultation room of `session_id`.
@@ -292,7 +289,16 @@ impl LiveKitClient {
             agents: vec![proto::RoomAgentDispatch { agent_name: self.agent_name.clone(), ..Default::default() }],
             ..Default::default()
         };
-        self.twirp("RoomService", "CreateRoom", &request, "Room").await
+        let grants = VideoGrants { room_create: true, ..Default::default() };
+        self.twirp("RoomService", "CreateRoom", &request, "Room", grants).await
+    }
+
+    /// `RoomService.ListRooms`: the cheapest call that proves the URL and the key pair
+    /// (`consultant doctor`).
+    pub async fn list_rooms(&self) -> Result<Vec<proto::Room>, LiveKitError> {
+        let grants = VideoGrants { room_list: true, ..Default::default() };
+        let answer: proto::ListRoomsResponse = self.twirp("RoomService", "ListRooms", &proto::ListRoomsRequest::default(), "ListRoomsResponse", grants).await?;
+        Ok(answer.rooms)
     }
 
     async fn twirp<Req: prost::Message, Resp: prost::Message + Default>(
@@ -301,9 +307,10 @@ impl LiveKitClient {
         method: &'static str,
         request: &Req,
         what: &'static str,
+        grants: VideoGrants,
     ) -> Result<Resp, LiveKitError> {
         let url = join_path(with_scheme(&self.url, false)?, &format!("twirp/livekit.{service}/{method}"));
-        let token = self.admin_token()?;
+        let token = self.admin_token(grants)?;
         let answer = self
             .http
             .post(url.clone())

@@ -43,6 +43,14 @@ pub(super) const EXPIRY_SLACK_SECS: i64 = 90;
 /// Azure's limit when the server did not say (30 min).
 pub(super) const DEFAULT_SESSION_LIMIT: Duration = Duration::from_secs(30 * 60);
 
+/// A refused or failed [`AzureRealtimeClient::probe`]: the handshake's HTTP status, if the
+/// server answered one, and the failure with its advice.
+#[derive(Debug)]
+pub struct ProbeFailure {
+    pub status: Option<u16>,
+    pub failure: RealtimeFailure,
+}
+
 /// The Python module's AzureRealtimeClient: connects to Azure (preview or GA) or OpenAI Realtime.
 #[derive(Clone)]
 pub struct AzureRealtimeClient {
@@ -141,20 +149,50 @@ impl AzureRealtimeClient {
     }
 
     async fn open(&self) -> Result<Socket, RealtimeFailure> {
-        let request = self.request()?;
+        self.handshake().await.map_err(|refused| refused.failure)
+    }
+
+    async fn handshake(&self) -> Result<Socket, ProbeFailure> {
+        let request = self.request().map_err(|failure| ProbeFailure { status: None, failure })?;
         match tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(self.tls.connector())).await {
             Ok((socket, _response)) => Ok(socket),
-            Err(WsError::Http(response)) => Err(self.handshake_failure(response.status(), response.body().as_deref())),
+            Err(WsError::Http(response)) => {
+                Err(ProbeFailure { status: Some(response.status().as_u16()), failure: self.handshake_failure(response.status(), response.body().as_deref()) })
+            }
             Err(e) => {
-                let url = self.config.websocket_url().map_err(RealtimeFailure::Fatal)?;
-                match tls::explain(&tls::target(&url), &e) {
+                let url = self.config.websocket_url().map_err(|m| ProbeFailure { status: None, failure: RealtimeFailure::Fatal(m) })?;
+                let failure = match tls::explain(&tls::target(&url), &e) {
                     // A refused certificate stays refused: no point in retrying.
-                    Some(failure) if failure.certificate => Err(RealtimeFailure::Fatal(failure.message)),
-                    Some(failure) => Err(RealtimeFailure::Transient(failure.message)),
-                    None => Err(RealtimeFailure::Transient(format!("cannot open the realtime WebSocket at {url}: {e}"))),
-                }
+                    Some(failure) if failure.certificate => RealtimeFailure::Fatal(failure.message),
+                    Some(failure) => RealtimeFailure::Transient(failure.message),
+                    None => RealtimeFailure::Transient(format!("cannot open the realtime WebSocket at {url}: {e}")),
+                };
+                Err(ProbeFailure { status: None, failure })
             }
         }
+    }
+
+    /// Opens a socket, waits for `session.created` and closes it (`consultant doctor`). It
+    /// sends nothing, so no model time is used; a refusal keeps the handshake's status.
+    pub async fn probe(&self) -> Result<protocol::SessionInfo, ProbeFailure> {
+        let mut socket = self.handshake().await?;
+        let failed = |failure| ProbeFailure { status: None, failure };
+        let outcome = loop {
+            let text = match socket.next().await {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(frame))) => break Err(failed(RealtimeFailure::Transient(format!("the realtime server accepted the WebSocket and closed it ({}) before session.created", describe_close(frame.as_ref()))))),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break Err(failed(RealtimeFailure::Transient(format!("realtime socket failed before session.created: {e}")))),
+                None => break Err(failed(RealtimeFailure::Transient("the realtime server closed the connection before session.created".into()))),
+            };
+            match self.parse(&text) {
+                Some(ServerEvent::SessionCreated(info)) => break Ok(info),
+                Some(ServerEvent::Error(error)) => break Err(failed(self.setup_error(&error))),
+                _ => {}
+            }
+        };
+        let _ = socket.close(None).await;
+        outcome
     }
 
     /// session.update and the replayed history; waits for session.created, session.updated and

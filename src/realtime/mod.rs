@@ -7,6 +7,6 @@ pub mod protocol;
 mod session_tasks;
 pub mod stats;
 
-pub use client::AzureRealtimeClient;
+pub use client::{AzureRealtimeClient, ProbeFailure};
 pub use config::{Eagerness, NoiseReduction, Protocol, RealtimeConfig, RealtimeFlavour, TurnDetection, UnknownFlavour, UnknownName, VadSettings};
 pub use stats::{RealtimeStats, RealtimeStatsSnapshot};

@@ -101,6 +101,37 @@ pub struct Usage {
     pub input_tokens: u64,
     #[serde(default)]
     pub output_tokens: u64,
+    #[serde(default)]
+    pub input_token_details: TokenDetails,
+    #[serde(default)]
+    pub output_token_details: TokenDetails,
+}
+
+/// `input_token_details` / `output_token_details` (both generations; GA adds image tokens
+/// and a per-kind split of the cached ones, which the totals already cover).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TokenDetails {
+    #[serde(default)]
+    pub audio_tokens: u64,
+    #[serde(default)]
+    pub text_tokens: u64,
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    pub fn to_token_usage(&self) -> consultant_actors::ports::TokenUsage {
+        let (i, o) = (&self.input_token_details, &self.output_token_details);
+        consultant_actors::ports::TokenUsage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            input_audio_tokens: i.audio_tokens,
+            input_text_tokens: i.text_tokens,
+            input_cached_tokens: i.cached_tokens,
+            output_audio_tokens: o.audio_tokens,
+            output_text_tokens: o.text_tokens,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -546,6 +577,21 @@ mod tests {
         let e = parse_server_event(r#"{"type":"response.done","response":{"status":"failed","status_details":{"type":"failed","error":{"code":"inference_rate_limit_exceeded"}}}}"#).unwrap();
         let ServerEvent::ResponseDone(r) = e else { panic!() };
         assert_eq!(r.reason().as_deref(), Some("inference_rate_limit_exceeded"));
+    }
+
+    #[test]
+    fn usage_splits_audio_text_and_cached_tokens() {
+        // GA's shape (image tokens and cached_tokens_details are covered by the totals).
+        let e = parse_server_event(r#"{"type":"response.done","response":{"status":"completed","usage":{"total_tokens":300,"input_tokens":200,"output_tokens":100,"input_token_details":{"text_tokens":150,"audio_tokens":40,"image_tokens":10,"cached_tokens":128,"cached_tokens_details":{"text_tokens":128,"audio_tokens":0}},"output_token_details":{"text_tokens":25,"audio_tokens":75}}}}"#).unwrap();
+        let ServerEvent::ResponseDone(r) = e else { panic!() };
+        let u = r.usage.unwrap().to_token_usage();
+        assert_eq!((u.input_tokens, u.input_audio_tokens, u.input_text_tokens, u.input_cached_tokens), (200, 40, 150, 128));
+        assert_eq!((u.output_tokens, u.output_audio_tokens, u.output_text_tokens), (100, 75, 25));
+        // A deployment that sends only the totals.
+        let e = parse_server_event(r#"{"type":"response.done","response":{"usage":{"input_tokens":7,"output_tokens":3}}}"#).unwrap();
+        let ServerEvent::ResponseDone(r) = e else { panic!() };
+        let u = r.usage.unwrap().to_token_usage();
+        assert_eq!((u.input_tokens, u.output_tokens, u.input_audio_tokens, u.output_text_tokens), (7, 3, 0, 0));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use consultant_actors::ports::{RealtimeCommand, RealtimeEvent, RealtimeFailure, ResponseStatus, TokenUsage};
+use consultant_actors::ports::{RealtimeCommand, RealtimeEvent, RealtimeFailure, ResponseStatus};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -205,6 +205,8 @@ impl Reader {
     }
 
     async fn on_text(&mut self, text: &str) -> Step {
+        // Before parsing: the worker-added latency starts when the frame is ours.
+        let received = std::time::Instant::now();
         let Some(event) = self.client.parse(text) else { return Step::Continue };
         let stats = &self.client.stats;
         let out = match event {
@@ -212,7 +214,7 @@ impl Reader {
                 Ok(pcm) => {
                     RealtimeStats::add(&stats.audio_deltas_received, 1);
                     RealtimeStats::add(&stats.audio_bytes_received, pcm.len() as u64 * 2);
-                    RealtimeEvent::AgentAudio { item_id, pcm: pcm.into() }
+                    RealtimeEvent::AgentAudio { item_id, pcm: pcm.into(), received }
                 }
                 Err(e) => {
                     RealtimeStats::add(&stats.malformed_events, 1);
@@ -247,7 +249,7 @@ impl Reader {
                     _ => ResponseStatus::Failed,
                 };
                 let reason = response.reason();
-                let usage = response.usage.as_ref().map(|u| TokenUsage { input_tokens: u.input_tokens, output_tokens: u.output_tokens });
+                let usage = response.usage.as_ref().map(protocol::Usage::to_token_usage);
                 RealtimeEvent::ResponseDone { response_id: response.id, status, reason, usage }
             }
             ServerEvent::Error(error) => {

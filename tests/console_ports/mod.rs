@@ -117,13 +117,13 @@ fn exchange_events(turn: u64, user: &str, agent: &str) -> Vec<RealtimeEvent> {
         RealtimeEvent::UserTranscript { item_id: u, text: user.into() },
         RealtimeEvent::ResponseStarted { response_id: r.clone() },
         RealtimeEvent::AgentItemStarted { response_id: Some(r.clone()), item_id: a.clone() },
-        RealtimeEvent::AgentAudio { item_id: a.clone(), pcm: vec![0i16; 2400].into() },
+        RealtimeEvent::AgentAudio { item_id: a.clone(), pcm: vec![0i16; 2400].into(), received: std::time::Instant::now() },
         RealtimeEvent::AgentTranscriptDone { item_id: a, text: agent.into() },
         RealtimeEvent::ResponseDone {
             response_id: Some(r),
             status: ResponseStatus::Completed,
             reason: None,
-            usage: Some(TokenUsage { input_tokens: 120, output_tokens: 45 }),
+            usage: Some(TokenUsage { input_tokens: 120, output_tokens: 45, ..Default::default() }),
         },
     ]
 }

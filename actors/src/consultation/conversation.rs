@@ -86,10 +86,11 @@ impl ConsultationActor {
                 state.response_audio = false;
             }
             RealtimeEvent::AgentItemStarted { item_id, .. } => {
+                state.item_audio_timed = false;
                 let ready = state.turns.agent_item_started(&item_id);
                 state.store_final(ready);
             }
-            RealtimeEvent::AgentAudio { item_id, pcm } => {
+            RealtimeEvent::AgentAudio { item_id, pcm, received } => {
                 let (ready, play) = state.turns.agent_audio(&item_id, pcm.len());
                 state.store_final(ready);
                 if !play {
@@ -105,6 +106,12 @@ impl ConsultationActor {
                 }
                 state.response_audio = true;
                 state.audio_out.play(&item_id, pcm);
+                // The first audio of an answer is what the caller waits for; later deltas queue
+                // behind audio already playing, so their delay is not heard.
+                if !state.item_audio_timed {
+                    state.item_audio_timed = true;
+                    state.args.telemetry.metrics().worker_added_latency.observe(received.elapsed());
+                }
             }
             RealtimeEvent::AgentTranscriptDelta { item_id, delta } => state.turns.agent_transcript_delta(&item_id, &delta),
             RealtimeEvent::AgentTranscriptDone { item_id, text } => state.turns.agent_transcript_done(&item_id, &text),
@@ -112,10 +119,7 @@ impl ConsultationActor {
             RealtimeEvent::ResponseDone { status, reason, usage, .. } => {
                 state.response_active = false;
                 if let Some(usage) = usage {
-                    state.args.telemetry.consultation_update(&state.session.session_id, |v| {
-                        v.usage.input_tokens += usage.input_tokens;
-                        v.usage.output_tokens += usage.output_tokens;
-                    });
+                    state.args.telemetry.consultation_update(&state.session.session_id, |v| v.usage.add(&usage));
                 }
                 if status == ResponseStatus::Failed {
                     tracing::warn!(session_id = %state.session.session_id, reason = reason.as_deref().unwrap_or(""), "realtime response failed");

@@ -226,6 +226,8 @@ pub struct ConsultationState {
     response_active: bool,
     /// The current response has produced audio.
     response_audio: bool,
+    /// The current agent item's first audio went into the worker-added latency.
+    item_audio_timed: bool,
     /// Failed responses asked again in a row.
     response_retries: u32,
     /// The goodbye in progress, once the call is ending.
@@ -378,6 +380,7 @@ impl Actor for ConsultationActor {
             turns: Turns::default(),
             response_active: false,
             response_audio: false,
+            item_audio_timed: false,
             response_retries: 0,
             ending: None,
             pending_tool_calls: Vec::new(),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ports::TokenUsage;
 use crate::session::SessionStatus;
 
 /// Voice-to-voice latency buckets (s): a good turn is well under 1 s, a bad one several.
@@ -16,6 +17,15 @@ pub const LATENCY_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3
 pub const EXTRACTION_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0];
 /// SQLite commit buckets (s): milliseconds normally, seconds on a sick disk.
 pub const STORE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Worker-added latency buckets (s): tens of microseconds normally; milliseconds mean the
+/// consultation's mailbox is backed up.
+pub const ADDED_LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+
+/// The `direction` and `kind` labels of the realtime token counter. `other` is what the
+/// provider's details did not itemise (image tokens, or no details sent), so each
+/// direction's kinds add up to its billed total.
+pub const TOKEN_DIRECTIONS: [&str; 2] = ["input", "output"];
+pub const TOKEN_KINDS: [&str; 3] = ["audio", "text", "other"];
 
 /// Why a realtime session was replaced (a bounded label). `planned` is an operator's forced
 /// reconnect, counted by the consultation's planned restart; `rollover` the switch before
@@ -31,21 +41,22 @@ pub struct Histogram {
     bounds: &'static [f64],
     /// Non-cumulative: `counts[i]` observations in `(bounds[i-1], bounds[i]]`, the last one +Inf.
     counts: [AtomicU64; 17],
-    /// Sum in microseconds (integer, so it stays an atomic add).
-    sum_us: AtomicU64,
+    /// Sum in nanoseconds (integer, so it stays an atomic add; fine enough for
+    /// microsecond observations).
+    sum_ns: AtomicU64,
 }
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
         assert!(bounds.len() < 17, "at most 16 bucket bounds");
-        Self { bounds, counts: Default::default(), sum_us: AtomicU64::new(0) }
+        Self { bounds, counts: Default::default(), sum_ns: AtomicU64::new(0) }
     }
 
     pub fn observe_secs(&self, secs: f64) {
         let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
         let i = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+        self.sum_ns.fetch_add((secs * 1e9) as u64, Ordering::Relaxed);
     }
 
     pub fn observe(&self, d: std::time::Duration) {
@@ -60,7 +71,7 @@ impl Histogram {
             buckets.push((*bound, cumulative));
         }
         let count = cumulative + self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        HistogramSnapshot { buckets, count, sum_secs: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6 }
+        HistogramSnapshot { buckets, count, sum_secs: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9 }
     }
 }
 
@@ -92,8 +103,11 @@ pub struct Metrics {
     pub evidence_dropped: AtomicU64,
     pub extraction_duration: Histogram,
     pub store_commit: Histogram,
-    pub input_tokens: AtomicU64,
-    pub output_tokens: AtomicU64,
+    /// First audio of an agent item: off the realtime socket to queued for playout.
+    pub worker_added_latency: Histogram,
+    /// [direction][kind], as [`TOKEN_DIRECTIONS`] x [`TOKEN_KINDS`].
+    tokens: [[AtomicU64; TOKEN_KINDS.len()]; TOKEN_DIRECTIONS.len()],
+    cached_input_tokens: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -109,8 +123,9 @@ impl Default for Metrics {
             evidence_dropped: AtomicU64::new(0),
             extraction_duration: Histogram::new(EXTRACTION_BUCKETS),
             store_commit: Histogram::new(STORE_BUCKETS),
-            input_tokens: AtomicU64::new(0),
-            output_tokens: AtomicU64::new(0),
+            worker_added_latency: Histogram::new(ADDED_LATENCY_BUCKETS),
+            tokens: Default::default(),
+            cached_input_tokens: AtomicU64::new(0),
         }
     }
 }
@@ -139,6 +154,20 @@ impl Metrics {
         add(&self.barge_ins, 1);
     }
 
+    /// Realtime usage reported by a response (or a view's growth).
+    pub fn tokens(&self, usage: &TokenUsage) {
+        let split = [
+            (usage.input_tokens, usage.input_audio_tokens, usage.input_text_tokens),
+            (usage.output_tokens, usage.output_audio_tokens, usage.output_text_tokens),
+        ];
+        for (counters, (total, audio, text)) in self.tokens.iter().zip(split) {
+            add(&counters[0], audio);
+            add(&counters[1], text);
+            add(&counters[2], total.saturating_sub(audio + text));
+        }
+        add(&self.cached_input_tokens, usage.input_cached_tokens);
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MetricsSnapshot {
@@ -152,8 +181,15 @@ impl Metrics {
             evidence_dropped: get(&self.evidence_dropped),
             extraction_duration: self.extraction_duration.snapshot(),
             store_commit: self.store_commit.snapshot(),
-            input_tokens: get(&self.input_tokens),
-            output_tokens: get(&self.output_tokens),
+            input_tokens: self.tokens[0].iter().map(get).sum(),
+            output_tokens: self.tokens[1].iter().map(get).sum(),
+            tokens: TOKEN_DIRECTIONS
+                .iter()
+                .zip(&self.tokens)
+                .flat_map(|(d, counters)| TOKEN_KINDS.iter().zip(counters).map(|(k, c)| ((*d).to_owned(), (*k).to_owned(), get(c))))
+                .collect(),
+            cached_input_tokens: get(&self.cached_input_tokens),
+            worker_added_latency: self.worker_added_latency.snapshot(),
         }
     }
 }
@@ -184,13 +220,27 @@ pub struct MetricsSnapshot {
     pub evidence_dropped: u64,
     pub extraction_duration: HistogramSnapshot,
     pub store_commit: HistogramSnapshot,
+    /// Totals by direction (what `tokens` adds up to, kept for readers of the older fields).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// (direction, kind, count) for every pair of [`TOKEN_DIRECTIONS`] x [`TOKEN_KINDS`].
+    // Defaults here: a console reading an older worker.
+    #[serde(default)]
+    pub tokens: Vec<(String, String, u64)>,
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    #[serde(default)]
+    pub worker_added_latency: HistogramSnapshot,
 }
 
 impl MetricsSnapshot {
     pub fn reconnects_total(&self) -> u64 {
         self.reconnects.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Tokens of one direction and kind (0 for a pair not reported).
+    pub fn tokens_of(&self, direction: &str, kind: &str) -> u64 {
+        self.tokens.iter().find(|(d, k, _)| d == direction && k == kind).map_or(0, |(_, _, n)| *n)
     }
 }
 
@@ -208,6 +258,35 @@ mod tests {
         assert_eq!(snap.buckets, vec![(0.1, 2), (1.0, 3)]);
         assert_eq!(snap.count, 4);
         assert!((snap.sum_secs - 3.65).abs() < 1e-6);
+    }
+
+    #[test]
+    fn tokens_split_by_kind_and_add_up_to_the_billed_totals() {
+        let m = Metrics::default();
+        let detailed = TokenUsage { input_tokens: 120, output_tokens: 60, input_audio_tokens: 20, input_text_tokens: 100, input_cached_tokens: 64, output_audio_tokens: 40, output_text_tokens: 20 };
+        m.tokens(&detailed);
+        // A deployment sending totals only: counted, as `other`.
+        m.tokens(&TokenUsage { input_tokens: 7, output_tokens: 3, ..Default::default() });
+        let s = m.snapshot();
+        assert_eq!((s.input_tokens, s.output_tokens), (127, 63));
+        assert_eq!((s.tokens_of("input", "audio"), s.tokens_of("input", "text"), s.tokens_of("input", "other")), (20, 100, 7));
+        assert_eq!((s.tokens_of("output", "audio"), s.tokens_of("output", "text"), s.tokens_of("output", "other")), (40, 20, 3));
+        assert_eq!(s.cached_input_tokens, 64);
+        assert_eq!(s.tokens.len(), TOKEN_DIRECTIONS.len() * TOKEN_KINDS.len(), "every series, zeroes included");
+    }
+
+    #[test]
+    fn added_latency_keeps_microseconds() {
+        let m = Metrics::default();
+        for us in [40u64, 60, 900, 30_000] {
+            m.worker_added_latency.observe(std::time::Duration::from_micros(us));
+        }
+        let s = m.snapshot().worker_added_latency;
+        assert_eq!(s.buckets.first(), Some(&(0.0001, 2)), "two observations under 100 us");
+        assert_eq!(s.buckets.iter().find(|(b, _)| *b == 0.001).map(|(_, n)| *n), Some(3));
+        assert_eq!(s.count, 4);
+        // 30.999... ms would show as a wrong mean on the console: the sum keeps every microsecond.
+        assert!((s.sum_secs - 0.031).abs() < 1e-9, "{}", s.sum_secs);
     }
 
     #[test]

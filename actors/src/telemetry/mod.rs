@@ -13,6 +13,7 @@ use chrono::Utc;
 use tokio::sync::broadcast;
 
 use crate::dialogue::{Role, SessionId};
+use crate::ports::TokenUsage;
 
 mod metered;
 pub mod metrics;
@@ -188,8 +189,7 @@ impl Telemetry {
         while latencies.len() > LATENCY_TAIL {
             latencies.pop_front();
         }
-        metrics::add(&m.input_tokens, view.usage.input_tokens.saturating_sub(before.input_tokens));
-        metrics::add(&m.output_tokens, view.usage.output_tokens.saturating_sub(before.output_tokens));
+        m.tokens(&view.usage.since(&before.usage));
         metrics::add(&m.caller_dropped_ms, view.caller_dropped_ms.saturating_sub(before.caller_dropped_ms));
         for _ in before.reconnects..view.realtime.reconnects {
             // A make-before-break switch is counted with the link already up again.
@@ -246,8 +246,7 @@ impl ConsultationView {
 /// A view's running figures before a change (scalars only: copied on every update).
 struct Figures {
     latencies: usize,
-    input_tokens: u64,
-    output_tokens: u64,
+    usage: TokenUsage,
     caller_dropped_ms: u64,
     reconnects: u64,
 }
@@ -256,8 +255,7 @@ impl Figures {
     fn of(v: &ConsultationView) -> Self {
         Self {
             latencies: v.turn_latency_ms.len(),
-            input_tokens: v.usage.input_tokens,
-            output_tokens: v.usage.output_tokens,
+            usage: v.usage,
             caller_dropped_ms: v.caller_dropped_ms,
             reconnects: v.realtime.reconnects,
         }
@@ -293,6 +291,8 @@ mod tests {
             v.caller_dropped_ms = 250;
         });
         t.consultation_update(&id, |v| v.caller_dropped_ms = 400);
+        let split = TokenUsage { input_tokens: 5, input_audio_tokens: 5, output_tokens: 9, output_audio_tokens: 6, output_text_tokens: 3, ..Default::default() };
+        t.consultation_update(&id, |v| v.usage.add(&split));
         t.consultation_update(&id, |v| {
             v.realtime.link = RealtimeLinkState::Reconnecting { attempt: 1 };
             v.realtime.last_close_cause = Some("realtime session expired: limit".into());
@@ -307,7 +307,9 @@ mod tests {
         assert_eq!(view.turn_latency_ms.back(), Some(&(LATENCY_TAIL as u64 + 7)));
         let m = t.worker().metrics;
         assert_eq!(m.voice_latency.count, LATENCY_TAIL as u64 + 8);
-        assert_eq!((m.input_tokens, m.caller_dropped_ms), (10, 400));
+        assert_eq!((m.input_tokens, m.output_tokens, m.caller_dropped_ms), (15, 9, 400));
+        assert_eq!((m.tokens_of("input", "other"), m.tokens_of("input", "audio")), (10, 5), "the unsplit 10 and the split 5");
+        assert_eq!((m.tokens_of("output", "audio"), m.tokens_of("output", "text")), (6, 3));
         let cause = |c: &str| m.reconnects.iter().find(|(k, _)| k == c).unwrap().1;
         assert_eq!((cause("expired"), cause("rollover"), cause("transient")), (1, 1, 0));
     }

@@ -211,7 +211,16 @@ fn consultation_lines(c: &ConsultationView) -> Vec<Line<'static>> {
         Line::from(format!("realtime: {}  session age {} (recycle after {})", rt.link_state(), age, recycle)),
         Line::from(format!("  reconnects {}  last close: {}", rt.reconnects, rt.last_close_cause.as_deref().unwrap_or("-"))),
         Line::from(format!("turn latency: {latency}")),
-        Line::from(format!("tokens: in {}  out {}", c.usage.input_tokens, c.usage.output_tokens)),
+        Line::from(format!(
+            "tokens: in {} ({} audio, {} text, {} cached)  out {} ({} audio, {} text)",
+            c.usage.input_tokens,
+            c.usage.input_audio_tokens,
+            c.usage.input_text_tokens,
+            c.usage.input_cached_tokens,
+            c.usage.output_tokens,
+            c.usage.output_audio_tokens,
+            c.usage.output_text_tokens
+        )),
         Line::from(format!(
             "anketa: {}/{} fields, last extraction at message {} ({} runs, {} failed, {} citations dropped)",
             c.anketa_filled,
@@ -291,8 +300,11 @@ fn mmss(secs: u64) -> String {
 fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
     let pairs = |v: &[(String, u64)]| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
     let mean_ms = |h: &HistogramSnapshot| h.mean_secs().map_or_else(|| "-".to_owned(), |s| format!("{:.0} ms", s * 1000.0));
+    // The worker's own share is microseconds: milliseconds would read 0.
+    let mean_us = |h: &HistogramSnapshot| h.mean_secs().map_or_else(|| "-".to_owned(), |s| format!("{:.0} us", s * 1e6));
+    let kinds = |d: &str| format!("{} audio, {} text", m.tokens_of(d, "audio"), m.tokens_of(d, "text"));
     Line::from(format!(
-        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({}, {} citations dropped)  store commit {}  tokens {} in / {} out  caller audio dropped {:.1} s",
+        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({}, {} citations dropped)  store commit {}  tokens {} in ({}) / {} out ({})  caller audio dropped {:.1} s  worker adds {} over {} answers",
         pairs(&m.consultations_finished),
         mean_ms(&m.voice_latency),
         m.voice_latency.count,
@@ -305,7 +317,29 @@ fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
         m.evidence_dropped,
         mean_ms(&m.store_commit),
         m.input_tokens,
+        kinds("input"),
         m.output_tokens,
+        kinds("output"),
         m.caller_dropped_ms as f64 / 1000.0,
+        mean_us(&m.worker_added_latency),
+        m.worker_added_latency.count,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consultant_actors::ports::TokenUsage;
+    use consultant_actors::telemetry::Metrics;
+
+    #[test]
+    fn the_metrics_line_shows_the_token_split_and_the_worker_share() {
+        let metrics = Metrics::default();
+        metrics.tokens(&TokenUsage { input_tokens: 120, input_audio_tokens: 20, input_text_tokens: 100, output_tokens: 45, output_audio_tokens: 30, output_text_tokens: 15, ..Default::default() });
+        metrics.worker_added_latency.observe(std::time::Duration::from_micros(40));
+        metrics.worker_added_latency.observe(std::time::Duration::from_micros(60));
+        let line = metrics_line(&metrics.snapshot()).to_string();
+        assert!(line.contains("tokens 120 in (20 audio, 100 text) / 45 out (30 audio, 15 text)"), "{line}");
+        assert!(line.contains("worker adds 50 us over 2 answers"), "{line}");
+    }
 }

@@ -65,7 +65,7 @@ impl ScriptedSession {
         self.emit(RealtimeEvent::ResponseStarted { response_id: response_id.clone() }).await;
         self.emit(RealtimeEvent::AgentItemStarted { response_id: Some(response_id.clone()), item_id: item_id.into() }).await;
         let pcm: Arc<[i16]> = vec![1000i16; (audio_ms * 24) as usize].into();
-        self.emit(RealtimeEvent::AgentAudio { item_id: item_id.into(), pcm }).await;
+        self.emit(RealtimeEvent::AgentAudio { item_id: item_id.into(), pcm, received: std::time::Instant::now() }).await;
         self.emit(RealtimeEvent::AgentTranscriptDelta { item_id: item_id.into(), delta: text.into() }).await;
         self.emit(RealtimeEvent::AgentTranscriptDone { item_id: item_id.into(), text: text.into() }).await;
         self.emit(RealtimeEvent::ResponseDone { response_id: Some(response_id), status: ResponseStatus::Completed, reason: None, usage: None }).await;

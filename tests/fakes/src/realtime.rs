@@ -1274,7 +1274,14 @@ impl Session {
             output.push(self.function_call(sink, &r.id, 1, &call).await?);
         }
         let words = r.words.len() as u64;
-        let usage = json!({ "total_tokens": 120 + words * 3, "input_tokens": 120, "output_tokens": words * 3, "input_token_details": { "text_tokens": 100, "audio_tokens": 20, "cached_tokens": 0 }, "output_token_details": { "text_tokens": words, "audio_tokens": words * 2 } });
+        // As the services count: totals = text + audio; GA also itemises image tokens and the
+        // cached part (nothing is cached: prompts under 1024 tokens never are).
+        let mut input_details = json!({ "text_tokens": 100, "audio_tokens": 20, "cached_tokens": 0 });
+        if self.protocol == FakeProtocol::Ga {
+            input_details["image_tokens"] = json!(0);
+            input_details["cached_tokens_details"] = json!({ "text_tokens": 0, "audio_tokens": 0, "image_tokens": 0 });
+        }
+        let usage = json!({ "total_tokens": 120 + words * 3, "input_tokens": 120, "output_tokens": words * 3, "input_token_details": input_details, "output_token_details": { "text_tokens": words, "audio_tokens": words * 2 } });
         self.send(sink, json!({ "type": "response.done", "response": { "id": r.id, "object": "realtime.response", "status": status, "status_details": details, "output": output, "usage": usage } })).await?;
         let status = status.to_owned();
         self.record(|rec| rec.responses[r.record_index].status = status);
