@@ -55,6 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         action: RoomCommand,
     },
+    /// Serve the caller's page (web.listen): start a consultation and talk to it in a browser.
+    Web,
     /// Run the worker in production: report FULL at the load threshold, drain on SIGTERM/SIGINT.
     Start,
     /// Run the worker for development: debug logs, always available, a signal stops at once.

@@ -21,4 +21,5 @@ pub mod room;
 pub mod secret;
 pub mod store;
 pub mod tls;
+pub mod web;
 pub mod worker;

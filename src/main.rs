@@ -41,6 +41,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Console(_) | Command::Config { .. } | Command::Doctor { .. } => unreachable!("handled before the config is loaded"),
         Command::Token { session_id, identity, dispatch } => commands::token::run(&config, &session_id, &identity, dispatch),
         Command::Room { action } => commands::room::run(&config, action).await,
+        Command::Web => commands::web::run(&config).await,
         Command::Start => commands::worker::run(&config, consultant::livekit::WorkerMode::Start).await,
         Command::Dev => commands::worker::run(&config, consultant::livekit::WorkerMode::Dev).await,
         Command::Simulate { caller, session_id, out, json } => {

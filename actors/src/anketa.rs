@@ -135,6 +135,26 @@ impl Anketa {
         }
     }
 
+    /// The filled fields as a person reads them: `description: value`, one per line, in
+    /// configured order (lists joined with commas).
+    pub fn readable(&self, fields: &[AnketaField]) -> String {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => if *b { "да" } else { "нет" }.to_owned(),
+            Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())).collect::<Vec<_>>().join(", "),
+            other => other.to_string(),
+        };
+        fields
+            .iter()
+            .filter(|f| self.has(&f.name))
+            .map(|f| {
+                let label = if f.description.trim().is_empty() { &f.name } else { &f.description };
+                format!("{label}: {}", text(&self.0[&f.name]))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Whether this field holds a non-empty value.
     pub fn has(&self, name: &str) -> bool {
         self.0.get(name).is_some_and(|v| !is_empty_value(v))
@@ -187,6 +207,14 @@ mod tests {
         assert_eq!(names, ["name"], "empty counts as missing; optional fields never do");
         let field: AnketaField = serde_json::from_value(json!({"name": "x", "description": "y"})).unwrap();
         assert!(field.required && field.kind == FieldKind::Text, "required by default, as in existing config files");
+    }
+
+    #[test]
+    fn readable_names_fields_by_description_in_order() {
+        let mut fields = fields();
+        fields[0].description = "Имя клиента".into();
+        let a = Anketa::validate(&json!({"goals": ["сайт", "бот"], "name": "Анна"}), &fields).unwrap().0;
+        assert_eq!(a.readable(&fields), "Имя клиента: Анна\ngoals: сайт, бот");
     }
 
     #[test]

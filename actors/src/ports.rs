@@ -195,6 +195,27 @@ pub struct PlayedAudio {
     pub played_ms: u64,
 }
 
+/// What the agent is doing, as LiveKit's frontends read it from the agent participant's
+/// `lk.agent.state` attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentState {
+    Initializing,
+    Listening,
+    Thinking,
+    Speaking,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Initializing => "initializing",
+            AgentState::Listening => "listening",
+            AgentState::Thinking => "thinking",
+            AgentState::Speaking => "speaking",
+        }
+    }
+}
+
 /// Where the agent's voice goes. Both calls return at once: an implementation queues audio and
 /// plays it paced by its own clock; it never blocks the caller.
 pub trait AgentAudioOutput: Send + Sync + 'static {
@@ -208,6 +229,13 @@ pub trait AgentAudioOutput: Send + Sync + 'static {
     /// A dialogue message as stored (for an interrupted answer, the part heard), to be shown
     /// to the room's participants. Never blocks. Default: not shown.
     fn transcript(&self, _message: &DialogueMessage) {}
+    /// What the agent does now; the output itself shows `speaking` while it plays. Default:
+    /// not shown.
+    fn agent_state(&self, _state: AgentState) {}
+    /// The consultation's status and the seconds it has left. Default: not shown.
+    fn call_status(&self, _status: SessionStatus, _remaining_secs: u64) {}
+    /// The anketa as it fills in, as readable text. Default: not shown.
+    fn anketa(&self, _text: &str) {}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,5 +6,6 @@ pub mod doctor;
 pub mod room;
 pub mod sessions;
 pub mod token;
+pub mod web;
 pub mod worker;
 pub mod simulate;

@@ -71,6 +71,21 @@ pub struct Config {
     pub console: ConsoleConfig,
     pub logging: LoggingConfig,
     pub tls: TlsSection,
+    pub web: WebConfig,
+}
+
+/// `[web]`: the caller's page (`consultant web`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    pub listen: String,
+    /// The `livekit-client` browser bundle, as `npm ci` in `web/` installs it.
+    pub livekit_client_js: PathBuf,
+    /// The LiveKit URL as the browser reaches it; unset: `livekit.url`.
+    #[serde(default)]
+    pub livekit_url: Option<String>,
+    /// Consultations one address may start per minute.
+    pub starts_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -29,7 +29,7 @@ use super::publisher::{trickle, Publisher};
 use super::sdp::{self, Section};
 use super::signal::{self, Incoming, Request, Response, SignalLink};
 use super::status::{RoomStats, RoomStatus};
-use super::{transcript, RoomOptions};
+use super::{display, transcript, RoomOptions};
 use crate::secret::Secret;
 use crate::tls::ClientTls;
 
@@ -97,6 +97,8 @@ pub struct RoomState {
     joined: bool,
     /// Set where the room ends or fails; acted on once the message is handled.
     outcome: Option<Result<RoomEnd, RoomFailure>>,
+    /// The participant attributes last sent (`lk.agent.state`, status, timer).
+    attributes_sent: Option<display::Attributes>,
 }
 
 pub struct RoomActor;
@@ -139,6 +141,7 @@ impl RoomState {
             full_rejoins: 0,
             joined: false,
             outcome: None,
+            attributes_sent: None,
         };
         st.apply_join(join);
         st.start_udp_readers(myself);
@@ -195,6 +198,14 @@ impl RoomState {
         match change {
             FeedChange::None => {}
             FeedChange::CallerHeard(identity) => {
+                // A caller who joins late gets the transcript so far, to them only.
+                let missed = self.playout.display.catch_up(&identity);
+                if !missed.is_empty() && self.publisher.can_send_data() {
+                    for message in &missed {
+                        let packets = self.transcript_packets(message);
+                        self.publisher.send_data(&transcript::only_to(packets, std::slice::from_ref(&identity)));
+                    }
+                }
                 self.set_status(|s| s.caller = Some(identity));
                 // Their audio reaches us, so they are subscribed to ours: let the agent speak.
                 self.playout.release();
@@ -388,6 +399,16 @@ impl RoomState {
         }
     }
 
+    /// The transcript packets of one message: the agent's words name its track; the caller's
+    /// name their microphone and are sent on the caller's behalf, as LiveKit agents do.
+    fn transcript_packets(&self, message: &consultant_actors::DialogueMessage) -> Vec<proto::DataPacket> {
+        if transcript::is_agent(message) {
+            return transcript::packets(message, &self.identity, self.publisher.track_sid.as_deref().unwrap_or_default());
+        }
+        let caller = self.status.borrow().caller.clone().unwrap_or_else(|| self.identity.clone());
+        transcript::packets(message, &caller, self.feed.caller_track_sid.as_deref().unwrap_or_default())
+    }
+
     fn on_tick(&mut self, myself: &ActorRef<RoomMsg>) {
         let now = Instant::now();
         if !self.resuming && self.signal.is_some() {
@@ -399,12 +420,24 @@ impl RoomState {
                 self.start_resume(myself, format!("no signalling for {:?}", self.ping_timeout), false);
             }
         }
-        if self.publisher.can_send_data() {
+        // Like the agent's voice, what is shown waits until a caller can receive it.
+        if self.publisher.can_send_data() && !self.playout.is_held() {
+            let caller = self.status.borrow().caller.clone();
             for message in self.playout.take_transcripts() {
-                let track = if transcript::is_agent(&message) { self.publisher.track_sid.clone() } else { self.feed.caller_track_sid.clone() };
-                let packets = transcript::packets(&message, &self.identity, &track.unwrap_or_default());
+                let packets = self.transcript_packets(&message);
+                self.publisher.send_data(&packets);
+                self.playout.display.sent(message, caller.as_deref());
+            }
+            if let Some(text) = self.playout.display.take_anketa() {
+                let packets = transcript::text_stream(display::ANKETA_TOPIC, &text, HashMap::new(), &self.identity, now_ms());
                 self.publisher.send_data(&packets);
             }
+        }
+        let playing = !self.playout.is_held() && consultant_actors::ports::AgentAudioOutput::is_playing(self.playout.as_ref());
+        let attributes = self.playout.display.attributes(playing);
+        if self.attributes_sent != Some(attributes) && self.signal.is_some() && !self.resuming {
+            self.send(Request::UpdateMetadata(attributes.to_request()));
+            self.attributes_sent = Some(attributes);
         }
         let (settled, change) = self.feed.tick(now);
         // A caller who publishes nothing (muted) still hears the agent once their

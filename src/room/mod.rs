@@ -10,6 +10,7 @@ mod actor;
 mod caller_feed;
 pub mod codec;
 mod connector;
+pub mod display;
 mod feeders;
 mod join;
 mod peer;

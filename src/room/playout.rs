@@ -7,11 +7,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use consultant_actors::ports::{AgentAudioOutput, PlayedAudio};
+use consultant_actors::ports::{AgentAudioOutput, AgentState, PlayedAudio};
+use consultant_actors::SessionStatus;
 use consultant_actors::DialogueMessage;
 use tokio::sync::Notify;
 
 use super::codec::{FRAME_24K, PCM_RATE};
+use super::display::RoomDisplay;
 
 /// Transcripts waiting for the room's data channel; more are dropped and counted.
 const MAX_PENDING_TRANSCRIPTS: usize = 64;
@@ -63,6 +65,8 @@ pub struct Playout {
     held: std::sync::atomic::AtomicBool,
     /// Dialogue messages for the room (`lk.transcription`), taken by the Room actor.
     transcripts: Mutex<VecDeque<DialogueMessage>>,
+    /// The agent's state, the status, the anketa and the transcript history for the room.
+    pub display: RoomDisplay,
     pub stats: PlayoutStats,
 }
 
@@ -194,6 +198,18 @@ impl AgentAudioOutput for Playout {
             return;
         }
         t.push_back(message.clone());
+    }
+
+    fn agent_state(&self, state: AgentState) {
+        self.display.set_state(state);
+    }
+
+    fn call_status(&self, status: SessionStatus, remaining_secs: u64) {
+        self.display.set_status(status, remaining_secs);
+    }
+
+    fn anketa(&self, text: &str) {
+        self.display.set_anketa(text);
     }
 }
 

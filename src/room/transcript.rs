@@ -13,14 +13,19 @@ const CHUNK_BYTES: usize = 12_000;
 
 /// The data packets of one transcript. `track_sid` is the transcribed track: the agent's for
 /// its own words, the caller's microphone for theirs.
-#[allow(deprecated)] // DataPacket.kind: still read by servers and older clients
 pub fn packets(message: &DialogueMessage, identity: &str, track_sid: &str) -> Vec<proto::DataPacket> {
-    let stream_id = uuid::Uuid::new_v4().to_string();
     let attributes = HashMap::from([
         ("lk.transcribed_track_id".to_owned(), track_sid.to_owned()),
         ("lk.segment_id".to_owned(), format!("SG_{}", message.seq)),
         ("lk.transcription_final".to_owned(), "true".to_owned()),
     ]);
+    text_stream(TOPIC, &message.text, attributes, identity, message.at.timestamp_millis())
+}
+
+/// A text stream (header, chunks, trailer) on `topic`, as LiveKit's SDKs read them.
+#[allow(deprecated)] // DataPacket.kind: still read by servers and older clients
+pub fn text_stream(topic: &str, text: &str, attributes: HashMap<String, String>, identity: &str, timestamp_ms: i64) -> Vec<proto::DataPacket> {
+    let stream_id = uuid::Uuid::new_v4().to_string();
     let packet = |value| proto::DataPacket {
         kind: proto::data_packet::Kind::Reliable as i32,
         participant_identity: identity.to_owned(),
@@ -29,10 +34,10 @@ pub fn packets(message: &DialogueMessage, identity: &str, track_sid: &str) -> Ve
     };
     let mut out = vec![packet(proto::data_packet::Value::StreamHeader(data_stream::Header {
         stream_id: stream_id.clone(),
-        timestamp: message.at.timestamp_millis(),
-        topic: TOPIC.into(),
+        timestamp: timestamp_ms,
+        topic: topic.into(),
         mime_type: "text/plain".into(),
-        total_length: Some(message.text.len() as u64),
+        total_length: Some(text.len() as u64),
         attributes,
         content_header: Some(data_stream::header::ContentHeader::TextHeader(data_stream::TextHeader {
             operation_type: data_stream::OperationType::Create as i32,
@@ -40,7 +45,7 @@ pub fn packets(message: &DialogueMessage, identity: &str, track_sid: &str) -> Ve
         })),
         ..Default::default()
     }))];
-    for (index, content) in chunks(&message.text).into_iter().enumerate() {
+    for (index, content) in chunks(text).into_iter().enumerate() {
         out.push(packet(proto::data_packet::Value::StreamChunk(data_stream::Chunk {
             stream_id: stream_id.clone(),
             chunk_index: index as u64,
@@ -50,6 +55,14 @@ pub fn packets(message: &DialogueMessage, identity: &str, track_sid: &str) -> Ve
     }
     out.push(packet(proto::data_packet::Value::StreamTrailer(data_stream::Trailer { stream_id, ..Default::default() })));
     out
+}
+
+/// The same packets for these participants only.
+pub fn only_to(mut packets: Vec<proto::DataPacket>, identities: &[String]) -> Vec<proto::DataPacket> {
+    for p in &mut packets {
+        p.destination_identities = identities.to_vec();
+    }
+    packets
 }
 
 /// Whose track a message transcribes.

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::{ChildKind, ConsultationActor, ConsultationMsg, ConsultationState, EndReason, FinalizeJob, Lifecycle};
 use crate::finalize::finalize_consultation;
 use crate::persistence::PersistenceMsg;
-use crate::ports::{RealtimeCommand, RealtimeEvent, ResponseStatus, RoomEvent};
+use crate::ports::{AgentState, RealtimeCommand, RealtimeEvent, ResponseStatus, RoomEvent};
 use crate::telemetry::{ActorStatus, RealtimeLinkState};
 use crate::session::{SessionStatus, TimerPhase};
 use crate::turns::FinalText;
@@ -60,11 +60,13 @@ impl ConsultationActor {
                 state.speech_stopped_at = None;
                 state.caller_speaking = true;
                 state.silence_prompted = false;
+                state.audio_out.agent_state(AgentState::Listening);
             }
             RealtimeEvent::SpeechStopped { .. } => {
                 state.caller_speaking = false;
                 state.speech_stopped_at = Some(Instant::now());
                 state.awaiting_first_audio = true;
+                state.audio_out.agent_state(AgentState::Thinking);
             }
             RealtimeEvent::UserItemCommitted { item_id } => {
                 if state.turns.user_committed(&item_id) {
@@ -84,6 +86,7 @@ impl ConsultationActor {
             RealtimeEvent::ResponseStarted { .. } => {
                 state.response_active = true;
                 state.response_audio = false;
+                state.audio_out.agent_state(AgentState::Thinking);
             }
             RealtimeEvent::AgentItemStarted { item_id, .. } => {
                 state.item_audio_timed = false;
@@ -118,6 +121,8 @@ impl ConsultationActor {
             RealtimeEvent::ToolCall(call) => state.pending_tool_calls.push(call),
             RealtimeEvent::ResponseDone { status, reason, usage, .. } => {
                 state.response_active = false;
+                // What is still queued plays out as `speaking`; then the agent listens.
+                state.audio_out.agent_state(AgentState::Listening);
                 if let Some(usage) = usage {
                     state.args.telemetry.consultation_update(&state.session.session_id, |v| v.usage.add(&usage));
                 }
@@ -168,6 +173,7 @@ impl ConsultationActor {
         }
         Self::silence_tick(myself, state);
         Self::check_ended(myself, state);
+        state.audio_out.call_status(state.session.status, state.session.remaining().as_secs());
         if state.finalizing {
             return;
         }

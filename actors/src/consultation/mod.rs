@@ -491,6 +491,7 @@ impl Actor for ConsultationActor {
                 });
                 // What is still missing steers the dialogue from here on.
                 state.instructions_changed();
+                state.audio_out.anketa(&state.session.anketa.readable(&state.args.settings.anketa_fields));
                 let (anketa, provenance) = (state.session.anketa.clone(), state.session.provenance.clone());
                 let record = AnketaRecord { anketa, provenance, message_count, is_final: false, at: Utc::now() };
                 state.unsaved_anketas.retain(|a| a.message_count != message_count);

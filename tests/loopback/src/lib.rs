@@ -97,6 +97,8 @@ pub mod auth;
 pub mod peers;
 pub mod rooms;
 pub mod rtc;
+mod cors;
+mod metadata;
 mod sfu;
 pub mod state;
 mod twirp;
@@ -199,7 +201,9 @@ impl LoopbackServer {
             .route("/rtc", any(rtc::rtc_ws))
             .route("/rtc/validate", any(rtc::rtc_validate))
             .route("/rtc/v1", any(rtc::rtc_v1_not_found))
+            .route("/rtc/v1/validate", any(rtc::rtc_v1_not_found))
             .route("/", get(|| async { "OK" }))
+            .layer(axum::middleware::from_fn(cors::allow_all_origins))
             .with_state(sh.clone());
         let mut stop = sh.shutdown.subscribe();
         let task = tokio::spawn(async move {

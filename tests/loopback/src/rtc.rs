@@ -197,6 +197,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                 pcs: (conn_id * 2, conn_id * 2 + 1),
                 auto_subscribe,
                 signal_gen: 0,
+                version: 1,
             };
             let me = p.info();
             room.participants.insert(seq, p);
@@ -280,6 +281,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
     sh.media.send(MediaCmd::AddParticipant {
         room: room_name.clone(),
         identity: identity.clone(),
+        agent: matches!(kind, crate::state::ParticipantKind::Agent),
         participant_sid,
         pub_pc: s.pub_pc,
         sub_pc: s.sub_pc,
@@ -509,6 +511,12 @@ impl Session {
                     if let Some(tx) = &o.signal {
                         let _ = tx.send(SignalOut::Update(vec![me.clone()]));
                     }
+                }
+                Handled::None
+            }
+            Req::UpdateMetadata(u) => {
+                if let Err(why) = crate::metadata::update_own(&sh, &self.room, self.conn_id, &u) {
+                    sh.emit_now(ServerEvent::ProtocolError { peer: self.identity.clone(), detail: format!("update_metadata refused: {why}") });
                 }
                 Handled::None
             }

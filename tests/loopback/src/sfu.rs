@@ -61,6 +61,8 @@ pub(crate) enum MediaCmd {
     AddParticipant {
         room: String,
         identity: String,
+        /// Agents may publish text streams on behalf of another participant (transcripts).
+        agent: bool,
         participant_sid: String,
         pub_pc: PcId,
         sub_pc: PcId,
@@ -103,6 +105,7 @@ struct Pc {
     target: Target,
     room: String,
     identity: String,
+    agent: bool,
     participant_sid: String,
     /// Open data channels by label.
     channels: HashMap<String, ChannelId>,
@@ -326,7 +329,7 @@ impl Engine {
     #[allow(deprecated)] // UserPacket's sender/destination fields: older clients still read them
     fn relay_data(&mut self, from: PcId, cd: ChannelData) {
         let Some(pc) = self.pcs.get(&from) else { return };
-        let (room, identity, psid) = (pc.room.clone(), pc.identity.clone(), pc.participant_sid.clone());
+        let (room, identity, psid, agent) = (pc.room.clone(), pc.identity.clone(), pc.participant_sid.clone(), pc.agent);
         let Some(label) = pc.channels.iter().find(|(_, c)| **c == cd.id).map(|(l, _)| l.clone()) else { return };
         let mut dp = match livekit_protocol::DataPacket::decode(cd.data.as_slice()) {
             Ok(dp) => dp,
@@ -335,7 +338,19 @@ impl Engine {
                 return;
             }
         };
-        dp.participant_identity = identity.clone();
+        // As livekit-server: the sender's identity is asserted, except that an agent may send a
+        // text stream on behalf of another participant (their transcript), marked generated.
+        let on_behalf = agent && !dp.participant_identity.is_empty() && dp.participant_identity != identity;
+        let mut keep_identity = false;
+        if let (true, Some(livekit_protocol::data_packet::Value::StreamHeader(h))) = (on_behalf, dp.value.as_mut()) {
+            if let Some(livekit_protocol::data_stream::header::ContentHeader::TextHeader(t)) = h.content_header.as_mut() {
+                t.generated = true;
+                keep_identity = true;
+            }
+        }
+        if !keep_identity {
+            dp.participant_identity = identity.clone();
+        }
         dp.participant_sid = psid.clone();
         let mut dests = dp.destination_identities.clone();
         let mut topic = String::new();
@@ -415,7 +430,7 @@ impl Engine {
 
     fn command(&mut self, c: MediaCmd) {
         match c {
-            MediaCmd::AddParticipant { room, identity, participant_sid, pub_pc, sub_pc, signal, tracks } => {
+            MediaCmd::AddParticipant { room, identity, agent, participant_sid, pub_pc, sub_pc, signal, tracks } => {
                 for (id, target) in [(pub_pc, Target::Publisher), (sub_pc, Target::Subscriber)] {
                     self.pcs.insert(
                         id,
@@ -423,6 +438,7 @@ impl Engine {
                             target,
                             room: room.clone(),
                             identity: identity.clone(),
+                            agent,
                             participant_sid: participant_sid.clone(),
                             channels: HashMap::new(),
                             pending_data: Vec::new(),

@@ -258,6 +258,8 @@ pub(crate) struct Participant {
     pub auto_subscribe: bool,
     /// Bumped by every resume; a grace timer only removes the participant of its generation.
     pub signal_gen: u64,
+    /// `ParticipantInfo.version`: bumped by every change of its own info.
+    pub version: u32,
 }
 
 impl Participant {
@@ -271,7 +273,7 @@ impl Participant {
             joined_at: self.joined_at,
             joined_at_ms: self.joined_at * 1000,
             name: self.name.clone(),
-            version: 1,
+            version: self.version,
             permission: Some(self.permission.clone()),
             is_publisher: !self.tracks.is_empty(),
             kind: self.kind.as_proto(),
