@@ -29,9 +29,12 @@ use super::publisher::{trickle, Publisher};
 use super::sdp::{self, Section};
 use super::signal::{self, Incoming, Request, Response, SignalLink};
 use super::status::{RoomStats, RoomStatus};
-use super::{display, transcript, RoomOptions};
+use super::RoomOptions;
 use crate::secret::Secret;
 use crate::tls::ClientTls;
+
+#[path = "shown.rs"]
+mod shown;
 
 const RESUME_ATTEMPTS: u32 = 5;
 const MAX_FULL_REJOINS: u32 = 2;
@@ -98,7 +101,7 @@ pub struct RoomState {
     /// Set where the room ends or fails; acted on once the message is handled.
     outcome: Option<Result<RoomEnd, RoomFailure>>,
     /// The participant attributes last sent (`lk.agent.state`, status, timer).
-    attributes_sent: Option<display::Attributes>,
+    attributes_sent: Option<super::display::Attributes>,
 }
 
 pub struct RoomActor;
@@ -198,14 +201,7 @@ impl RoomState {
         match change {
             FeedChange::None => {}
             FeedChange::CallerHeard(identity) => {
-                // A caller who joins late gets the transcript so far, to them only.
-                let missed = self.playout.display.catch_up(&identity);
-                if !missed.is_empty() && self.publisher.can_send_data() {
-                    for message in &missed {
-                        let packets = self.transcript_packets(message);
-                        self.publisher.send_data(&transcript::only_to(packets, std::slice::from_ref(&identity)));
-                    }
-                }
+                self.catch_up(&identity);
                 self.set_status(|s| s.caller = Some(identity));
                 // Their audio reaches us, so they are subscribed to ours: let the agent speak.
                 self.playout.release();
@@ -399,16 +395,6 @@ impl RoomState {
         }
     }
 
-    /// The transcript packets of one message: the agent's words name its track; the caller's
-    /// name their microphone and are sent on the caller's behalf, as LiveKit agents do.
-    fn transcript_packets(&self, message: &consultant_actors::DialogueMessage) -> Vec<proto::DataPacket> {
-        if transcript::is_agent(message) {
-            return transcript::packets(message, &self.identity, self.publisher.track_sid.as_deref().unwrap_or_default());
-        }
-        let caller = self.status.borrow().caller.clone().unwrap_or_else(|| self.identity.clone());
-        transcript::packets(message, &caller, self.feed.caller_track_sid.as_deref().unwrap_or_default())
-    }
-
     fn on_tick(&mut self, myself: &ActorRef<RoomMsg>) {
         let now = Instant::now();
         if !self.resuming && self.signal.is_some() {
@@ -420,25 +406,7 @@ impl RoomState {
                 self.start_resume(myself, format!("no signalling for {:?}", self.ping_timeout), false);
             }
         }
-        // Like the agent's voice, what is shown waits until a caller can receive it.
-        if self.publisher.can_send_data() && !self.playout.is_held() {
-            let caller = self.status.borrow().caller.clone();
-            for message in self.playout.take_transcripts() {
-                let packets = self.transcript_packets(&message);
-                self.publisher.send_data(&packets);
-                self.playout.display.sent(message, caller.as_deref());
-            }
-            if let Some(text) = self.playout.display.take_anketa() {
-                let packets = transcript::text_stream(display::ANKETA_TOPIC, &text, HashMap::new(), &self.identity, now_ms());
-                self.publisher.send_data(&packets);
-            }
-        }
-        let playing = !self.playout.is_held() && consultant_actors::ports::AgentAudioOutput::is_playing(self.playout.as_ref());
-        let attributes = self.playout.display.attributes(playing);
-        if self.attributes_sent != Some(attributes) && self.signal.is_some() && !self.resuming {
-            self.send(Request::UpdateMetadata(attributes.to_request()));
-            self.attributes_sent = Some(attributes);
-        }
+        self.show();
         let (settled, change) = self.feed.tick(now);
         // A caller who publishes nothing (muted) still hears the agent once their
         // subscription had time to settle.
