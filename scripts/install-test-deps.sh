@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Installs what the integration tests need: system tools (espeak-ng, sox, tmux) and the
-# official LiveKit Python peers in a venv at <repo>/.venv-peers (pinned in
-# tests/peers/requirements.txt). Idempotent: run it again any time.
+# Installs what the integration tests need: system tools (espeak-ng, sox, tmux, Debian's
+# chromium for the browser caller), the official LiveKit Python peers in a venv at
+# <repo>/.venv-peers (pinned in tests/peers/requirements.txt) and the page's npm packages in
+# web/node_modules (livekit-client, playwright-core; pinned in web/package-lock.json).
+# Idempotent: run it again any time.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES="espeak-ng sox tmux python3-venv cmake"
+APT_PACKAGES="espeak-ng sox tmux python3-venv cmake chromium"
+# Node may come from elsewhere (e.g. NodeSource); Debian's only when there is none.
+if ! command -v npm >/dev/null 2>&1; then APT_PACKAGES="$APT_PACKAGES nodejs npm"; fi
 missing=""
 for p in $APT_PACKAGES; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -27,4 +31,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/tests/peers/requirements.txt"
-echo "test deps ready; peers python: $VENV/bin/python"
+(cd "$ROOT/web" && npm ci --no-audit --no-fund --loglevel=error)
+echo "test deps ready; peers python: $VENV/bin/python; browser packages in web/node_modules"

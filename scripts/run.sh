@@ -10,5 +10,9 @@ if ! command -v cmake >/dev/null 2>&1; then
   $SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y cmake
 fi
 cargo build --release --locked --bin consultant
+# The caller page (`consultant web`) serves livekit-client from web/node_modules.
+if [ ! -f web/node_modules/livekit-client/dist/livekit-client.umd.js ] && command -v npm >/dev/null 2>&1; then
+  (cd web && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+fi
 if [ "$#" -eq 0 ]; then set -- dev; fi
 exec ./target/release/consultant "$@"
