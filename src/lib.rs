@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod deepseek;
+pub mod dev_server;
 pub mod doctor;
 pub mod entrypoint;
 pub mod health;

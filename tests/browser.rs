@@ -81,12 +81,43 @@ async fn spawn_web(dir: &Path, server: &LoopbackServer) -> (tokio::process::Chil
     (web, url)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_caller_talks_to_the_consultant_with_livekit_clients_defaults() {
-    let client_js = root().join("web/node_modules/livekit-client/dist/livekit-client.umd.js");
-    assert!(client_js.is_file(), "{} is missing: run `npm ci` in web/ (scripts/test.sh does)", client_js.display());
+
+/// One call from headless Chromium through the page at `page`, `seconds` long: the page's
+/// events (printed, but for the audio level steps).
+async fn browser_call(dir: &Path, page: &str, out: &Path, seconds: u32) -> Vec<Value> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(Path::new(&chromium).is_file(), "{chromium} is missing: install Debian's chromium (scripts/test.sh does)");
+    let mic = microphone(dir);
+    std::fs::create_dir_all(out).unwrap();
+    let driver = tokio::process::Command::new("node")
+        .current_dir(root().join("web"))
+        .args(["browser-call.mjs", page, mic.to_str().unwrap(), out.to_str().unwrap(), &seconds.to_string()])
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), driver).await.expect("the browser call ends").expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the browser driver failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let events: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    for e in &events {
+        if e["event"] != "agent_audio" {
+            println!("{e}");
+        }
+    }
+    events
+}
+
+fn client_js() -> PathBuf {
+    let js = root().join("web/node_modules/livekit-client/dist/livekit-client.umd.js");
+    assert!(js.is_file(), "{} is missing: run `npm ci` in web/ (scripts/test.sh does)", js.display());
+    js
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_caller_talks_to_the_consultant_with_livekit_clients_defaults() {
+    let client_js = client_js();
     let _lock = livekit_loopback::peers::peers_lock().await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -115,26 +146,8 @@ async fn a_browser_caller_talks_to_the_consultant_with_livekit_clients_defaults(
         .expect("the worker registers");
     let (mut web, page) = spawn_web(dir.path(), &server).await;
 
-    let mic = microphone(dir.path());
     let out = dir.path().join("screenshots");
-    std::fs::create_dir_all(&out).unwrap();
-    let driver = tokio::process::Command::new("node")
-        .current_dir(root().join("web"))
-        .args(["browser-call.mjs", &page, mic.to_str().unwrap(), out.to_str().unwrap(), "20"])
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), driver).await.expect("the browser call ends").expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "the browser driver failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    let events: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    for e in &events {
-        if e["event"] != "agent_audio" {
-            println!("{e}");
-        }
-    }
+    let events = browser_call(dir.path(), &page, &out, 20).await;
     let of = |name: &'static str| events.iter().filter(move |e| e["event"] == name);
     assert!(of("page_error").next().is_none(), "the page threw");
     assert!(of("error").next().is_none(), "the page reported an error");
@@ -189,4 +202,65 @@ async fn a_browser_caller_talks_to_the_consultant_with_livekit_clients_defaults(
     let _ = web.kill().await;
     let _ = worker.kill().await;
     server.shutdown().await;
+}
+
+/// `consultant dev` with only an Azure and a DeepSeek key: no LiveKit URL, so it serves the
+/// embedded development LiveKit server and the caller page itself; a browser talks to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consultant_dev_without_livekit_serves_its_own_server_and_page_for_a_browser() {
+    let client_js = client_js();
+    let _lock = livekit_loopback::peers::peers_lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
+    options.api_key = "test-key-dev".into();
+    options.voice = AgentVoice::Tone { ms_per_char: MS_PER_CHAR };
+    options.turns = vec![ScriptTurn::new(PHRASE, ANSWER)];
+    let realtime = FakeRealtime::start(options).await.unwrap();
+    let deepseek = FakeDeepSeek::start().await;
+    // Only what a person trying it out would set: no [livekit] section at all.
+    let config = format!(
+        "[storage]\npath = \"{db}\"\n[logging]\ndir = \"{logs}\"\n[console]\nlisten = \"127.0.0.1:0\"\n[web]\nlisten = \"127.0.0.1:0\"\nlivekit_client_js = \"{js}\"\n",
+        db = dir.path().join("c.db").display(),
+        logs = dir.path().join("logs").display(),
+        js = client_js.display(),
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_consultant"))
+        .current_dir(dir.path())
+        .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "dev"])
+        .env_remove("LIVEKIT_URL")
+        .env_remove("LIVEKIT_API_KEY")
+        .env_remove("LIVEKIT_API_SECRET")
+        .env_remove("RUST_LOG")
+        .env("CONSULTANT_LIVEKIT_HEALTH_LISTEN", "127.0.0.1:0")
+        .env("AZURE_OPENAI_ENDPOINT", realtime.endpoint())
+        .env("AZURE_OPENAI_API_KEY", "test-key-dev")
+        .env("CONSULTANT_REALTIME_FLAVOUR", "azure-preview")
+        .env("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-realtime-preview")
+        .env("DEEPSEEK_BASE_URL", deepseek.base_url())
+        .env("DEEPSEEK_API_KEY", consultant_fakes::deepseek::TEST_API_KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("worker.stderr")).unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("consultant dev starts");
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    let line = match first {
+        Ok(Ok(Some(line))) => line,
+        other => panic!("no page address from `consultant dev` ({other:?}): {}", std::fs::read_to_string(dir.path().join("worker.stderr")).unwrap_or_default()),
+    };
+    let page = line.strip_prefix("caller page: ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+    let log = std::fs::read_to_string(dir.path().join("logs/agent.log")).unwrap_or_default();
+    assert!(log.contains("embedded development LiveKit server"), "the log says what runs: {log}");
+
+    let events = browser_call(dir.path(), &page, &dir.path().join("shots"), 12).await;
+    let of = |name: &'static str| events.iter().filter(move |e| e["event"] == name);
+    assert!(of("connected").next().is_some(), "the browser joined the embedded server");
+    let heard = of("agent_audio").count() as f64 / 10.0;
+    assert!(heard >= 1.0, "the browser heard {heard:.1} s of the agent");
+    let transcripts: Vec<&str> = of("transcript").map(|e| e["text"].as_str().unwrap_or_default()).collect();
+    assert!(transcripts.contains(&"Здравствуйте! Как вас зовут?"), "{transcripts:?}");
+    assert!(transcripts.contains(&PHRASE), "{transcripts:?}");
+    let _ = worker.kill().await;
 }

@@ -14,10 +14,19 @@ use crate::tls::ClientTls;
 use crate::worker::{self, WorkerParts};
 
 pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
-    config.require(&[Service::LiveKit, Service::Realtime, Service::DeepSeek])?;
+    let mut config = config.clone();
+    // `dev` with no LiveKit URL configured serves its own development server (and the page).
+    let embedded = mode == WorkerMode::Dev && !config.livekit.url_given;
+    let services: &[Service] = if embedded { &[Service::Realtime, Service::DeepSeek] } else { &[Service::LiveKit, Service::Realtime, Service::DeepSeek] };
+    config.require(services)?;
     let log = crate::logging::init(&config.logging, mode == WorkerMode::Dev)
         .map_err(|e| anyhow::anyhow!("cannot open the log file in {}: {e}", config.logging.dir.display()))?;
     let store = Arc::new(SqliteStore::open(&config.storage.path, &config.storage.synchronous)?);
+    let _dev_server = match embedded {
+        true => Some(crate::dev_server::start(&mut config, store.clone()).await?),
+        false => None,
+    };
+    let config = &config;
     // One trust policy for every connection the worker makes.
     let tls = ClientTls::from_config(&config.tls)?;
     tracing::info!(trusts = %tls.summary(), "outgoing TLS trust");

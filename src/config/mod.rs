@@ -92,6 +92,10 @@ pub struct WebConfig {
 #[serde(deny_unknown_fields)]
 pub struct LivekitConfig {
     pub url: String,
+    /// `url` was set (file or environment), not left at the built-in default: without it
+    /// `consultant dev` serves an embedded development LiveKit server there.
+    #[serde(skip)]
+    pub url_given: bool,
     pub api_key: Secret,
     pub api_secret: Secret,
     pub agent_name: String,
@@ -335,8 +339,9 @@ pub fn resolve(file: Option<(PathBuf, &str)>, env: &Env<'_>) -> Result<Resolved,
     let layered = layers::layer(table, env);
     let mut problems = layered.problems.clone();
     let config = match toml::Value::Table(layered.table.clone()).try_into::<Config>() {
-        Ok(config) => {
+        Ok(mut config) => {
             problems.extend(validate::check(&config, &layered));
+            config.livekit.url_given = layered.origin("livekit.url") != Origin::Default;
             Some(config)
         }
         Err(e) => {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 /// The workspace root (where `.venv-peers` and `tests/peers` live).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
 }
 
 /// The peer scripts: `<workspace>/tests/peers`.

@@ -20,7 +20,7 @@
 //!   `TrackSubscribed` once a track of its has its first subscriber (`OnTrackEverSubscribed`).
 //!
 //! Proven against the official Python SDK (`livekit` 1.1.21) and worker (`livekit-agents`
-//! 1.8.9): see `tests/official_peers.rs` and `tests/loopback/INTEROP.md`.
+//! 1.8.9): see `tests/official_peers.rs` and `loopback/INTEROP.md`.
 //!
 //! Tokens are HS256 JWTs signed with `api_secret`, issuer `api_key`; a missing or bad token,
 //! or one lacking the grant, gets HTTP 401 on `/agent` and `/rtc` (Twirp: `unauthenticated`
