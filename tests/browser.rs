@@ -27,38 +27,23 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs sox with these arguments (48 kHz mono 16-bit wherever a format is given).
+fn sox(args: &[&std::ffi::OsStr]) {
+    let status = std::process::Command::new("sox").args(args).status().expect("sox runs");
+    assert!(status.success(), "sox {args:?} failed");
+}
+
 /// The fake microphone: 4 s of silence, the phrase, 40 s of silence (Chromium loops the file;
 /// the call is over before it comes round again).
 fn microphone(dir: &Path) -> PathBuf {
-    let spoken = dir.join("spoken.wav");
+    let format = ["-r", "48000", "-c", "1", "-b", "16"].map(std::ffi::OsStr::new);
+    let (spoken, phrase, lead, tail, mic) = (dir.join("spoken.wav"), dir.join("phrase.wav"), dir.join("lead.wav"), dir.join("tail.wav"), dir.join("microphone.wav"));
     espeak(PHRASE, &spoken);
-    let phrase = dir.join("phrase.wav");
-    let status = std::process::Command::new("sox").arg(&spoken).args(["-r", "48000", "-c", "1", "-b", "16"]).arg(&phrase).status().expect("sox runs");
-    assert!(status.success());
-    let mic = dir.join("microphone.wav");
-    let status = std::process::Command::new("sox")
-        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
-        .arg(dir.join("lead.wav"))
-        .args(["trim", "0", "4"])
-        .status()
-        .expect("sox runs");
-    assert!(status.success());
-    let status = std::process::Command::new("sox")
-        .args(["-n", "-r", "48000", "-c", "1", "-b", "16"])
-        .arg(dir.join("tail.wav"))
-        .args(["trim", "0", "40"])
-        .status()
-        .expect("sox runs");
-    assert!(status.success());
-    let status = std::process::Command::new("sox")
-        .arg(dir.join("lead.wav"))
-        .arg(&phrase)
-        .arg(dir.join("tail.wav"))
-        .args(["-r", "48000", "-c", "1", "-b", "16"])
-        .arg(&mic)
-        .status()
-        .expect("sox runs");
-    assert!(status.success(), "sox could not build the microphone file");
+    sox(&[&[spoken.as_os_str()][..], &format, &[phrase.as_os_str()]].concat());
+    for (silence, secs) in [(&lead, "4"), (&tail, "40")] {
+        sox(&[&[std::ffi::OsStr::new("-n")][..], &format, &[silence.as_os_str(), "trim".as_ref(), "0".as_ref(), secs.as_ref()]].concat());
+    }
+    sox(&[&[lead.as_os_str(), phrase.as_os_str(), tail.as_os_str()][..], &format, &[mic.as_os_str()]].concat());
     mic
 }
 
