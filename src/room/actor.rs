@@ -200,8 +200,8 @@ impl RoomState {
     fn on_feed(&mut self, change: FeedChange) {
         match change {
             FeedChange::None => {}
-            FeedChange::CallerHeard(identity) => {
-                self.catch_up(&identity);
+            FeedChange::CallerHeard(identity, sid) => {
+                self.catch_up(&identity, &sid);
                 self.set_status(|s| s.caller = Some(identity));
                 // Their audio reaches us, so they are subscribed to ours: let the agent speak.
                 self.playout.release();

@@ -44,7 +44,8 @@ struct Caller {
 pub enum FeedChange {
     None,
     /// A caller is listening now (their audio reaches us): the agent may speak.
-    CallerHeard(String),
+    /// The caller (identity, participant sid) is heard: a new connection of theirs has a new sid.
+    CallerHeard(String, String),
     /// The caller is gone for good.
     Ended(RoomEnd),
 }
@@ -126,6 +127,11 @@ impl CallerFeed {
         change
     }
 
+    /// The participant sid of the caller heard now.
+    pub fn caller_sid(&self) -> Option<&str> {
+        self.caller.as_ref().map(|c| c.sid.as_str())
+    }
+
     /// One RTP payload of the participant `psid`'s track `track_sid`.
     pub fn on_packet(&mut self, psid: &str, track_sid: Option<String>, payload: &[u8]) -> Result<FeedChange, String> {
         let Some(info) = self.participants.get(psid) else { return Ok(FeedChange::None) };
@@ -144,7 +150,7 @@ impl CallerFeed {
                 self.caller_track_sid = track_sid;
                 self.caller_gone_at = None;
                 self.fed_until = Instant::now();
-                change = FeedChange::CallerHeard(identity);
+                change = FeedChange::CallerHeard(identity, psid.to_owned());
             }
         }
         let caller = self.caller.as_mut().expect("set above");

@@ -42,7 +42,7 @@ struct Inner {
     anketa: Option<String>,
     /// Transcripts sent so far, for callers who join later.
     history: Vec<DialogueMessage>,
-    /// Callers who have had the whole history.
+    /// Caller connections (participant sids) that have had the whole history.
     caught_up: HashSet<String>,
 }
 
@@ -85,7 +85,7 @@ impl RoomDisplay {
         self.lock().anketa.take()
     }
 
-    /// A transcript went to everyone in the room, `caller` among them.
+    /// A transcript went to everyone in the room, the caller's connection `caller` among them.
     pub fn sent(&self, message: DialogueMessage, caller: Option<&str>) {
         let mut inner = self.lock();
         inner.history.push(message);
@@ -94,7 +94,8 @@ impl RoomDisplay {
         }
     }
 
-    /// A caller is in the room: what they have not had yet of the transcript (once per caller).
+    /// A caller's connection (participant sid) is in the room: what it has not had yet of the
+    /// transcript (once per connection).
     pub fn catch_up(&self, caller: &str) -> Vec<DialogueMessage> {
         let mut inner = self.lock();
         if !inner.caught_up.insert(caller.to_owned()) {

@@ -24,9 +24,10 @@ impl RoomState {
         transcript::packets(message, &caller, self.feed.caller_track_sid.as_deref().unwrap_or_default())
     }
 
-    /// A caller who joins late gets the transcript so far, to them only (once).
-    pub(super) fn catch_up(&mut self, caller: &str) {
-        let missed = self.playout.display.catch_up(caller);
+    /// A caller who joins late (or comes back on a new connection) gets the transcript so far,
+    /// to them only, once per connection.
+    pub(super) fn catch_up(&mut self, caller: &str, sid: &str) {
+        let missed = self.playout.display.catch_up(sid);
         if missed.is_empty() || !self.publisher.can_send_data() {
             return;
         }
@@ -41,7 +42,7 @@ impl RoomState {
     pub(super) fn show(&mut self) {
         let held = self.playout.is_held();
         if self.publisher.can_send_data() && !held {
-            let caller = self.status.borrow().caller.clone();
+            let caller = self.feed.caller_sid().map(str::to_owned);
             for message in self.playout.take_transcripts() {
                 let packets = self.transcript_packets(&message);
                 self.publisher.send_data(&packets);
