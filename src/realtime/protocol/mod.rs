@@ -2,7 +2,8 @@
 //!
 //! Server events are parsed in two steps: a cheap envelope read of `type`, then the typed body
 //! of that event. Unknown event types and unknown fields are tolerated (the caller counts
-//! them); fields are optional wherever a provider has been seen to omit them.
+//! them); fields are optional wherever a provider has been seen to omit them. Client events
+//! are built in [`client`].
 
 use serde::Deserialize;
 use serde_json::Value;
