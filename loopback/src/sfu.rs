@@ -23,6 +23,13 @@ use tokio::sync::mpsc;
 use crate::rtc::SignalOut;
 use crate::state::{ServerEvent, Shared};
 
+#[path = "sfu_relay.rs"]
+mod relay;
+#[path = "sfu_sdp.rs"]
+mod sdp;
+
+use sdp::sdp_sections;
+
 pub(crate) type PcId = u64;
 
 /// Which side of LiveKit's two-PC model a peer connection is.
@@ -326,108 +333,6 @@ impl Engine {
     /// A DataPacket a client sent on one of its channels goes to the same-label channel of
     /// every other participant's subscriber PC (or only to `destination_identities`), with the
     /// sender filled in by the server as the real one does.
-    #[allow(deprecated)] // UserPacket's sender/destination fields: older clients still read them
-    fn relay_data(&mut self, from: PcId, cd: ChannelData) {
-        let Some(pc) = self.pcs.get(&from) else { return };
-        let (room, identity, psid, agent) = (pc.room.clone(), pc.identity.clone(), pc.participant_sid.clone(), pc.agent);
-        let Some(label) = pc.channels.iter().find(|(_, c)| **c == cd.id).map(|(l, _)| l.clone()) else { return };
-        let mut dp = match livekit_protocol::DataPacket::decode(cd.data.as_slice()) {
-            Ok(dp) => dp,
-            Err(err) => {
-                self.emit(ServerEvent::ProtocolError { peer: identity, detail: format!("undecodable DataPacket on {label}: {err}") });
-                return;
-            }
-        };
-        // As livekit-server: the sender's identity is asserted, except that an agent may send a
-        // text stream on behalf of another participant (their transcript), marked generated.
-        let on_behalf = agent && !dp.participant_identity.is_empty() && dp.participant_identity != identity;
-        let mut keep_identity = false;
-        if let (true, Some(livekit_protocol::data_packet::Value::StreamHeader(h))) = (on_behalf, dp.value.as_mut()) {
-            if let Some(livekit_protocol::data_stream::header::ContentHeader::TextHeader(t)) = h.content_header.as_mut() {
-                t.generated = true;
-                keep_identity = true;
-            }
-        }
-        if !keep_identity {
-            dp.participant_identity = identity.clone();
-        }
-        dp.participant_sid = psid.clone();
-        let mut dests = dp.destination_identities.clone();
-        let mut topic = String::new();
-        use livekit_protocol::data_packet::Value;
-        let kind = match &mut dp.value {
-            Some(Value::User(u)) => {
-                u.participant_identity = identity.clone();
-                u.participant_sid = psid;
-                dests.extend(u.destination_identities.iter().cloned());
-                topic = u.topic.clone().unwrap_or_default();
-                "user"
-            }
-            Some(Value::StreamHeader(h)) => {
-                topic = h.topic.clone();
-                "stream_header"
-            }
-            Some(Value::StreamChunk(_)) => "stream_chunk",
-            Some(Value::StreamTrailer(_)) => "stream_trailer",
-            Some(Value::Transcription(_)) => "transcription",
-            Some(Value::ChatMessage(_)) => "chat_message",
-            Some(Value::RpcRequest(_)) | Some(Value::RpcAck(_)) | Some(Value::RpcResponse(_)) => "rpc",
-            Some(_) => "other",
-            None => "empty",
-        };
-        let bytes = dp.encode_to_vec();
-        let mut recipients = Vec::new();
-        for pc in self.pcs.values_mut() {
-            if pc.target != Target::Subscriber || pc.room != room || pc.identity == identity {
-                continue;
-            }
-            if !dests.is_empty() && !dests.contains(&pc.identity) {
-                continue;
-            }
-            let Some(cid) = pc.channels.get(&label).copied() else {
-                // Its channel is not open yet: deliver when it opens (bounded).
-                if pc.pending_data.len() < 256 {
-                    pc.pending_data.push((label.clone(), bytes.clone()));
-                    recipients.push(pc.identity.clone());
-                }
-                continue;
-            };
-            if let Some(mut ch) = pc.rtc.channel(cid) {
-                if ch.write(true, &bytes).is_ok() {
-                    recipients.push(pc.identity.clone());
-                }
-            }
-        }
-        tracing::debug!(%room, from = %identity, kind, %topic, ?recipients, "data relayed");
-        self.emit(ServerEvent::DataForwarded { room, from: identity, label, kind: kind.into(), topic, recipients });
-    }
-
-    fn forward(&mut self, from: PcId, data: MediaData) {
-        let (track_sid, first, room, identity) = {
-            let Some(pc) = self.pcs.get_mut(&from) else { return };
-            let Some(sid) = pc.in_tracks.get(&data.mid).cloned() else { return };
-            let first = pc.flowing.insert(data.mid);
-            (sid, first, pc.room.clone(), pc.identity.clone())
-        };
-        if first {
-            tracing::info!(%room, %identity, %track_sid, "media flowing");
-            self.emit(ServerEvent::MediaFlowing { room, identity, track_sid: track_sid.clone() });
-        }
-        for pc in self.pcs.values_mut() {
-            if pc.target != Target::Subscriber {
-                continue;
-            }
-            let Some(mid) = pc.out.iter().find(|o| o.open && o.spec.track_sid == track_sid).and_then(|o| o.mid) else {
-                continue;
-            };
-            let Some(w) = pc.rtc.writer(mid) else { continue };
-            let Some(pt) = w.match_params(data.params) else { continue };
-            if let Err(err) = w.write(pt, data.network_time, data.time, data.data.clone()) {
-                tracing::debug!(error = %err, "forward write failed");
-            }
-        }
-    }
-
     fn command(&mut self, c: MediaCmd) {
         match c {
             MediaCmd::AddParticipant { room, identity, agent, participant_sid, pub_pc, sub_pc, signal, tracks } => {
@@ -674,53 +579,4 @@ fn send_candidate(pc: &mut Pc, addr: SocketAddr, sdp: &str) {
     });
     pc.candidate_sent = true;
     let _ = pc.signal.send(SignalOut::Trickle { candidate_init: init.to_string(), target: pc.target });
-}
-
-/// (mid, msid track id, media kind) of every m-section of an SDP.
-pub(crate) fn sdp_sections(sdp: &str) -> Vec<(String, Option<String>, String)> {
-    let mut out: Vec<(String, Option<String>, String)> = Vec::new();
-    let mut cur: Option<(Option<String>, Option<String>, String)> = None;
-    let flush = |cur: &mut Option<(Option<String>, Option<String>, String)>, out: &mut Vec<_>| {
-        if let Some((Some(mid), track, kind)) = cur.take() {
-            out.push((mid, track, kind));
-        }
-    };
-    for line in sdp.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("m=") {
-            flush(&mut cur, &mut out);
-            cur = Some((None, None, rest.split_whitespace().next().unwrap_or("").to_string()));
-        } else if let Some((mid, track, _)) = cur.as_mut() {
-            if let Some(v) = line.strip_prefix("a=mid:") {
-                *mid = Some(v.trim().to_string());
-            } else if let Some(v) = line.strip_prefix("a=msid:") {
-                *track = v.split_whitespace().nth(1).map(str::to_string);
-            } else if track.is_none() {
-                if let Some(idx) = line.find(" msid:") {
-                    if line.starts_with("a=ssrc:") {
-                        *track = line[idx + 6..].split_whitespace().nth(1).map(str::to_string);
-                    }
-                }
-            }
-        }
-    }
-    flush(&mut cur, &mut out);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sdp_sections;
-
-    #[test]
-    fn msid_track_ids_are_found_per_mid() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=msid:stream TR_cid1\r\n\
-                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:1\r\n\
-                   m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=ssrc:1 msid:s2 cid2\r\n";
-        let s = sdp_sections(sdp);
-        assert_eq!(s.len(), 3);
-        assert_eq!(s[0], ("0".into(), Some("TR_cid1".into()), "audio".into()));
-        assert_eq!(s[1], ("1".into(), None, "application".into()));
-        assert_eq!(s[2], ("2".into(), Some("cid2".into()), "audio".into()));
-    }
 }
