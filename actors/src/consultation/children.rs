@@ -130,6 +130,9 @@ impl ConsultationActor {
             let ready = state.turns.realtime_lost(state.audio_out.is_playing());
             state.store_final(ready);
             state.response_active = false;
+            // A call whose answer never finished belongs to the lost session: the next one
+            // never heard of it (and it was not stored, so it is not replayed).
+            state.pending_tool_calls.clear();
             state.args.telemetry.consultation_update(&state.session.session_id, |v| {
                 v.realtime.last_close_cause = Some(reason.clone());
             });
