@@ -522,6 +522,17 @@ impl LoopbackServer {
             .is_some_and(|tx| tx.send(rtc::SignalOut::DropSocket).is_ok())
     }
 
+    /// Send a participant a `LeaveRequest` with `action` (resume, reconnect, disconnect), as
+    /// livekit-server does when a node drains, a session is lost or a participant is removed.
+    pub fn send_leave(&self, room: &str, identity: &str, action: proto::leave_request::Action, reason: proto::DisconnectReason) -> bool {
+        let g = self.sh.lock();
+        g.rooms
+            .get(room)
+            .and_then(|r| r.participant(identity))
+            .and_then(|p| p.signal.as_ref())
+            .is_some_and(|tx| tx.send(rtc::SignalOut::LeaveWith { action, reason }).is_ok())
+    }
+
     /// Drop the TCP connection of every connected worker (no close frame). Returns how many.
     pub fn drop_worker_connections(&self) -> usize {
         let g = self.sh.lock();

@@ -56,6 +56,10 @@ pub enum SignalOut {
     Answer { sdp: String, id: u32 },
     /// A server ICE candidate.
     Trickle { candidate_init: String, target: Target },
+    /// A `LeaveRequest` with an action, as livekit-server sends them: `Resume` (the signalling
+    /// closes, the participant is kept for a resume, e.g. a node draining), `Reconnect` (the
+    /// session is gone: join again) or `Disconnect` (removed).
+    LeaveWith { action: proto::leave_request::Action, reason: proto::DisconnectReason },
     /// To a publisher: one of its tracks was subscribed for the first time (livekit-server's
     /// `OnTrackEverSubscribed`; SDKs hold a track's first frames until they see it).
     TrackSubscribed { track_sid: String },
@@ -338,6 +342,17 @@ async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc
                         tracing::warn!(room = %s.room, identity = %s.identity, %reason, "media failure, disconnecting participant");
                         sh.emit_now(ServerEvent::ProtocolError { peer: s.identity.clone(), detail: reason.clone() });
                         (leave_msg(proto::DisconnectReason::StateMismatch), Some((reason, proto::DisconnectReason::StateMismatch)))
+                    }
+                    SignalOut::LeaveWith { action, reason } => {
+                        use proto::leave_request::Action;
+                        let leave = Resp::Leave(proto::LeaveRequest { can_reconnect: action != Action::Disconnect, reason: reason as i32, action: action as i32, regions: None });
+                        let _ = sink.send(encode(leave, s.json)).await;
+                        let _ = sink.close().await;
+                        let why = format!("the server sent leave {}", action.as_str_name());
+                        return match action {
+                            Action::Resume => Exit::Lost(why),
+                            Action::Reconnect | Action::Disconnect => Exit::Gone(why, reason),
+                        };
                     }
                     SignalOut::DropSocket => {
                         // Fault hook: vanish like a broken network (no close frame, no leave).
