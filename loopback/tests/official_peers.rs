@@ -318,6 +318,55 @@ async fn sdk_participant_resumes_after_a_signalling_cut_and_keeps_hearing() {
     s.shutdown().await;
 }
 
+/// The server's LeaveRequests as the SDK handles them. A `Resume` (a draining node): the SDK
+/// (livekit 1.1.21) reconnects, with a full join rather than a resume (recorded in
+/// INTEROP.md), and is back in the room. A `Disconnect` (removed): it ends with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_participant_follows_leave_actions() {
+    let _serial = peers_lock().await;
+    let s = server().await;
+    let dir = scratch("leave-actions");
+    let src = dir.join("speech.wav");
+    espeak("Раз, два, три, четыре, пять. Вышел зайчик погулять. Вдруг охотник выбегает.", &src);
+    let ws_url = s.ws_url();
+    let t_speaker = s.participant_token("leave-room", "speaker");
+    let mut speaker = Peer::spawn(
+        "speaker",
+        "participant.py",
+        &["publish", "--url", &ws_url, "--token", &t_speaker, "--wav", src.to_str().unwrap(), "--linger", "8"],
+        &[],
+        &dir,
+    );
+    speaker.event("published", T).await;
+    let listen = |name: &str| {
+        let token = s.participant_token("leave-room", name);
+        let out = dir.join(format!("{name}.wav"));
+        Peer::spawn(name, "participant.py", &["record", "--url", &ws_url, "--token", &token, "--out", out.to_str().unwrap(), "--seconds", "20", "--from-identity", "speaker"], &[], &dir)
+    };
+    use proto::leave_request::Action;
+    let mut first = listen("resumed");
+    first.event("recording", T).await;
+    assert!(s.send_leave("leave-room", "resumed", Action::Resume, proto::DisconnectReason::Migration));
+    first.event("reconnected", T).await;
+    s.wait_for_event(T, |e| match e {
+        ServerEvent::ParticipantResumed { identity, .. } | ServerEvent::ParticipantJoined { identity, .. } if identity == "resumed" => Some(()),
+        _ => None,
+    })
+    .await
+    .expect("the SDK is back in the room after a resume request");
+    assert!(s.room("leave-room").unwrap().participants.iter().any(|p| p.identity == "resumed"));
+
+    let mut second = listen("removed");
+    second.event("recording", T).await;
+    assert!(s.send_leave("leave-room", "removed", Action::Disconnect, proto::DisconnectReason::ParticipantRemoved));
+    let gone = second.event("disconnected", T).await;
+    assert_eq!(gone["reason"], "PARTICIPANT_REMOVED", "{gone}");
+    second.wait_success(T).await;
+    first.terminate(Duration::from_secs(5)).await;
+    speaker.terminate(Duration::from_secs(5)).await;
+    s.shutdown().await;
+}
+
 /// A caller (SDK, `call` mode) speaks two phrases on a timeline while an official
 /// livekit-agents worker echoes what it hears: the caller's recording, placed on its own
 /// timeline, holds the phrases at their offsets, later by the round trip

@@ -146,6 +146,21 @@ async def record(args):
         if target.get("identity") == p.identity:
             done.set()
 
+    # What the server's LeaveRequests do to the SDK: a resume shows as reconnecting/reconnected,
+    # a removal as disconnected with its reason (the recording then ends).
+    @room.on("reconnecting")
+    def on_reconnecting():
+        say("reconnecting")
+
+    @room.on("reconnected")
+    def on_reconnected():
+        say("reconnected")
+
+    @room.on("disconnected")
+    def on_disconnected(reason):
+        say("disconnected", reason=rtc.DisconnectReason.Name(reason) if isinstance(reason, int) else str(reason))
+        done.set()
+
     await room.connect(args.url, args.token)
     say("connected", identity=room.local_participant.identity, room=room.name,
         others=[p.identity for p in room.remote_participants.values()])
