@@ -283,6 +283,8 @@ struct Shared {
     /// Audio deltas sent, with when (benchmarks measure arrival latency against these).
     delta_log: Mutex<Option<Vec<Instant>>>,
     spoken: Mutex<Vec<Spoken>>,
+    /// Faults as they took effect.
+    applied: Mutex<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -317,6 +319,7 @@ impl FakeRealtime {
             script: Mutex::new(Script::default()),
             delta_log: Mutex::new(None),
             spoken: Mutex::new(Vec::new()),
+            applied: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -359,6 +362,12 @@ impl FakeRealtime {
     /// Starts recording the send instant of every audio delta.
     pub fn log_deltas(&self) {
         *self.shared.delta_log.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// Every injected fault (handshake faults included) that took effect, in order: a
+    /// `DropMidResponse` once it dropped, a `FailNextResponse` once a response failed.
+    pub fn faults_applied(&self) -> Vec<String> {
+        self.shared.applied.lock().unwrap().clone()
     }
 
     /// The conversation as the fake lived it, across its connections (see [`Spoken`]).
@@ -449,6 +458,9 @@ fn check_request(options: &FakeRealtimeOptions, request: &Request) -> Result<Fak
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let fault = shared.handshake_faults.lock().unwrap().pop_front();
+    if let Some(f) = &fault {
+        shared.applied(format!("handshake {f:?}"));
+    }
     if let Some(HandshakeFault::Slow(delay)) = &fault {
         tokio::time::sleep(*delay).await;
     }
@@ -728,6 +740,10 @@ impl Session {
     async fn on_faults(&mut self, sink: &mut Sink) -> Flow {
         loop {
             let Some(fault) = self.shared.faults.lock().unwrap().pop_front() else { return Flow::Continue };
+            // These two act later, and are logged when they do.
+            if !matches!(fault, Fault::DropMidResponse { .. } | Fault::FailNextResponse { .. }) {
+                self.shared.applied(format!("{fault:?}"));
+            }
             let flow = match fault {
                 Fault::DropMidResponse { after_deltas } => {
                     self.drop_after = Some(after_deltas);
@@ -1150,6 +1166,7 @@ impl Session {
         let item_id = self.next_id("item");
         self.send(sink, json!({ "type": "response.created", "response": { "id": response_id, "object": "realtime.response", "status": "in_progress", "status_details": null, "output": [], "usage": null } })).await?;
         if let Some(code) = self.fail_next.take() {
+            self.shared.applied(format!("FailNextResponse {code}"));
             // As the service ends a rate-limited response: no output, the reason in status_details.
             if let Some((item, turn)) = late_transcript {
                 self.deliver_transcript(sink, &item, &turn).await?;
@@ -1250,6 +1267,7 @@ impl Session {
             }
             if self.drop_after.is_some_and(|n| deltas >= n) {
                 self.drop_after = None;
+                self.shared.applied(format!("DropMidResponse after {deltas} deltas"));
                 return Ok(Flow::End("dropped mid-response (injected)".into()));
             }
             return Ok(Flow::Continue);

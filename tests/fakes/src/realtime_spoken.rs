@@ -1,9 +1,9 @@
 //! The fake's ground truth of a call: every caller turn it committed (with what it told the
 //! client of the words) and every response it started, in the order the conversation got them,
 //! across all its connections. A client that loses nothing and repeats nothing ends up with
-//! exactly this dialogue (see `FakeRealtime::spoken`).
+//! exactly this dialogue (see `FakeRealtime::spoken`). And which injected faults took effect.
 
-use super::Session;
+use super::{Session, Shared};
 
 /// One entry of the conversation as the fake lived it.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,5 +49,11 @@ impl Session {
 
     pub(super) fn spoke_agent(&self, response: usize) {
         self.shared.spoken.lock().unwrap().push(Spoken::Agent { connection: self.index, response });
+    }
+}
+
+impl Shared {
+    pub(super) fn applied(&self, fault: String) {
+        self.applied.lock().unwrap().push(fault);
     }
 }
