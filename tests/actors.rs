@@ -224,6 +224,42 @@ async fn caller_audio_during_a_reconnect_is_held_and_sent_after_it() {
     w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
 }
 
+/// A session's last words before it drops are kept: the caller's late transcript and the
+/// agent's last transcript delta, queued in the Consultation's mailbox when the Realtime child
+/// fails (ractor delivers the failure ahead of them), are still the dialogue's, and the
+/// reconnect replays them. Found by the fault soak (tests/soak.rs).
+#[tokio::test]
+async fn what_a_session_said_just_before_it_dropped_is_kept() {
+    let mut settings = settings();
+    // A lost transcript shows within the test's patience.
+    settings.transcript_wait = Duration::from_millis(300);
+    let w = world(settings).await;
+    for round in 0..8 {
+        let id = sid(&format!("last-words-{round}"));
+        let handle = w.handler.create_session(id.clone(), format!("consultation-last-words-{round}"), RecordingAudio::new()).await.unwrap();
+        handle.wait_ready().await.unwrap();
+        let s = w.realtime.session(2 * round + 1).await;
+        // One burst, as the socket delivers it: the caller's turn, the start of the answer, the
+        // caller's words (late, as they come), then the drop.
+        s.emit(RealtimeEvent::UserItemCommitted { item_id: "u1".into() }).await;
+        s.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
+        s.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
+        s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 4800].into() }).await;
+        s.emit(RealtimeEvent::AgentTranscriptDelta { item_id: "a1".into(), delta: "Сейчас ".into() }).await;
+        s.emit(RealtimeEvent::UserTranscript { item_id: "u1".into(), text: "Какие у вас тарифы?".into() }).await;
+        s.emit(RealtimeEvent::AgentTranscriptDelta { item_id: "a1".into(), delta: "расскажу".into() }).await;
+        s.drop_connection("connection reset by peer").await;
+        let next = w.realtime.session(2 * round + 2).await;
+        let expected = vec![(Role::User, "Какие у вас тарифы?".to_owned(), false), (Role::Assistant, "Сейчас расскажу".to_owned(), true)];
+        let replayed: Vec<_> = next.setup.history.iter().map(|m| (m.role, m.text.clone(), m.interrupted)).collect();
+        assert_eq!(replayed, expected, "round {round}: the reconnect replays the last words");
+        let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+        let stored: Vec<_> = w.store.load_messages(&id).await.unwrap().into_iter().map(|m| (m.role, m.text, m.interrupted)).collect();
+        assert_eq!(stored, expected, "round {round}");
+        assert_eq!(outcome.dialogue.len(), 2);
+    }
+}
+
 #[tokio::test]
 async fn realtime_that_keeps_failing_ends_the_consultation_as_failed_with_a_final_anketa() {
     let mut s = settings();

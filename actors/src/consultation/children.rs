@@ -115,6 +115,14 @@ impl ConsultationActor {
         }
     }
 
+    /// The Realtime child `id` failed, and every event it sent before is handled: unless it is no
+    /// longer the current session (a standby took over, the call ended), restart or give up.
+    pub(super) fn on_realtime_failed(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, id: ractor::ActorId, reason: String, fatal: bool) {
+        if state.realtime.actor.as_ref().is_some_and(|a| a.get_id() == id) {
+            Self::on_child_failure(myself, state, ChildKind::Realtime, reason, fatal);
+        }
+    }
+
     /// A child failed: restart it with backoff, or give up past the intensity window.
     pub(super) fn on_child_failure(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, kind: ChildKind, reason: String, fatal: bool) {
         Self::forget_child(state, kind);

@@ -151,6 +151,8 @@ pub enum ConsultationMsg {
     /// The realtime session is up; caller audio goes straight into its socket writer's queue.
     RealtimeReady { generation: u64, audio: mpsc::Sender<RealtimeCommand> },
     Realtime { generation: u64, event: RealtimeEvent },
+    /// The Realtime child `id` failed: posted behind the events it sent before failing.
+    RealtimeFailed { id: ractor::ActorId, reason: String, fatal: bool },
     Persisted { seq: u32 },
     /// The periodic anketa of this dialogue length is durable.
     AnketaPersisted { message_count: usize },
@@ -452,12 +454,13 @@ impl Actor for ConsultationActor {
                 }
             }
             ConsultationMsg::Realtime { generation, event } => {
-                // Supervision events overtake mailbox messages: once the child is known to have
-                // failed, its events still queued here are stale (the turn was already closed).
+                // Events of a session that was replaced (restart, rollover) are stale. A failed
+                // current session's are not: its failure is handled behind them.
                 if generation == state.realtime.generation && state.realtime.actor.is_some() && !state.finalizing {
                     Self::on_realtime_event(&myself, state, event);
                 }
             }
+            ConsultationMsg::RealtimeFailed { id, reason, fatal } => Self::on_realtime_failed(&myself, state, id, reason, fatal),
             ConsultationMsg::Persisted { seq } => {
                 state.persisted_upto = state.persisted_upto.max(seq);
                 let interval = state.args.settings.extraction_interval.max(1);
@@ -555,6 +558,15 @@ impl Actor for ConsultationActor {
                 let Some(kind) = Self::which_child(state, &cell) else { return Ok(()) };
                 let fatal = error.downcast_ref::<RealtimeFailure>().is_some_and(RealtimeFailure::is_fatal)
                     || error.downcast_ref::<RoomFailure>().is_some_and(RoomFailure::is_fatal);
+                if kind == ChildKind::Realtime {
+                    // ractor delivers supervision events ahead of the mailbox, where the session's
+                    // last events (the caller's late words, the answer's last words) may still
+                    // wait. Handled behind them, the failure closes the turn only once they are in.
+                    let failed = ConsultationMsg::RealtimeFailed { id: cell.get_id(), reason: error.to_string(), fatal };
+                    if myself.send_message(failed).is_ok() {
+                        return Ok(());
+                    }
+                }
                 Self::on_child_failure(&myself, state, kind, error.to_string(), fatal);
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
