@@ -358,6 +358,35 @@ async fn barge_in_truncates_to_what_was_heard() {
     assert!(text.starts_with(&stored[0].text) && stored[0].text.len() < text.len() && !stored[0].text.is_empty(), "{:?}", stored[0].text);
 }
 
+/// A response that failed (a provider rate limit) is asked for again, but not once the caller
+/// has spoken and been answered meanwhile: that retry would make the agent speak twice in a
+/// row (the greeting after the first answer, in the soak). Found by the fault soak.
+#[tokio::test]
+async fn a_failed_response_is_not_retried_once_another_answer_came() {
+    let w = world(settings()).await;
+    let id = sid("moot-retry");
+    let handle = w.handler.create_session(id.clone(), "consultation-moot-retry".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(1).await;
+    let failed = |id: &str| RealtimeEvent::ResponseDone { response_id: Some(id.into()), status: ResponseStatus::Failed, reason: Some("inference_rate_limit_exceeded".into()), usage: None };
+    let creates = |s: &consultant_fakes::memory::ScriptedSession| s.commands().into_iter().filter(|c| matches!(c, RealtimeCommand::CreateResponse { .. })).count();
+    assert_eq!(creates(&s), 1, "the greeting is asked for");
+    s.emit(RealtimeEvent::ResponseStarted { response_id: "r0".into() }).await;
+    s.emit(failed("r0")).await;
+    // The caller speaks before the retry is due, and the service answers them.
+    s.user_says("u1", "Меня зовут Олег").await;
+    s.agent_says("a1", "Очень приятно, Олег.", 100).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(creates(&s), 0, "no second answer for the failed one");
+
+    // Nothing came after a failure: it is asked for again.
+    s.emit(RealtimeEvent::ResponseStarted { response_id: "r2".into() }).await;
+    s.emit(failed("r2")).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(creates(&s), 1);
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_late_user_transcript_keeps_the_dialogue_in_order() {
     let w = world(settings()).await;

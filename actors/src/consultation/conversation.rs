@@ -40,6 +40,21 @@ impl ConsultationState {
     }
 }
 
+impl ConsultationState {
+    /// Asks again for the response that failed when `started` responses had started. Not if
+    /// another has started since, nor while the caller speaks: the caller was (or is about to
+    /// be) answered, and a second answer would repeat it or talk over them.
+    pub(super) fn retry_response(&mut self, started: u64) {
+        if self.finalizing || self.response_active || self.is_ending() || self.caller_speaking || self.responses_started != started {
+            return;
+        }
+        // Before the greeting there is nothing to answer yet: ask for the greeting again.
+        let greeted = self.session.dialogue.iter().any(|m| m.role == crate::dialogue::Role::Assistant);
+        let instructions = (!greeted).then(|| self.args.settings.greeting_instruction.clone());
+        self.send_realtime(RealtimeCommand::CreateResponse { instructions });
+    }
+}
+
 impl ConsultationActor {
     pub(super) fn on_realtime_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RealtimeEvent) {
         if matches!(event, RealtimeEvent::SpeechStarted { .. } | RealtimeEvent::SpeechStopped { .. } | RealtimeEvent::ResponseDone { .. }) {
@@ -82,6 +97,7 @@ impl ConsultationActor {
                 state.store_final(ready);
             }
             RealtimeEvent::ResponseStarted { .. } => {
+                state.responses_started += 1;
                 state.response_active = true;
                 state.response_audio = false;
             }
@@ -125,7 +141,8 @@ impl ConsultationActor {
                         state.response_retries += 1;
                         let delay = RESPONSE_RETRY_DELAY * state.response_retries;
                         tracing::info!(session_id = %state.session.session_id, attempt = state.response_retries, ?delay, "asking for the failed response again");
-                        myself.send_after(delay, || ConsultationMsg::RetryResponse);
+                        let started = state.responses_started;
+                        myself.send_after(delay, move || ConsultationMsg::RetryResponse { started });
                     }
                 } else if status == ResponseStatus::Completed {
                     state.response_retries = 0;

@@ -160,8 +160,9 @@ pub enum ConsultationMsg {
     ExtractionFailed { error: String, message_count: usize },
     RestartChild(ChildKind),
     TranscriptTimeout { item_id: String },
-    /// Ask again for a response that failed before any audio (a provider rate limit).
-    RetryResponse,
+    /// Ask again for a response that failed before any audio (a provider rate limit), unless
+    /// another started since (`started`: how many had started when it failed).
+    RetryResponse { started: u64 },
     /// Has the goodbye played out? (polled while it plays)
     CheckEnded,
     Tick,
@@ -230,6 +231,8 @@ pub struct ConsultationState {
     response_audio: bool,
     /// Failed responses asked again in a row.
     response_retries: u32,
+    /// Responses started in this call (a retry is moot once another has started).
+    responses_started: u64,
     /// The goodbye in progress, once the call is ending.
     ending: Option<ending::Ending>,
     /// Function calls of the current answer, handled when it is done.
@@ -381,6 +384,7 @@ impl Actor for ConsultationActor {
             response_active: false,
             response_audio: false,
             response_retries: 0,
+            responses_started: 0,
             ending: None,
             pending_tool_calls: Vec::new(),
             instructions_sent: None,
@@ -518,14 +522,7 @@ impl Actor for ConsultationActor {
                 }
             }
             ConsultationMsg::CheckEnded => Self::check_ended(&myself, state),
-            ConsultationMsg::RetryResponse => {
-                if !state.finalizing && !state.response_active && !state.is_ending() {
-                    // Before the greeting there is nothing to answer yet: ask for the greeting again.
-                    let greeted = state.session.dialogue.iter().any(|m| m.role == crate::dialogue::Role::Assistant);
-                    let instructions = (!greeted).then(|| state.args.settings.greeting_instruction.clone());
-                    state.send_realtime(RealtimeCommand::CreateResponse { instructions });
-                }
-            }
+            ConsultationMsg::RetryResponse { started } => state.retry_response(started),
             ConsultationMsg::Tick => {
                 if !state.finalizing {
                     Self::on_tick(&myself, state);
