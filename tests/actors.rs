@@ -358,6 +358,72 @@ async fn barge_in_truncates_to_what_was_heard() {
     assert!(text.starts_with(&stored[0].text) && stored[0].text.len() < text.len() && !stored[0].text.is_empty(), "{:?}", stored[0].text);
 }
 
+/// The model speaks faster than the caller hears: its response.done comes while the answer
+/// still plays. A caller who cuts in after that heard only part of it: that part is stored,
+/// the model is told (truncate), and an answer heard to its end is stored whole. Found by the
+/// fault soak (tests/soak.rs).
+#[tokio::test]
+async fn a_barge_in_after_the_answer_was_generated_keeps_only_what_was_heard() {
+    let w = world(settings()).await;
+    let id = sid("fast-model");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-fast-model".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(1).await;
+    let text = "раз два три четыре пять шесть семь восемь";
+    audio.playing.store(true, Ordering::SeqCst);
+    s.agent_says("a1", text, 2000).await;
+    wait_until("audio queued", || audio.played_samples.load(Ordering::SeqCst) == 48_000).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(w.store.load_messages(&id).await.unwrap().is_empty(), "the answer is still being heard");
+    audio.heard_ms.store(1000, Ordering::SeqCst);
+    s.user_says("u1", "Подождите").await;
+    let stored = wait_messages(&w.store, &id, 2).await;
+    assert_eq!((stored[0].role, stored[0].text.as_str(), stored[0].interrupted), (Role::Assistant, "раз два три четыре", true));
+    assert_eq!((stored[1].role, stored[1].text.as_str()), (Role::User, "Подождите"));
+    let truncates: Vec<_> = s.commands().into_iter().filter(|c| matches!(c, RealtimeCommand::Truncate { .. })).collect();
+    assert_eq!(truncates, vec![RealtimeCommand::Truncate { item_id: "a1".into(), content_index: 0, audio_end_ms: 1000 }]);
+
+    // Heard to its end: stored whole once the output falls quiet.
+    audio.playing.store(true, Ordering::SeqCst);
+    s.agent_says("a2", "Слушаю вас внимательно.", 500).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.store.load_messages(&id).await.unwrap().len(), 2, "still being heard");
+    audio.playing.store(false, Ordering::SeqCst);
+    let stored = wait_messages(&w.store, &id, 3).await;
+    assert_eq!((stored[2].text.as_str(), stored[2].interrupted), ("Слушаю вас внимательно.", false));
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+}
+
+/// The socket drops mid-answer while what was received still plays; after the reconnect the
+/// caller cuts in: the answer is what they heard of it, and the new session was told the
+/// answer as far as it had been said. Found by the fault soak (tests/soak.rs).
+#[tokio::test]
+async fn an_answer_cut_by_a_drop_then_by_the_caller_is_what_was_heard() {
+    let w = world(settings()).await;
+    let id = sid("drop-then-cut");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-drop-then-cut".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s1 = w.realtime.session(1).await;
+    let text = "раз два три четыре пять шесть семь восемь";
+    audio.playing.store(true, Ordering::SeqCst);
+    s1.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
+    s1.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
+    s1.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 48_000].into() }).await;
+    s1.emit(RealtimeEvent::AgentTranscriptDelta { item_id: "a1".into(), delta: text.into() }).await;
+    s1.drop_connection("connection reset by peer").await;
+    let s2 = w.realtime.session(2).await;
+    let replayed: Vec<_> = s2.setup.history.iter().map(|m| (m.role, m.text.as_str(), m.interrupted)).collect();
+    assert_eq!(replayed, vec![(Role::Assistant, text, true)]);
+    assert!(w.store.load_messages(&id).await.unwrap().is_empty(), "the caller is still hearing it");
+    audio.heard_ms.store(1000, Ordering::SeqCst);
+    s2.user_says("u1", "Стоп").await;
+    let stored: Vec<_> = wait_messages(&w.store, &id, 2).await.into_iter().map(|m| (m.role, m.text, m.interrupted)).collect();
+    assert_eq!(stored, vec![(Role::Assistant, "раз два три четыре".to_owned(), true), (Role::User, "Стоп".to_owned(), false)]);
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+}
+
 /// A response that failed (a provider rate limit) is asked for again, but not once the caller
 /// has spoken and been answered meanwhile: that retry would make the agent speak twice in a
 /// row (the greeting after the first answer, in the soak). Found by the fault soak.

@@ -3,6 +3,8 @@
 //! intensity window, or give up with the cause).
 
 use std::sync::Arc;
+
+use chrono::Utc;
 use tokio::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
@@ -15,6 +17,19 @@ use crate::ports::RealtimeSetup;
 use crate::realtime::{RealtimeActor, RealtimeArgs};
 use crate::restart::RestartDecision;
 use crate::telemetry::RealtimeLinkState;
+
+impl ConsultationState {
+    /// What a new realtime session is told: the dialogue, and the answer the caller is still
+    /// hearing from the session that failed (not stored yet: it may still be cut).
+    fn replay_history(&self) -> Vec<crate::dialogue::DialogueMessage> {
+        let mut history = self.session.dialogue.clone();
+        if let Some(answer) = self.turns.playing_out() {
+            let seq = history.last().map_or(0, |m| m.seq) + 1;
+            history.push(crate::dialogue::DialogueMessage { seq, role: answer.role, text: answer.text, at: Utc::now(), interrupted: answer.interrupted });
+        }
+        history
+    }
+}
 
 impl ConsultationActor {
     pub(super) async fn spawn_child(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, kind: ChildKind) -> Result<(), ActorProcessingErr> {
@@ -42,7 +57,7 @@ impl ConsultationActor {
                 let setup = RealtimeSetup {
                     session_id: state.session.session_id.clone(),
                     instructions: state.current_instructions(),
-                    history: state.session.dialogue.clone(),
+                    history: state.replay_history(),
                     tools: state.tools(),
                 };
                 state.instructions_sent = Some(setup.instructions.clone());
@@ -137,6 +152,10 @@ impl ConsultationActor {
             state.caller_speaking = false;
             let ready = state.turns.realtime_lost(state.audio_out.is_playing());
             state.store_final(ready);
+            if state.turns.awaiting_playout() {
+                // What was received still plays: stored once heard out, or as far as heard.
+                myself.send_after(super::conversation::HEARD_POLL, || ConsultationMsg::CheckHeard);
+            }
             state.response_active = false;
             state.args.telemetry.consultation_update(&state.session.session_id, |v| {
                 v.realtime.last_close_cause = Some(reason.clone());

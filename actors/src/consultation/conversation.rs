@@ -17,6 +17,8 @@ use crate::turns::FinalText;
 /// Failed responses asked again in a row, and the pause before the first retry.
 const RESPONSE_RETRIES: u32 = 2;
 const RESPONSE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often an answer that ended while still playing is looked at until it has been heard.
+pub(super) const HEARD_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl ConsultationState {
     /// Final messages join the dialogue, the console, the room's transcript and the store.
@@ -72,6 +74,9 @@ impl ConsultationActor {
                         tracing::info!(session_id = %state.session.session_id, item_id = %played.item_id, played_ms = heard, "barge-in: agent interrupted");
                     }
                 }
+                // An ended answer, heard out or just cut, is final before the caller's turn.
+                let ready = state.turns.agent_heard();
+                state.store_final(ready);
                 state.speech_stopped_at = None;
                 state.caller_speaking = true;
                 state.silence_prompted = false;
@@ -82,6 +87,8 @@ impl ConsultationActor {
                 state.awaiting_first_audio = true;
             }
             RealtimeEvent::UserItemCommitted { item_id } => {
+                let ready = state.turns.agent_heard();
+                state.store_final(ready);
                 if state.turns.user_committed(&item_id) {
                     let wait = state.args.settings.transcript_wait;
                     myself.send_after(wait, move || ConsultationMsg::TranscriptTimeout { item_id });
@@ -122,7 +129,10 @@ impl ConsultationActor {
                 state.response_audio = true;
                 state.audio_out.play(&item_id, pcm);
             }
-            RealtimeEvent::AgentTranscriptDelta { item_id, delta } => state.turns.agent_transcript_delta(&item_id, &delta),
+            RealtimeEvent::AgentTranscriptDelta { item_id, delta } => {
+                let ready = state.turns.agent_transcript_delta(&item_id, &delta);
+                state.store_final(ready);
+            }
             RealtimeEvent::AgentTranscriptDone { item_id, text } => state.turns.agent_transcript_done(&item_id, &text),
             RealtimeEvent::ToolCall(call) => state.pending_tool_calls.push(call),
             RealtimeEvent::ResponseDone { status, reason, usage, .. } => {
@@ -147,8 +157,14 @@ impl ConsultationActor {
                 } else if status == ResponseStatus::Completed {
                     state.response_retries = 0;
                 }
-                let ready = state.turns.finish_agent(Some(status));
+                // The model speaks faster than the caller hears: an answer still playing is final
+                // once heard (a barge-in may cut it yet). Tool entries follow their answer at once.
+                let playing = state.audio_out.is_playing() && state.pending_tool_calls.is_empty();
+                let ready = state.turns.agent_response_done(status, playing);
                 state.store_final(ready);
+                if state.turns.awaiting_playout() {
+                    myself.send_after(HEARD_POLL, || ConsultationMsg::CheckHeard);
+                }
                 // A goodbye said before this answer's tool call stays the goodbye.
                 let ending_before = state.is_ending();
                 Self::on_tool_calls(myself, state);
@@ -162,6 +178,19 @@ impl ConsultationActor {
                 state.args.telemetry.event("realtime_error", state.child_path(ChildKind::Realtime), format!("{}: {message}", code.unwrap_or_default()));
             }
             RealtimeEvent::Disconnected { .. } => {} // handled by the Realtime actor failing
+        }
+    }
+
+    /// An answer that ended while playing: final once it is no longer heard.
+    pub(super) fn check_heard(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState) {
+        if state.finalizing || !state.turns.awaiting_playout() {
+            return;
+        }
+        if state.audio_out.is_playing() {
+            myself.send_after(HEARD_POLL, || ConsultationMsg::CheckHeard);
+        } else {
+            let ready = state.turns.agent_heard();
+            state.store_final(ready);
         }
     }
 

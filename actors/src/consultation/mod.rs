@@ -165,6 +165,8 @@ pub enum ConsultationMsg {
     RetryResponse { started: u64 },
     /// Has the goodbye played out? (polled while it plays)
     CheckEnded,
+    /// Has the answer that ended while playing been heard? (polled)
+    CheckHeard,
     Tick,
     End(EndReason),
     /// Operator: run an extraction now.
@@ -522,6 +524,7 @@ impl Actor for ConsultationActor {
                 }
             }
             ConsultationMsg::CheckEnded => Self::check_ended(&myself, state),
+            ConsultationMsg::CheckHeard => Self::check_heard(&myself, state),
             ConsultationMsg::RetryResponse { started } => state.retry_response(started),
             ConsultationMsg::Tick => {
                 if !state.finalizing {
