@@ -656,6 +656,43 @@ async fn a_full_disk_loses_no_message_and_does_not_end_the_call() {
     assert_eq!(outcome.status, SessionStatus::Completed);
 }
 
+/// The disk is full just as the call ends: finalize retries until it can write, so every
+/// message and the final anketa are stored and the session is closed. Before, the dialogue was
+/// dropped after one failed write and the session left open. Found by the fault soak.
+#[tokio::test]
+async fn a_disk_full_at_the_end_of_the_call_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap());
+    let store = Arc::new(FlakyStore { inner: sqlite.clone(), broken: false.into(), anketas_broken: false.into(), anketa_failures: 0.into() });
+    let realtime = ScriptedRealtime::new();
+    let ports = Ports { connector: realtime.clone(), store: store.clone(), extractor: CountingExtractor::new() };
+    let handler = VoiceHandler::start(Arc::new(settings()), ports, Telemetry::new()).await.unwrap();
+    let id = sid("fullatend");
+    let handle = handler.create_session(id.clone(), "consultation-fullatend".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let rt = realtime.session(1).await;
+    rt.user_says("u1", "Меня зовут Олег").await;
+    wait_messages(&sqlite, &id, 1).await;
+    store.broken.store(true, Ordering::SeqCst);
+    rt.agent_says("a1", "Очень приятно.", 100).await;
+    rt.user_says("u2", "До свидания").await;
+    let heal = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            store.broken.store(false, Ordering::SeqCst);
+        })
+    };
+    let outcome = handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    heal.await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Completed);
+    let stored: Vec<_> = sqlite.load_messages(&id).await.unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(stored, ["Меня зовут Олег", "Очень приятно.", "До свидания"]);
+    let detail = sqlite.session_detail(&id).await.unwrap();
+    assert_eq!(detail.record.status, SessionStatus::Completed);
+    assert_eq!(detail.anketa_history.iter().filter(|a| a.is_final).count(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_connect_shows_as_reconnecting_until_the_restart() {
     let mut s = settings();
