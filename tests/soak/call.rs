@@ -145,7 +145,15 @@ pub async fn run(plan: CallPlan, store: Arc<FlakyStore>) -> CallReport {
     if trouble.is_empty() {
         call.converse().await;
     }
+    let refused_before = call.store.refused(&id);
+    if let Some(ms) = call.plan.end_outage_ms {
+        call.store.outage(&id, Instant::now() + Duration::from_millis(ms));
+    }
     let outcome = tokio::time::timeout(Duration::from_secs(30), call.handler.end_session(&id, EndReason::CallerLeft)).await;
+    let refused_at_end = call.store.refused(&id) - refused_before;
+    if let (Some(ms), true) = (call.plan.end_outage_ms, refused_at_end > 0) {
+        call.applied.push(format!("store unwritable at the end for {ms} ms ({refused_at_end} writes refused)"));
+    }
     let status = match outcome {
         Ok(Ok(o)) => Some(o.status),
         Ok(Err(e)) => {

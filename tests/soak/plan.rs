@@ -71,6 +71,8 @@ pub struct CallPlan {
     pub spare: Vec<ScriptTurn>,
     /// What DeepSeek does with its next requests.
     pub deepseek: Vec<Behaviour>,
+    /// The store refuses this call's writes for this long from the moment it ends.
+    pub end_outage_ms: Option<u64>,
 }
 
 const NAMES: &[&str] = &["Иван", "Ольга", "Пётр", "Анна", "Сергей", "Мария", "Дмитрий", "Елена"];
@@ -129,7 +131,8 @@ pub fn draw(seed: u64, index: usize) -> CallPlan {
     let spare = (0..3).map(|k| ScriptTurn::new(format!("Ещё вопрос {index}-{k}"), format!("Дополнительный ответ {index}-{k}."))).collect();
     let deepseek = (0..rng.random_range(0..=3)).map(|_| deepseek_fault(&mut rng)).collect();
     let greeting = format!("Здравствуйте! Я консультант номер {index}. Как вас зовут?");
-    CallPlan { index, flavour, rollover, greeting, greeting_fault, turns, spare, deepseek }
+    let end_outage_ms = rng.random_bool(0.2).then(|| rng.random_range(200..1500));
+    CallPlan { index, flavour, rollover, greeting, greeting_fault, turns, spare, deepseek, end_outage_ms }
 }
 
 fn injection(rng: &mut StdRng, rollover: bool) -> Injection {
