@@ -148,7 +148,7 @@ async fn faults_at_random_points_lose_and_repeat_nothing() {
     }
     println!("faults by kind: {kinds:?}");
     println!("memory: RSS {rss_start:.1} MiB at start, {rss_warm:.1} MiB after the first {parallel} consultations, {rss_end:.1} MiB at the end");
-    println!("time: {:.1} s; {rollovers} realtime rollovers; {failed} consultations ended as failed (the restart window), {unfinalized} not finalized with one final anketa", began.elapsed().as_secs_f64());
+    println!("time: {:.1} s; {rollovers} realtime rollovers; {failed} consultations ended as failed (on their own: a fatal realtime error, or past the restart window), {unfinalized} not finalized with one final anketa", began.elapsed().as_secs_f64());
     println!(
         "soak: {applied} faults injected, {} consultations, {messages} messages checked, {lost} lost, {duplicated} duplicated ({altered} altered, {reordered} reordered)",
         reports.len()

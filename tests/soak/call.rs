@@ -171,7 +171,10 @@ pub async fn run(plan: CallPlan, store: Arc<FlakyStore>) -> CallReport {
     let messages = call.store.inner.load_messages(&id).await.expect("stored messages");
     let detail = call.store.inner.session_detail(&id).await.expect("stored session");
     let final_anketas = detail.anketa_history.iter().filter(|a| a.is_final).count();
-    let stored_status = Some(detail.record.status).filter(|_| status.is_some());
+    if status.is_none() {
+        // It ended on its own before the caller hung up: say how, as stored.
+        trouble.push(format!("stored as {} ({})", detail.record.status, detail.record.failure.as_deref().unwrap_or("no failure")));
+    }
     let (spoken, connections, cuts) = (call.fake.spoken(), call.fake.connections(), call.out.cuts());
     let expected = truth::expected(&spoken, &connections, &cuts);
     let evidence = truth::evidence(&spoken, &connections, &cuts);
@@ -186,7 +189,7 @@ pub async fn run(plan: CallPlan, store: Arc<FlakyStore>) -> CallReport {
         expected,
         stored,
         diff,
-        status: stored_status,
+        status: Some(detail.record.status),
         final_anketas,
         realtime_sessions: connections.iter().filter(|c| c.status == 101).count(),
         rollovers,
@@ -240,9 +243,13 @@ impl Call {
         match injection {
             Injection::MidAnswer(after_deltas) => fake.inject(Fault::DropMidResponse { after_deltas }),
             Injection::MidTranscript => fake.inject(Fault::DropMidResponse { after_deltas: 1 }),
-            Injection::DuringReplay => {
+            Injection::DuringReplay { handshake_only } => {
                 fake.inject(Fault::DropNow);
-                fake.inject(Fault::DropNow);
+                if handshake_only {
+                    fake.fail_next_handshakes([HandshakeFault::CloseAfterHandshake]);
+                } else {
+                    fake.inject(Fault::DropNow);
+                }
             }
             Injection::HandshakeRefused(status) => {
                 fake.fail_next_handshakes([HandshakeFault::Status(status)]);

@@ -19,8 +19,9 @@ pub enum Injection {
     MidTranscript,
     /// This fault of the service, this long after the caller starts speaking.
     Timed { fault: Fault, after_ms: u64 },
-    /// The socket drops, and so does the first reconnect while it replays the dialogue.
-    DuringReplay,
+    /// The socket drops, and so does the first reconnect while it replays the dialogue (or,
+    /// `handshake_only`, right after its handshake).
+    DuringReplay { handshake_only: bool },
     /// The socket drops and the reconnect's handshake is refused with this status.
     HandshakeRefused(u16),
     /// A drop while a standby session is being opened (the call recycles its sessions).
@@ -147,7 +148,7 @@ fn injection(rng: &mut StdRng, rollover: bool) -> Injection {
         10 => Injection::Timed { fault: Fault::Close(if rng.random_bool(0.5) { 1011 } else { 1001 }), after_ms },
         11 => Injection::Timed { fault: Fault::ErrorEvent { kind: "invalid_request_error".into(), code: "decoder_error".into() }, after_ms },
         12 => Injection::FailNextResponse,
-        13 => Injection::DuringReplay,
+        13 => Injection::DuringReplay { handshake_only: rng.random_bool(0.3) },
         14 => Injection::HandshakeRefused(if rng.random_bool(0.5) { 503 } else { 429 }),
         15 if rollover => Injection::DuringRollover,
         15..=16 => Injection::KillPersistence { after_ms },
