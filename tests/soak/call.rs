@@ -93,7 +93,8 @@ struct Call {
     applied: Vec<String>,
 }
 
-pub async fn run(plan: CallPlan, store: Arc<FlakyStore>) -> CallReport {
+/// Runs `plan` as the soak's `run`-th consultation (its session id).
+pub async fn run(plan: CallPlan, run: usize, store: Arc<FlakyStore>) -> CallReport {
     let began = Instant::now();
     let mut options = FakeRealtimeOptions::new(fake_flavour(plan.flavour));
     options.speed = Some(20.0);
@@ -132,9 +133,9 @@ pub async fn run(plan: CallPlan, store: Arc<FlakyStore>) -> CallReport {
     }
     let out = Arc::new(HeardRecorder::default());
     let audio_out: Arc<dyn AgentAudioOutput> = out.clone();
-    let id = SessionId::parse(&format!("soak-{}", plan.index)).unwrap();
+    let id = SessionId::parse(&format!("soak-{run}")).unwrap();
     let mut trouble = Vec::new();
-    let room = format!("consultation-soak-{}", plan.index);
+    let room = format!("consultation-{id}");
     let handle = handler.create_session(id.clone(), room, audio_out).await.unwrap_or_else(|e| panic!("call {}: the consultation did not start: {e}", plan.index));
     match tokio::time::timeout(Duration::from_secs(20), handle.wait_ready()).await {
         Ok(Ok(())) => {}
