@@ -789,6 +789,32 @@ async fn the_realtime_recycle_waits_for_the_caller_to_finish_speaking() {
 /// dialogue replayed; while the caller speaks nothing changes; a standby made stale by new
 /// messages is replaced; at the first quiet moment the caller's audio moves to the standby
 /// from one frame to the next: every frame reaches exactly one session, in order.
+/// A session that fails while an answer is still being heard does not hand over to its
+/// standby, which was configured before that answer and would never learn it: the restart
+/// replays it.
+#[tokio::test(start_paused = true)]
+async fn a_session_failing_while_an_answer_plays_is_replaced_by_one_that_knows_the_answer() {
+    let mut s = settings();
+    s.realtime_recycle_after = Some(Duration::from_secs(5));
+    let w = paused_world(s).await;
+    let id = sid("standby-stale");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-standby-stale".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let first = w.realtime.session(1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    audio.playing.store(true, Ordering::SeqCst);
+    first.agent_says("a1", "Обычно две недели.", 3000).await;
+    // Past the recycle time a standby opens; it cannot take over while the answer plays.
+    let standby = w.realtime.session(2).await;
+    assert!(standby.setup.history.is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.drop_connection("connection reset by peer").await;
+    let next = w.realtime.session(3).await;
+    let replayed: Vec<_> = next.setup.history.iter().map(|m| (m.text.as_str(), m.interrupted)).collect();
+    assert_eq!(replayed, vec![("Обычно две недели.", false)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_realtime_session_rolls_over_make_before_break_without_losing_a_frame() {
     let mut s = settings();
