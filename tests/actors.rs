@@ -224,6 +224,42 @@ async fn caller_audio_during_a_reconnect_is_held_and_sent_after_it() {
     w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
 }
 
+/// A session's last words before it drops are kept: the caller's late transcript and the
+/// agent's last transcript delta, queued in the Consultation's mailbox when the Realtime child
+/// fails (ractor delivers the failure ahead of them), are still the dialogue's, and the
+/// reconnect replays them. Found by the fault soak (tests/soak.rs).
+#[tokio::test]
+async fn what_a_session_said_just_before_it_dropped_is_kept() {
+    let mut settings = settings();
+    // A lost transcript shows within the test's patience.
+    settings.transcript_wait = Duration::from_millis(300);
+    let w = world(settings).await;
+    for round in 0..8 {
+        let id = sid(&format!("last-words-{round}"));
+        let handle = w.handler.create_session(id.clone(), format!("consultation-last-words-{round}"), RecordingAudio::new()).await.unwrap();
+        handle.wait_ready().await.unwrap();
+        let s = w.realtime.session(2 * round + 1).await;
+        // One burst, as the socket delivers it: the caller's turn, the start of the answer, the
+        // caller's words (late, as they come), then the drop.
+        s.emit(RealtimeEvent::UserItemCommitted { item_id: "u1".into() }).await;
+        s.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
+        s.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
+        s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 4800].into(), received: std::time::Instant::now() }).await;
+        s.emit(RealtimeEvent::AgentTranscriptDelta { item_id: "a1".into(), delta: "Сейчас ".into() }).await;
+        s.emit(RealtimeEvent::UserTranscript { item_id: "u1".into(), text: "Какие у вас тарифы?".into() }).await;
+        s.emit(RealtimeEvent::AgentTranscriptDelta { item_id: "a1".into(), delta: "расскажу".into() }).await;
+        s.drop_connection("connection reset by peer").await;
+        let next = w.realtime.session(2 * round + 2).await;
+        let expected = vec![(Role::User, "Какие у вас тарифы?".to_owned(), false), (Role::Assistant, "Сейчас расскажу".to_owned(), true)];
+        let replayed: Vec<_> = next.setup.history.iter().map(|m| (m.role, m.text.clone(), m.interrupted)).collect();
+        assert_eq!(replayed, expected, "round {round}: the reconnect replays the last words");
+        let outcome = w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+        let stored: Vec<_> = w.store.load_messages(&id).await.unwrap().into_iter().map(|m| (m.role, m.text, m.interrupted)).collect();
+        assert_eq!(stored, expected, "round {round}");
+        assert_eq!(outcome.dialogue.len(), 2);
+    }
+}
+
 #[tokio::test]
 async fn realtime_that_keeps_failing_ends_the_consultation_as_failed_with_a_final_anketa() {
     let mut s = settings();
@@ -320,6 +356,101 @@ async fn barge_in_truncates_to_what_was_heard() {
     let stored = wait_messages(&w.store, &id, 1).await;
     assert!(stored[0].interrupted);
     assert!(text.starts_with(&stored[0].text) && stored[0].text.len() < text.len() && !stored[0].text.is_empty(), "{:?}", stored[0].text);
+}
+
+/// The model speaks faster than the caller hears: its response.done comes while the answer
+/// still plays. A caller who cuts in after that heard only part of it: that part is stored,
+/// the model is told (truncate), and an answer heard to its end is stored whole. Found by the
+/// fault soak (tests/soak.rs).
+#[tokio::test]
+async fn a_barge_in_after_the_answer_was_generated_keeps_only_what_was_heard() {
+    let w = world(settings()).await;
+    let id = sid("fast-model");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-fast-model".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(1).await;
+    let text = "раз два три четыре пять шесть семь восемь";
+    audio.playing.store(true, Ordering::SeqCst);
+    s.agent_says("a1", text, 2000).await;
+    wait_until("audio queued", || audio.played_samples.load(Ordering::SeqCst) == 48_000).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(w.store.load_messages(&id).await.unwrap().is_empty(), "the answer is still being heard");
+    audio.heard_ms.store(1000, Ordering::SeqCst);
+    s.user_says("u1", "Подождите").await;
+    let stored = wait_messages(&w.store, &id, 2).await;
+    assert_eq!((stored[0].role, stored[0].text.as_str(), stored[0].interrupted), (Role::Assistant, "раз два три четыре", true));
+    assert_eq!((stored[1].role, stored[1].text.as_str()), (Role::User, "Подождите"));
+    let truncates: Vec<_> = s.commands().into_iter().filter(|c| matches!(c, RealtimeCommand::Truncate { .. })).collect();
+    assert_eq!(truncates, vec![RealtimeCommand::Truncate { item_id: "a1".into(), content_index: 0, audio_end_ms: 1000 }]);
+
+    // Heard to its end: stored whole once the output falls quiet.
+    audio.playing.store(true, Ordering::SeqCst);
+    s.agent_says("a2", "Слушаю вас внимательно.", 500).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.store.load_messages(&id).await.unwrap().len(), 2, "still being heard");
+    audio.playing.store(false, Ordering::SeqCst);
+    let stored = wait_messages(&w.store, &id, 3).await;
+    assert_eq!((stored[2].text.as_str(), stored[2].interrupted), ("Слушаю вас внимательно.", false));
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+}
+
+/// The socket drops mid-answer while what was received still plays; after the reconnect the
+/// caller cuts in: the answer is what they heard of it, and the new session was told the
+/// answer as far as it had been said. Found by the fault soak (tests/soak.rs).
+#[tokio::test]
+async fn an_answer_cut_by_a_drop_then_by_the_caller_is_what_was_heard() {
+    let w = world(settings()).await;
+    let id = sid("drop-then-cut");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-drop-then-cut".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s1 = w.realtime.session(1).await;
+    let text = "раз два три четыре пять шесть семь восемь";
+    audio.playing.store(true, Ordering::SeqCst);
+    s1.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
+    s1.emit(RealtimeEvent::AgentItemStarted { response_id: Some("r1".into()), item_id: "a1".into() }).await;
+    s1.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![500i16; 48_000].into(), received: std::time::Instant::now() }).await;
+    s1.emit(RealtimeEvent::AgentTranscriptDelta { item_id: "a1".into(), delta: text.into() }).await;
+    s1.drop_connection("connection reset by peer").await;
+    let s2 = w.realtime.session(2).await;
+    let replayed: Vec<_> = s2.setup.history.iter().map(|m| (m.role, m.text.as_str(), m.interrupted)).collect();
+    assert_eq!(replayed, vec![(Role::Assistant, text, true)]);
+    assert!(w.store.load_messages(&id).await.unwrap().is_empty(), "the caller is still hearing it");
+    audio.heard_ms.store(1000, Ordering::SeqCst);
+    s2.user_says("u1", "Стоп").await;
+    let stored: Vec<_> = wait_messages(&w.store, &id, 2).await.into_iter().map(|m| (m.role, m.text, m.interrupted)).collect();
+    assert_eq!(stored, vec![(Role::Assistant, "раз два три четыре".to_owned(), true), (Role::User, "Стоп".to_owned(), false)]);
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+}
+
+/// A response that failed (a provider rate limit) is asked for again, but not once the caller
+/// has spoken and been answered meanwhile: that retry would make the agent speak twice in a
+/// row (the greeting after the first answer, in the soak). Found by the fault soak.
+#[tokio::test]
+async fn a_failed_response_is_not_retried_once_another_answer_came() {
+    let w = world(settings()).await;
+    let id = sid("moot-retry");
+    let handle = w.handler.create_session(id.clone(), "consultation-moot-retry".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let s = w.realtime.session(1).await;
+    let failed = |id: &str| RealtimeEvent::ResponseDone { response_id: Some(id.into()), status: ResponseStatus::Failed, reason: Some("inference_rate_limit_exceeded".into()), usage: None };
+    let creates = |s: &consultant_fakes::memory::ScriptedSession| s.commands().into_iter().filter(|c| matches!(c, RealtimeCommand::CreateResponse { .. })).count();
+    assert_eq!(creates(&s), 1, "the greeting is asked for");
+    s.emit(RealtimeEvent::ResponseStarted { response_id: "r0".into() }).await;
+    s.emit(failed("r0")).await;
+    // The caller speaks before the retry is due, and the service answers them.
+    s.user_says("u1", "Меня зовут Олег").await;
+    s.agent_says("a1", "Очень приятно, Олег.", 100).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(creates(&s), 0, "no second answer for the failed one");
+
+    // Nothing came after a failure: it is asked for again.
+    s.emit(RealtimeEvent::ResponseStarted { response_id: "r2".into() }).await;
+    s.emit(failed("r2")).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(creates(&s), 1);
+    w.handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
 }
 
 #[tokio::test]
@@ -525,6 +656,43 @@ async fn a_full_disk_loses_no_message_and_does_not_end_the_call() {
     assert_eq!(outcome.status, SessionStatus::Completed);
 }
 
+/// The disk is full just as the call ends: finalize retries until it can write, so every
+/// message and the final anketa are stored and the session is closed. Before, the dialogue was
+/// dropped after one failed write and the session left open. Found by the fault soak.
+#[tokio::test]
+async fn a_disk_full_at_the_end_of_the_call_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap());
+    let store = Arc::new(FlakyStore { inner: sqlite.clone(), broken: false.into(), anketas_broken: false.into(), anketa_failures: 0.into() });
+    let realtime = ScriptedRealtime::new();
+    let ports = Ports { connector: realtime.clone(), store: store.clone(), extractor: CountingExtractor::new() };
+    let handler = VoiceHandler::start(Arc::new(settings()), ports, Telemetry::new()).await.unwrap();
+    let id = sid("fullatend");
+    let handle = handler.create_session(id.clone(), "consultation-fullatend".into(), RecordingAudio::new()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let rt = realtime.session(1).await;
+    rt.user_says("u1", "Меня зовут Олег").await;
+    wait_messages(&sqlite, &id, 1).await;
+    store.broken.store(true, Ordering::SeqCst);
+    rt.agent_says("a1", "Очень приятно.", 100).await;
+    rt.user_says("u2", "До свидания").await;
+    let heal = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            store.broken.store(false, Ordering::SeqCst);
+        })
+    };
+    let outcome = handler.end_session(&id, EndReason::CallerLeft).await.unwrap();
+    heal.await.unwrap();
+    assert_eq!(outcome.status, SessionStatus::Completed);
+    let stored: Vec<_> = sqlite.load_messages(&id).await.unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(stored, ["Меня зовут Олег", "Очень приятно.", "До свидания"]);
+    let detail = sqlite.session_detail(&id).await.unwrap();
+    assert_eq!(detail.record.status, SessionStatus::Completed);
+    assert_eq!(detail.anketa_history.iter().filter(|a| a.is_final).count(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_connect_shows_as_reconnecting_until_the_restart() {
     let mut s = settings();
@@ -621,6 +789,32 @@ async fn the_realtime_recycle_waits_for_the_caller_to_finish_speaking() {
 /// dialogue replayed; while the caller speaks nothing changes; a standby made stale by new
 /// messages is replaced; at the first quiet moment the caller's audio moves to the standby
 /// from one frame to the next: every frame reaches exactly one session, in order.
+/// A session that fails while an answer is still being heard does not hand over to its
+/// standby, which was configured before that answer and would never learn it: the restart
+/// replays it.
+#[tokio::test(start_paused = true)]
+async fn a_session_failing_while_an_answer_plays_is_replaced_by_one_that_knows_the_answer() {
+    let mut s = settings();
+    s.realtime_recycle_after = Some(Duration::from_secs(5));
+    let w = paused_world(s).await;
+    let id = sid("standby-stale");
+    let audio = RecordingAudio::new();
+    let handle = w.handler.create_session(id.clone(), "consultation-standby-stale".into(), audio.clone()).await.unwrap();
+    handle.wait_ready().await.unwrap();
+    let first = w.realtime.session(1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    audio.playing.store(true, Ordering::SeqCst);
+    first.agent_says("a1", "Обычно две недели.", 3000).await;
+    // Past the recycle time a standby opens; it cannot take over while the answer plays.
+    let standby = w.realtime.session(2).await;
+    assert!(standby.setup.history.is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.drop_connection("connection reset by peer").await;
+    let next = w.realtime.session(3).await;
+    let replayed: Vec<_> = next.setup.history.iter().map(|m| (m.text.as_str(), m.interrupted)).collect();
+    assert_eq!(replayed, vec![("Обычно две недели.", false)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_realtime_session_rolls_over_make_before_break_without_losing_a_frame() {
     let mut s = settings();

@@ -731,3 +731,55 @@ async fn a_rate_limited_response_is_asked_for_again() {
     let statuses: Vec<String> = fake.sessions().iter().flat_map(|s| s.responses.iter().map(|r| r.status.clone())).collect();
     assert_eq!(statuses, vec!["completed", "completed", "failed", "completed"], "the failed response was asked for again");
 }
+
+/// The socket breaks while the client still has the server's last events to read and its
+/// writer finds the break first (it sends the caller's audio every 20 ms): those events - here
+/// a caller's transcript - must still come out, before the disconnect. The reader is held
+/// back by a full event queue until the writer has failed; then both are ready, and without
+/// the fix its `select!` could take the failure and drop the frames (it did in the first
+/// round when this test was written). Found by the fault soak (tests/soak.rs).
+#[tokio::test]
+async fn what_the_server_said_before_the_socket_broke_is_read_even_if_a_write_fails_first() {
+    for round in 0..10 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.send(Message::text(json!({ "type": "session.created", "session": { "id": "s1" } }).to_string())).await.unwrap();
+            while let Some(Ok(frame)) = ws.next().await {
+                if frame.to_text().is_ok_and(|t| t.contains("session.update")) {
+                    break;
+                }
+            }
+            ws.send(Message::text(json!({ "type": "session.updated", "session": {} }).to_string())).await.unwrap();
+            // More events than the client's event queue holds, then the last words, then the
+            // connection goes (no close frame).
+            for _ in 0..1200 {
+                ws.feed(Message::text(r#"{"type":"input_audio_buffer.speech_started"}"#)).await.unwrap();
+            }
+            let words = json!({ "type": "conversation.item.input_audio_transcription.completed", "item_id": "u1", "transcript": "последние слова" });
+            ws.send(Message::text(words.to_string())).await.unwrap();
+        });
+        let mut config = RealtimeConfig::new(RealtimeFlavour::AzureGa, endpoint, Secret::new("k"));
+        config.deployment = "d".into();
+        let client = AzureRealtimeClient::new(config, ClientTls::default()).unwrap();
+        let mut conn = client.connect(setup(&[])).await.expect("connects");
+        server.await.unwrap();
+        // The caller's audio keeps going until the writer finds the socket broken.
+        let deadline = Instant::now() + WAIT;
+        while conn.commands.send(RealtimeCommand::AppendAudio(vec![0i16; 480].into())).await.is_ok() {
+            assert!(Instant::now() < deadline, "round {round}: the writer never failed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut transcript = None;
+        loop {
+            match next_event(&mut conn).await {
+                RealtimeEvent::UserTranscript { text, .. } => transcript = Some(text),
+                RealtimeEvent::Disconnected { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(transcript.as_deref(), Some("последние слова"), "round {round}");
+    }
+}

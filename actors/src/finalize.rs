@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use ractor::ActorRef;
+use tokio::time::Instant;
 
 use crate::anketa::Anketa;
 use crate::dialogue::{DialogueMessage, SessionId};
@@ -59,6 +60,31 @@ pub struct FinalizeJob {
     pub turn_latency_ms: Vec<u64>,
 }
 
+/// How long finalize keeps retrying a failing store (a briefly full or locked disk) in each of
+/// its two writing phases before it gives up and leaves the session to start-up recovery: the
+/// dialogue exists nowhere else once it returns.
+const STORE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs a store write until it succeeds or `deadline` passes, backing off between tries.
+async fn patiently<F, Fut>(deadline: Instant, mut write: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in = ?delay, "store write failed during finalize; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Generates the final anketa from the whole dialogue and stores it with the final status.
 /// Used at the end of every consultation and by start-up recovery of interrupted sessions.
 pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
@@ -68,13 +94,14 @@ pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
         None => false,
     };
     if !drained {
+        let deadline = Instant::now() + STORE_PATIENCE;
         for message in &job.dialogue {
-            if let Err(e) = job.store.append_message(&job.session_id, message).await {
+            if let Err(e) = patiently(deadline, || job.store.append_message(&job.session_id, message)).await {
                 tracing::error!(session_id = %job.session_id, seq = message.seq, error = %e, "could not store a dialogue message during finalize");
             }
         }
         for record in &job.unsaved_anketas {
-            if let Err(e) = job.store.save_anketa(&job.session_id, record).await {
+            if let Err(e) = patiently(deadline, || job.store.save_anketa(&job.session_id, record)).await {
                 tracing::error!(session_id = %job.session_id, message_count = record.message_count, error = %e, "could not store a periodic anketa during finalize");
             }
         }
@@ -101,12 +128,13 @@ pub async fn finalize_consultation(job: FinalizeJob) -> SessionOutcome {
     }
     let ended_at = Utc::now();
     let record = AnketaRecord { anketa: anketa.clone(), provenance: provenance.clone(), message_count: job.dialogue.len(), is_final: true, at: ended_at };
-    if let Err(e) = job.store.save_anketa(&job.session_id, &record).await {
+    let deadline = Instant::now() + STORE_PATIENCE;
+    if let Err(e) = patiently(deadline, || job.store.save_anketa(&job.session_id, &record)).await {
         tracing::error!(session_id = %job.session_id, error = %e, "could not store the final anketa");
         status = SessionStatus::Failed;
         failure = Some(format!("final anketa not stored: {e}"));
     }
-    if let Err(e) = job.store.set_status(&job.session_id, status, failure.as_deref(), Some(ended_at)).await {
+    if let Err(e) = patiently(deadline, || job.store.set_status(&job.session_id, status, failure.as_deref(), Some(ended_at))).await {
         tracing::error!(session_id = %job.session_id, error = %e, "could not store the final status");
     }
     tracing::info!(session_id = %job.session_id, status = %status, fields = anketa.filled(), "final_anketa_saved");

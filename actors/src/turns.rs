@@ -40,11 +40,14 @@ struct AgentTurn {
     received_samples: u64,
     /// Set on barge-in: how much the caller heard.
     played_ms: Option<u64>,
+    /// The response ended (so) while its audio still plays: the model speaks faster than the
+    /// caller hears, and a barge-in may still cut what is left.
+    done: Option<ResponseStatus>,
 }
 
 impl AgentTurn {
     fn new(item_id: String, transcript: String) -> Self {
-        Self { item_id, transcript, transcript_done: false, received_samples: 0, played_ms: None }
+        Self { item_id, transcript, transcript_done: false, received_samples: 0, played_ms: None, done: None }
     }
 
     fn received_ms(&self) -> u64 {
@@ -130,12 +133,18 @@ impl Turns {
         (ready, true)
     }
 
-    pub fn agent_transcript_delta(&mut self, item_id: &str, delta: &str) {
+    /// What finished before it (an answer still playing out, superseded by the next one).
+    pub fn agent_transcript_delta(&mut self, item_id: &str, delta: &str) -> Vec<FinalText> {
+        let mut ready = Vec::new();
+        if self.agent.as_ref().is_some_and(|t| t.done.is_some() && t.item_id != item_id) {
+            ready = self.finish_agent(None);
+        }
         match self.agent.as_mut() {
             Some(turn) if turn.item_id == item_id && !turn.transcript_done => turn.transcript.push_str(delta),
             Some(_) => {}
             None => self.agent = Some(AgentTurn::new(item_id.to_owned(), delta.to_owned())),
         }
+        ready
     }
 
     pub fn agent_transcript_done(&mut self, item_id: &str, text: &str) {
@@ -154,20 +163,53 @@ impl Turns {
         Some(heard)
     }
 
-    /// The realtime link dropped mid-answer: if nothing of it was playing, nothing was heard
-    /// past a barge-in; the answer ends here.
-    pub fn realtime_lost(&mut self, was_playing: bool) -> Vec<FinalText> {
-        if let Some(turn) = self.agent.as_mut() {
-            if !was_playing {
-                turn.played_ms = None;
+    /// The realtime link dropped mid-answer: the answer ends with what was received (cut where
+    /// the caller barged in). While its audio still `playing`, it is final once heard out or
+    /// cut, as an answer the model finished ([`Turns::agent_response_done`]).
+    pub fn realtime_lost(&mut self, playing: bool) -> Vec<FinalText> {
+        let status = self.agent.as_ref().and_then(|t| t.done).unwrap_or(ResponseStatus::Incomplete);
+        self.agent_response_done(status, playing)
+    }
+
+    /// The answer still being heard, as it will be stored if heard to the end (a new realtime
+    /// session is told it, so that the model knows what it was saying).
+    pub fn playing_out(&self) -> Option<FinalText> {
+        let turn = self.agent.as_ref().filter(|t| t.done.is_some())?;
+        let text = turn.transcript.trim();
+        (!text.is_empty()).then(|| FinalText { role: Role::Assistant, text: text.to_owned(), interrupted: turn.done != Some(ResponseStatus::Completed) })
+    }
+
+    /// The response ended. While its audio still `playing`, the answer is final only once
+    /// heard to the end or cut by a barge-in ([`Turns::agent_heard`]).
+    pub fn agent_response_done(&mut self, status: ResponseStatus, playing: bool) -> Vec<FinalText> {
+        match self.agent.as_mut() {
+            Some(turn) if playing && turn.played_ms.is_none() => {
+                turn.done = Some(status);
+                Vec::new()
             }
+            _ => self.finish_agent(Some(status)),
         }
-        self.finish_agent(Some(ResponseStatus::Incomplete))
+    }
+
+    /// An answer whose response ended is no longer playing (heard out, or just cut): final now.
+    pub fn agent_heard(&mut self) -> Vec<FinalText> {
+        if self.awaiting_playout() {
+            self.finish_agent(None)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// An ended answer is still being heard.
+    pub fn awaiting_playout(&self) -> bool {
+        self.agent.as_ref().is_some_and(|t| t.done.is_some())
     }
 
     /// Ends the assistant item in flight: the stored text is what the caller actually heard.
+    /// The response's own status wins once it is known.
     pub fn finish_agent(&mut self, status: Option<ResponseStatus>) -> Vec<FinalText> {
         let Some(turn) = self.agent.take() else { return Vec::new() };
+        let status = turn.done.or(status);
         let received_ms = turn.received_ms();
         let (text, interrupted) = match turn.played_ms {
             Some(played) if played < received_ms => (heard_prefix(&turn.transcript, played, received_ms), true),
@@ -278,6 +320,60 @@ mod tests {
         assert_eq!(t.agent_interrupted(&PlayedAudio { item_id: "other".into(), played_ms: 5 }), None);
         assert_eq!(t.agent_audio("a1", SECOND), (vec![], false));
         assert_eq!(t.finish_agent(Some(ResponseStatus::Cancelled)), vec![agent("раз два", true)]);
+    }
+
+    #[test]
+    fn an_answer_generated_faster_than_heard_is_final_once_heard_or_cut() {
+        let mut t = Turns::default();
+        t.agent_item_started("a1");
+        t.agent_audio("a1", 2 * SECOND);
+        t.agent_transcript_done("a1", "раз два три четыре");
+        assert!(t.agent_response_done(ResponseStatus::Completed, true).is_empty(), "still being heard");
+        assert!(t.awaiting_playout() && !t.is_idle());
+        // The caller cuts in after 1 s of 2: the heard half is the answer.
+        assert_eq!(t.agent_interrupted(&PlayedAudio { item_id: "a1".into(), played_ms: 1000 }), Some(1000));
+        assert_eq!(t.agent_heard(), vec![agent("раз два", true)]);
+        assert!(t.agent_heard().is_empty() && t.is_idle());
+
+        // Heard to the end: whole, not interrupted, even if the link drops meanwhile.
+        t.agent_item_started("a2");
+        t.agent_audio("a2", SECOND);
+        t.agent_transcript_done("a2", "пять шесть");
+        assert!(t.agent_response_done(ResponseStatus::Completed, true).is_empty());
+        assert!(t.realtime_lost(true).is_empty());
+        assert_eq!(t.playing_out(), Some(agent("пять шесть", false)));
+        assert_eq!(t.agent_heard(), vec![agent("пять шесть", false)]);
+
+        // Not playing any more when it ends: final at once; the next answer's words finish a
+        // previous one still playing out.
+        t.agent_item_started("a3");
+        t.agent_transcript_done("a3", "семь");
+        assert_eq!(t.agent_response_done(ResponseStatus::Completed, false), vec![agent("семь", false)]);
+        t.agent_item_started("a4");
+        t.agent_transcript_done("a4", "восемь");
+        t.agent_response_done(ResponseStatus::Completed, true);
+        assert_eq!(t.agent_transcript_delta("a5", "девять"), vec![agent("восемь", false)]);
+    }
+
+    #[test]
+    fn an_answer_cut_by_a_drop_is_what_was_heard_of_it() {
+        let mut t = Turns::default();
+        // The link drops while the received part still plays; after the reconnect the caller
+        // cuts in: the heard part of what was received is the answer.
+        t.agent_item_started("a1");
+        t.agent_audio("a1", 2 * SECOND);
+        t.agent_transcript_delta("a1", "раз два три четыре");
+        assert!(t.realtime_lost(true).is_empty());
+        assert_eq!(t.playing_out(), Some(agent("раз два три четыре", true)));
+        t.agent_interrupted(&PlayedAudio { item_id: "a1".into(), played_ms: 1000 });
+        assert_eq!(t.agent_heard(), vec![agent("раз два", true)]);
+
+        // Cut by the caller, then the link drops before the response ends: still the cut part.
+        t.agent_item_started("a2");
+        t.agent_audio("a2", 2 * SECOND);
+        t.agent_transcript_delta("a2", "пять шесть семь восемь");
+        t.agent_interrupted(&PlayedAudio { item_id: "a2".into(), played_ms: 1000 });
+        assert_eq!(t.realtime_lost(false), vec![agent("пять шесть", true)]);
     }
 
     #[test]

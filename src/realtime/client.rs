@@ -255,7 +255,7 @@ impl AzureRealtimeClient {
         if is_fatal_code(error.code.as_deref()) {
             return RealtimeFailure::Fatal(format!("realtime session refused: {}", error.describe()));
         }
-        if error.kind.as_deref() == Some("invalid_request_error") {
+        if error.kind.as_deref() == Some("invalid_request_error") && !names_something_else(error) {
             return RealtimeFailure::Fatal(format!(
                 "the realtime service rejected the session configuration for flavour {} ({}): if the endpoint speaks the other protocol generation, switch realtime.flavour between \"{}\" and \"{}\"",
                 self.config.flavour,
@@ -289,6 +289,16 @@ impl AzureRealtimeClient {
             }
         }
     }
+}
+
+/// An error met while configuring that names something other than what configure sent (a
+/// decoder error, a rate limit...): not a rejection of the configuration, so retrying may
+/// work. One that names a session field or a replayed item, or names nothing, is taken as one.
+fn names_something_else(error: &ErrorInfo) -> bool {
+    const VALIDATION: [&str; 5] = ["unknown_parameter", "missing_required_parameter", "invalid_value", "invalid_type", "string_above_max_length"];
+    let other_param = error.param.as_deref().is_some_and(|p| !["session", "item", "previous_item_id", "type"].iter().any(|ours| p.starts_with(ours)));
+    let other_code = error.code.as_deref().is_some_and(|c| !VALIDATION.contains(&c));
+    other_param || other_code
 }
 
 async fn send_json(socket: &mut Socket, value: &serde_json::Value) -> Result<(), RealtimeFailure> {
@@ -355,7 +365,7 @@ mod tests {
     fn messages(flavour: RealtimeFlavour) -> Vec<String> {
         // An endpoint whose host names no flavour-like word, so only the advice is scanned.
         let client = AzureRealtimeClient::new(RealtimeConfig::new(flavour, "http://127.0.0.1:9", Secret::new("k")), ClientTls::default()).unwrap();
-        let rejected = ErrorInfo { kind: Some("invalid_request_error".into()), ..Default::default() };
+        let rejected = ErrorInfo { kind: Some("invalid_request_error".into()), code: Some("unknown_parameter".into()), param: Some("session.type".into()), ..Default::default() };
         let text = |f: RealtimeFailure| match f {
             RealtimeFailure::Fatal(m) | RealtimeFailure::Transient(m) => m,
             other => panic!("handshake and setup errors are fatal or transient: {other:?}"),
@@ -365,6 +375,34 @@ mod tests {
             text(client.handshake_failure(StatusCode::NOT_FOUND, None)),
             text(client.setup_error(&rejected)),
         ]
+    }
+
+    /// A stray error while configuring (the soak injected a decoder_error into a reconnect)
+    /// used to end the whole call as a rejected configuration; only a rejection of what
+    /// configure sent is fatal now.
+    #[test]
+    fn only_a_rejection_of_the_configuration_is_fatal_while_configuring() {
+        let client = AzureRealtimeClient::new(RealtimeConfig::new(RealtimeFlavour::AzureGa, "http://127.0.0.1:9", Secret::new("k")), ClientTls::default()).unwrap();
+        let error = |code: Option<&str>, param: Option<&str>| ErrorInfo {
+            kind: Some("invalid_request_error".into()),
+            code: code.map(str::to_owned),
+            param: param.map(str::to_owned),
+            ..Default::default()
+        };
+        for rejection in [
+            error(Some("missing_required_parameter"), Some("session.type")),
+            error(Some("unknown_parameter"), Some("session.modalities")),
+            error(Some("invalid_value"), Some("item.content[0].type")),
+            error(None, None),
+        ] {
+            let failure = client.setup_error(&rejection);
+            assert!(failure.is_fatal() && failure.to_string().contains("rejected the session configuration"), "{rejection:?}: {failure:?}");
+        }
+        for stray in [error(Some("decoder_error"), None), error(Some("input_audio_buffer_commit_empty"), None), error(None, Some("audio"))] {
+            assert!(matches!(client.setup_error(&stray), RealtimeFailure::Transient(_)), "{stray:?}");
+        }
+        let quota = ErrorInfo { kind: Some("insufficient_quota".into()), code: Some("insufficient_quota".into()), ..Default::default() };
+        assert!(client.setup_error(&quota).is_fatal());
     }
 
     #[test]

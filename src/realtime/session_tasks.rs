@@ -127,6 +127,9 @@ impl Writer {
     }
 }
 
+/// How long a reader whose writer failed waits for more of what the server sent.
+const DRAIN_AFTER_WRITE_FAILURE: Duration = Duration::from_millis(250);
+
 pub(super) struct Reader {
     client: AzureRealtimeClient,
     events: mpsc::Sender<RealtimeEvent>,
@@ -150,8 +153,11 @@ impl Reader {
     pub(super) async fn run(mut self, mut stream: SplitStream<Socket>, mut writer_failed: mpsc::Receiver<String>, stop: watch::Sender<bool>) {
         let cause = loop {
             let frame = tokio::select! {
+                // What the server sent comes first: a failed write must not cut off what it said
+                // before the socket broke (its last words, a caller's late transcript).
+                biased;
                 frame = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => frame,
-                Some(reason) = writer_failed.recv() => break RealtimeFailure::Transient(reason),
+                Some(reason) = writer_failed.recv() => break self.after_write_failure(&mut stream, reason).await,
             };
             let step = match frame {
                 Err(_) => Step::End(RealtimeFailure::Transient(format!("no data from the realtime server for {SILENCE_LIMIT:?} (not even a pong)"))),
@@ -172,6 +178,26 @@ impl Reader {
             tracing::warn!(cause = %cause, "realtime connection ended");
         }
         let _ = self.events.send(RealtimeEvent::Disconnected { cause }).await;
+    }
+
+    /// The writer found the socket broken; what the server sent before may still be arriving.
+    /// It is read (until the stream ends, or nothing comes for a moment) and its end, if seen,
+    /// names the cause better than the failed write.
+    async fn after_write_failure(&mut self, stream: &mut SplitStream<Socket>, reason: String) -> RealtimeFailure {
+        loop {
+            match tokio::time::timeout(DRAIN_AFTER_WRITE_FAILURE, stream.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if let Step::End(cause) = self.on_text(&text).await {
+                        return cause;
+                    }
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => return self.closed(frame.as_ref()),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return self.lost(&format!("the realtime connection dropped: {e}")),
+                Ok(None) => return self.lost("the realtime connection was closed without a close frame"),
+                Err(_) => return RealtimeFailure::Transient(reason),
+            }
+        }
     }
 
     fn near_expiry(&self) -> bool {

@@ -3,6 +3,8 @@
 //! intensity window, or give up with the cause).
 
 use std::sync::Arc;
+
+use chrono::Utc;
 use tokio::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
@@ -15,6 +17,19 @@ use crate::ports::RealtimeSetup;
 use crate::realtime::{RealtimeActor, RealtimeArgs};
 use crate::restart::RestartDecision;
 use crate::telemetry::RealtimeLinkState;
+
+impl ConsultationState {
+    /// What a new realtime session is told: the dialogue, and the answer the caller is still
+    /// hearing from the session that failed (not stored yet: it may still be cut).
+    fn replay_history(&self) -> Vec<crate::dialogue::DialogueMessage> {
+        let mut history = self.session.dialogue.clone();
+        if let Some(answer) = self.turns.playing_out() {
+            let seq = history.last().map_or(0, |m| m.seq) + 1;
+            history.push(crate::dialogue::DialogueMessage { seq, role: answer.role, text: answer.text, at: Utc::now(), interrupted: answer.interrupted });
+        }
+        history
+    }
+}
 
 impl ConsultationActor {
     pub(super) async fn spawn_child(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, kind: ChildKind) -> Result<(), ActorProcessingErr> {
@@ -42,7 +57,7 @@ impl ConsultationActor {
                 let setup = RealtimeSetup {
                     session_id: state.session.session_id.clone(),
                     instructions: state.current_instructions(),
-                    history: state.session.dialogue.clone(),
+                    history: state.replay_history(),
                     tools: state.tools(),
                 };
                 state.instructions_sent = Some(setup.instructions.clone());
@@ -115,6 +130,14 @@ impl ConsultationActor {
         }
     }
 
+    /// The Realtime child `id` failed, and every event it sent before is handled: unless it is no
+    /// longer the current session (a standby took over, the call ended), restart or give up.
+    pub(super) fn on_realtime_failed(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, id: ractor::ActorId, reason: String, fatal: bool) {
+        if state.realtime.actor.as_ref().is_some_and(|a| a.get_id() == id) {
+            Self::on_child_failure(myself, state, ChildKind::Realtime, reason, fatal);
+        }
+    }
+
     /// A child failed: restart it with backoff, or give up past the intensity window.
     pub(super) fn on_child_failure(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, kind: ChildKind, reason: String, fatal: bool) {
         Self::forget_child(state, kind);
@@ -129,6 +152,10 @@ impl ConsultationActor {
             state.caller_speaking = false;
             let ready = state.turns.realtime_lost(state.audio_out.is_playing());
             state.store_final(ready);
+            if state.turns.awaiting_playout() {
+                // What was received still plays: stored once heard out, or as far as heard.
+                myself.send_after(super::conversation::HEARD_POLL, || ConsultationMsg::CheckHeard);
+            }
             state.response_active = false;
             // A call whose answer never finished belongs to the lost session: the next one
             // never heard of it (and it was not stored, so it is not replayed).

@@ -17,6 +17,8 @@ use crate::turns::FinalText;
 /// Failed responses asked again in a row, and the pause before the first retry.
 const RESPONSE_RETRIES: u32 = 2;
 const RESPONSE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often an answer that ended while still playing is looked at until it has been heard.
+pub(super) const HEARD_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl ConsultationState {
     /// Final messages join the dialogue, the console, the room's transcript and the store.
@@ -40,6 +42,21 @@ impl ConsultationState {
     }
 }
 
+impl ConsultationState {
+    /// Asks again for the response that failed when `started` responses had started. Not if
+    /// another has started since, nor while the caller speaks: the caller was (or is about to
+    /// be) answered, and a second answer would repeat it or talk over them.
+    pub(super) fn retry_response(&mut self, started: u64) {
+        if self.finalizing || self.response_active || self.is_ending() || self.caller_speaking || self.responses_started != started {
+            return;
+        }
+        // Before the greeting there is nothing to answer yet: ask for the greeting again.
+        let greeted = self.session.dialogue.iter().any(|m| m.role == crate::dialogue::Role::Assistant);
+        let instructions = (!greeted).then(|| self.args.settings.greeting_instruction.clone());
+        self.send_realtime(RealtimeCommand::CreateResponse { instructions });
+    }
+}
+
 impl ConsultationActor {
     pub(super) fn on_realtime_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RealtimeEvent) {
         if matches!(event, RealtimeEvent::SpeechStarted { .. } | RealtimeEvent::SpeechStopped { .. } | RealtimeEvent::ResponseDone { .. }) {
@@ -57,6 +74,9 @@ impl ConsultationActor {
                         tracing::info!(session_id = %state.session.session_id, item_id = %played.item_id, played_ms = heard, "barge-in: agent interrupted");
                     }
                 }
+                // An ended answer, heard out or just cut, is final before the caller's turn.
+                let ready = state.turns.agent_heard();
+                state.store_final(ready);
                 state.speech_stopped_at = None;
                 state.caller_speaking = true;
                 state.silence_prompted = false;
@@ -69,6 +89,8 @@ impl ConsultationActor {
                 state.audio_out.agent_state(AgentState::Thinking);
             }
             RealtimeEvent::UserItemCommitted { item_id } => {
+                let ready = state.turns.agent_heard();
+                state.store_final(ready);
                 if state.turns.user_committed(&item_id) {
                     let wait = state.args.settings.transcript_wait;
                     myself.send_after(wait, move || ConsultationMsg::TranscriptTimeout { item_id });
@@ -84,6 +106,7 @@ impl ConsultationActor {
                 state.store_final(ready);
             }
             RealtimeEvent::ResponseStarted { .. } => {
+                state.responses_started += 1;
                 state.response_active = true;
                 state.response_audio = false;
                 state.audio_out.agent_state(AgentState::Thinking);
@@ -116,7 +139,10 @@ impl ConsultationActor {
                     state.args.telemetry.metrics().worker_added_latency.observe(received.elapsed());
                 }
             }
-            RealtimeEvent::AgentTranscriptDelta { item_id, delta } => state.turns.agent_transcript_delta(&item_id, &delta),
+            RealtimeEvent::AgentTranscriptDelta { item_id, delta } => {
+                let ready = state.turns.agent_transcript_delta(&item_id, &delta);
+                state.store_final(ready);
+            }
             RealtimeEvent::AgentTranscriptDone { item_id, text } => state.turns.agent_transcript_done(&item_id, &text),
             RealtimeEvent::ToolCall(call) => state.pending_tool_calls.push(call),
             RealtimeEvent::ResponseDone { status, reason, usage, .. } => {
@@ -134,13 +160,20 @@ impl ConsultationActor {
                         state.response_retries += 1;
                         let delay = RESPONSE_RETRY_DELAY * state.response_retries;
                         tracing::info!(session_id = %state.session.session_id, attempt = state.response_retries, ?delay, "asking for the failed response again");
-                        myself.send_after(delay, || ConsultationMsg::RetryResponse);
+                        let started = state.responses_started;
+                        myself.send_after(delay, move || ConsultationMsg::RetryResponse { started });
                     }
                 } else if status == ResponseStatus::Completed {
                     state.response_retries = 0;
                 }
-                let ready = state.turns.finish_agent(Some(status));
+                // The model speaks faster than the caller hears: an answer still playing is final
+                // once heard (a barge-in may cut it yet). Tool entries follow their answer at once.
+                let playing = state.audio_out.is_playing() && state.pending_tool_calls.is_empty();
+                let ready = state.turns.agent_response_done(status, playing);
                 state.store_final(ready);
+                if state.turns.awaiting_playout() {
+                    myself.send_after(HEARD_POLL, || ConsultationMsg::CheckHeard);
+                }
                 // A goodbye said before this answer's tool call stays the goodbye.
                 let ending_before = state.is_ending();
                 Self::on_tool_calls(myself, state);
@@ -154,6 +187,19 @@ impl ConsultationActor {
                 state.args.telemetry.event("realtime_error", state.child_path(ChildKind::Realtime), format!("{}: {message}", code.unwrap_or_default()));
             }
             RealtimeEvent::Disconnected { .. } => {} // handled by the Realtime actor failing
+        }
+    }
+
+    /// An answer that ended while playing: final once it is no longer heard.
+    pub(super) fn check_heard(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState) {
+        if state.finalizing || !state.turns.awaiting_playout() {
+            return;
+        }
+        if state.audio_out.is_playing() {
+            myself.send_after(HEARD_POLL, || ConsultationMsg::CheckHeard);
+        } else {
+            let ready = state.turns.agent_heard();
+            state.store_final(ready);
         }
     }
 

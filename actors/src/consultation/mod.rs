@@ -151,6 +151,8 @@ pub enum ConsultationMsg {
     /// The realtime session is up; caller audio goes straight into its socket writer's queue.
     RealtimeReady { generation: u64, audio: mpsc::Sender<RealtimeCommand> },
     Realtime { generation: u64, event: RealtimeEvent },
+    /// The Realtime child `id` failed: posted behind the events it sent before failing.
+    RealtimeFailed { id: ractor::ActorId, reason: String, fatal: bool },
     Persisted { seq: u32 },
     /// The periodic anketa of this dialogue length is durable.
     AnketaPersisted { message_count: usize },
@@ -158,10 +160,13 @@ pub enum ConsultationMsg {
     ExtractionFailed { error: String, message_count: usize },
     RestartChild(ChildKind),
     TranscriptTimeout { item_id: String },
-    /// Ask again for a response that failed before any audio (a provider rate limit).
-    RetryResponse,
+    /// Ask again for a response that failed before any audio (a provider rate limit), unless
+    /// another started since (`started`: how many had started when it failed).
+    RetryResponse { started: u64 },
     /// Has the goodbye played out? (polled while it plays)
     CheckEnded,
+    /// Has the answer that ended while playing been heard? (polled)
+    CheckHeard,
     Tick,
     End(EndReason),
     /// Operator: run an extraction now.
@@ -230,6 +235,8 @@ pub struct ConsultationState {
     item_audio_timed: bool,
     /// Failed responses asked again in a row.
     response_retries: u32,
+    /// Responses started in this call (a retry is moot once another has started).
+    responses_started: u64,
     /// The goodbye in progress, once the call is ending.
     ending: Option<ending::Ending>,
     /// Function calls of the current answer, handled when it is done.
@@ -382,6 +389,7 @@ impl Actor for ConsultationActor {
             response_audio: false,
             item_audio_timed: false,
             response_retries: 0,
+            responses_started: 0,
             ending: None,
             pending_tool_calls: Vec::new(),
             instructions_sent: None,
@@ -455,12 +463,13 @@ impl Actor for ConsultationActor {
                 }
             }
             ConsultationMsg::Realtime { generation, event } => {
-                // Supervision events overtake mailbox messages: once the child is known to have
-                // failed, its events still queued here are stale (the turn was already closed).
+                // Events of a session that was replaced (restart, rollover) are stale. A failed
+                // current session's are not: its failure is handled behind them.
                 if generation == state.realtime.generation && state.realtime.actor.is_some() && !state.finalizing {
                     Self::on_realtime_event(&myself, state, event);
                 }
             }
+            ConsultationMsg::RealtimeFailed { id, reason, fatal } => Self::on_realtime_failed(&myself, state, id, reason, fatal),
             ConsultationMsg::Persisted { seq } => {
                 state.persisted_upto = state.persisted_upto.max(seq);
                 let interval = state.args.settings.extraction_interval.max(1);
@@ -519,14 +528,8 @@ impl Actor for ConsultationActor {
                 }
             }
             ConsultationMsg::CheckEnded => Self::check_ended(&myself, state),
-            ConsultationMsg::RetryResponse => {
-                if !state.finalizing && !state.response_active && !state.is_ending() {
-                    // Before the greeting there is nothing to answer yet: ask for the greeting again.
-                    let greeted = state.session.dialogue.iter().any(|m| m.role == crate::dialogue::Role::Assistant);
-                    let instructions = (!greeted).then(|| state.args.settings.greeting_instruction.clone());
-                    state.send_realtime(RealtimeCommand::CreateResponse { instructions });
-                }
-            }
+            ConsultationMsg::CheckHeard => Self::check_heard(&myself, state),
+            ConsultationMsg::RetryResponse { started } => state.retry_response(started),
             ConsultationMsg::Tick => {
                 if !state.finalizing {
                     Self::on_tick(&myself, state);
@@ -559,6 +562,15 @@ impl Actor for ConsultationActor {
                 let Some(kind) = Self::which_child(state, &cell) else { return Ok(()) };
                 let fatal = error.downcast_ref::<RealtimeFailure>().is_some_and(RealtimeFailure::is_fatal)
                     || error.downcast_ref::<RoomFailure>().is_some_and(RoomFailure::is_fatal);
+                if kind == ChildKind::Realtime {
+                    // ractor delivers supervision events ahead of the mailbox, where the session's
+                    // last events (the caller's late words, the answer's last words) may still
+                    // wait. Handled behind them, the failure closes the turn only once they are in.
+                    let failed = ConsultationMsg::RealtimeFailed { id: cell.get_id(), reason: error.to_string(), fatal };
+                    if myself.send_message(failed).is_ok() {
+                        return Ok(());
+                    }
+                }
                 Self::on_child_failure(&myself, state, kind, error.to_string(), fatal);
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {

@@ -123,7 +123,9 @@ impl ConsultationActor {
 
     /// Promotes a ready standby that is still current. False if there is none.
     pub(super) fn switch_to_standby(state: &mut ConsultationState) -> bool {
-        let current = state.realtime.standby.as_ref().is_some_and(|s| s.audio.is_some() && s.dialogue_len == state.session.dialogue.len());
+        // An answer still being heard is not in the dialogue yet, so not in the standby's replay.
+        let current = state.realtime.standby.as_ref().is_some_and(|s| s.audio.is_some() && s.dialogue_len == state.session.dialogue.len())
+            && state.turns.playing_out().is_none();
         if !current {
             return false;
         }

@@ -25,11 +25,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+#[path = "realtime_response.rs"]
+mod response_rules;
 #[path = "realtime_session.rs"]
 mod session_rules;
+#[path = "realtime_spoken.rs"]
+mod spoken;
 #[path = "realtime_tools.rs"]
 mod tools;
 
+pub use spoken::Spoken;
 pub use tools::ScriptedCall;
 
 const RATE: u64 = 24_000;
@@ -212,6 +217,8 @@ pub struct ResponseRecord {
     pub text: String,
     pub status: String,
     pub audio_ms_sent: u64,
+    /// The answer's words sent so far (transcript deltas, then the done event's text).
+    pub transcript_sent: String,
 }
 
 /// Everything one connection received and did.
@@ -275,6 +282,9 @@ struct Shared {
     script: Mutex<Script>,
     /// Audio deltas sent, with when (benchmarks measure arrival latency against these).
     delta_log: Mutex<Option<Vec<Instant>>>,
+    spoken: Mutex<Vec<Spoken>>,
+    /// Faults as they took effect.
+    applied: Mutex<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -308,6 +318,8 @@ impl FakeRealtime {
             fault_signal: watch::channel(0).0,
             script: Mutex::new(Script::default()),
             delta_log: Mutex::new(None),
+            spoken: Mutex::new(Vec::new()),
+            applied: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -350,6 +362,17 @@ impl FakeRealtime {
     /// Starts recording the send instant of every audio delta.
     pub fn log_deltas(&self) {
         *self.shared.delta_log.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// Every injected fault (handshake faults included) that took effect, in order: a
+    /// `DropMidResponse` once it dropped, a `FailNextResponse` once a response failed.
+    pub fn faults_applied(&self) -> Vec<String> {
+        self.shared.applied.lock().unwrap().clone()
+    }
+
+    /// The conversation as the fake lived it, across its connections (see [`Spoken`]).
+    pub fn spoken(&self) -> Vec<Spoken> {
+        self.shared.spoken.lock().unwrap().clone()
     }
 
     pub fn take_delta_log(&self) -> Vec<Instant> {
@@ -435,6 +458,9 @@ fn check_request(options: &FakeRealtimeOptions, request: &Request) -> Result<Fak
 
 async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let fault = shared.handshake_faults.lock().unwrap().pop_front();
+    if let Some(f) = &fault {
+        shared.applied(format!("handshake {f:?}"));
+    }
     if let Some(HandshakeFault::Slow(delay)) = &fault {
         tokio::time::sleep(*delay).await;
     }
@@ -714,6 +740,10 @@ impl Session {
     async fn on_faults(&mut self, sink: &mut Sink) -> Flow {
         loop {
             let Some(fault) = self.shared.faults.lock().unwrap().pop_front() else { return Flow::Continue };
+            // These two act later, and are logged when they do.
+            if !matches!(fault, Fault::DropMidResponse { .. } | Fault::FailNextResponse { .. }) {
+                self.shared.applied(format!("{fault:?}"));
+            }
             let flow = match fault {
                 Fault::DropMidResponse { after_deltas } => {
                     self.drop_after = Some(after_deltas);
@@ -812,7 +842,9 @@ impl Session {
             "response.create" => {
                 let e = event.clone();
                 self.record(|r| r.response_creates.push(e));
-                if self.response.is_some() {
+                if let Err((code, message, param)) = response_rules::validate(self.protocol, &event) {
+                    self.error(sink, "invalid_request_error", Some(code), &message, Some(&param), event_id.as_deref()).await
+                } else if self.response.is_some() {
                     self.error(sink, "invalid_request_error", Some("conversation_already_has_active_response"), "Conversation already has an active response in progress.", None, event_id.as_deref()).await
                 } else {
                     let pending = self.pending_answer.take();
@@ -1067,8 +1099,13 @@ impl Session {
         let item = json!({ "id": item_id, "object": "realtime.item", "type": "message", "status": "completed", "role": "user", "content": [{ "type": "input_audio", "transcript": null }] });
         let name = self.name("conversation.item.created", "conversation.item.added");
         self.send(sink, json!({ "type": name, "previous_item_id": previous, "item": item })).await?;
+        if self.protocol == FakeProtocol::Ga {
+            // GA finishes every item, the caller's too: a second event naming the same turn.
+            self.send(sink, json!({ "type": "conversation.item.done", "previous_item_id": previous, "item": item })).await?;
+        }
         self.items.push(item_id.clone());
         self.last_item = Some(item_id.clone());
+        self.spoke_user(&item_id);
         self.record(|r| r.user_turns += 1);
         let responding = create_response.unwrap_or(false) && self.response.is_none();
         let delivered = turn.transcript == TranscriptTiming::BeforeItem;
@@ -1099,7 +1136,9 @@ impl Session {
         }
         if turn.transcript == TranscriptTiming::Failed {
             let error = json!({ "type": "transcription_error", "code": "audio_unintelligible", "message": "Audio could not be transcribed", "param": null });
-            return self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.failed", "item_id": item_id, "content_index": 0, "error": error })).await;
+            self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.failed", "item_id": item_id, "content_index": 0, "error": error })).await?;
+            self.told_transcript(item_id, None);
+            return Ok(());
         }
         if turn.transcript == TranscriptTiming::BeforeItem {
             // Streamed word by word first, as the GA transcription models do.
@@ -1107,7 +1146,9 @@ impl Session {
                 self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.delta", "item_id": item_id, "content_index": 0, "delta": word })).await?;
             }
         }
-        self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.completed", "item_id": item_id, "content_index": 0, "transcript": turn.user, "usage": { "type": "duration", "seconds": 2 } })).await
+        self.send(sink, json!({ "type": "conversation.item.input_audio_transcription.completed", "item_id": item_id, "content_index": 0, "transcript": turn.user, "usage": { "type": "duration", "seconds": 2 } })).await?;
+        self.told_transcript(item_id, Some(&turn.user));
+        Ok(())
     }
 
     fn voice_for(&self, text: &str) -> Arc<[i16]> {
@@ -1125,6 +1166,7 @@ impl Session {
         let item_id = self.next_id("item");
         self.send(sink, json!({ "type": "response.created", "response": { "id": response_id, "object": "realtime.response", "status": "in_progress", "status_details": null, "output": [], "usage": null } })).await?;
         if let Some(code) = self.fail_next.take() {
+            self.shared.applied(format!("FailNextResponse {code}"));
             // As the service ends a rate-limited response: no output, the reason in status_details.
             if let Some((item, turn)) = late_transcript {
                 self.deliver_transcript(sink, &item, &turn).await?;
@@ -1132,8 +1174,9 @@ impl Session {
             let details = json!({ "type": "failed", "error": { "type": "invalid_request_error", "code": code, "message": "injected by the test" } });
             {
                 let mut connections = self.shared.connections.lock().unwrap();
-                let record = ResponseRecord { response_id: response_id.clone(), item_id, text: text.clone(), status: "failed".into(), audio_ms_sent: 0 };
+                let record = ResponseRecord { response_id: response_id.clone(), item_id, text: text.clone(), status: "failed".into(), ..Default::default() };
                 connections[self.index].responses.push(record);
+                self.spoke_agent(connections[self.index].responses.len() - 1);
             }
             self.pending_answer = Some(text);
             return self.send(sink, json!({ "type": "response.done", "response": { "id": response_id, "object": "realtime.response", "status": "failed", "status_details": details, "output": [], "usage": null } })).await;
@@ -1154,9 +1197,10 @@ impl Session {
         let record_index = {
             let mut connections = self.shared.connections.lock().unwrap();
             let responses = &mut connections[self.index].responses;
-            responses.push(ResponseRecord { response_id: response_id.clone(), item_id: item_id.clone(), text: text.clone(), status: "in_progress".into(), audio_ms_sent: 0 });
+            responses.push(ResponseRecord { response_id: response_id.clone(), item_id: item_id.clone(), text: text.clone(), status: "in_progress".into(), ..Default::default() });
             responses.len() - 1
         };
+        self.spoke_agent(record_index);
         let pcm = self.voice_for(&text);
         let words = text.split_inclusive(' ').map(str::to_owned).collect();
         self.response = Some(Response { id: response_id, item_id, text, words, pcm, sent_samples: 0, words_sent: 0, deltas_sent: 0, started: Instant::now(), late_transcript, record_index, call });
@@ -1216,12 +1260,14 @@ impl Session {
             if !words.is_empty() {
                 let name = if protocol == FakeProtocol::Beta { "response.audio_transcript.delta" } else { "response.output_audio_transcript.delta" };
                 self.send(sink, json!({ "type": name, "response_id": id, "item_id": item_id, "output_index": 0, "content_index": 0, "delta": words })).await?;
+                self.record(|rec| rec.responses[record_index].transcript_sent.push_str(&words));
             }
             if let Some((user_item, turn)) = late {
                 self.deliver_transcript(sink, &user_item, &turn).await?;
             }
             if self.drop_after.is_some_and(|n| deltas >= n) {
                 self.drop_after = None;
+                self.shared.applied(format!("DropMidResponse after {deltas} deltas"));
                 return Ok(Flow::End("dropped mid-response (injected)".into()));
             }
             return Ok(Flow::Continue);
@@ -1256,6 +1302,8 @@ impl Session {
             FakeProtocol::Ga => ("response.output_audio_transcript.done", "response.output_audio.done"),
         };
         self.send(sink, json!({ "type": tdone, "response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0, "transcript": transcript })).await?;
+        let told = transcript.clone();
+        self.record(|rec| rec.responses[r.record_index].transcript_sent = told);
         self.send(sink, json!({ "type": adone, "response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0 })).await?;
         self.send(sink, json!({ "type": "response.content_part.done", "response_id": r.id, "item_id": r.item_id, "output_index": 0, "content_index": 0, "part": { "type": "audio", "transcript": transcript } })).await?;
         let content_type = self.name("audio", "output_audio");
