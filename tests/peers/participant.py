@@ -140,11 +140,17 @@ async def record(args):
     def on_join(p):
         say("participant_connected", identity=p.identity, kind=int(p.kind))
 
+    def target_gone():
+        if not any(o.identity == target.get("identity") for o in room.remote_participants.values()):
+            done.set()
+
     @room.on("participant_disconnected")
     def on_leave(p):
         say("participant_disconnected", identity=p.identity)
         if target.get("identity") == p.identity:
-            done.set()
+            # A reconnect of ours shows the publisher leaving and coming back: end only if
+            # it is still gone a moment later.
+            asyncio.get_event_loop().call_later(1.5, target_gone)
 
     # What the server's LeaveRequests do to the SDK: a resume shows as reconnecting/reconnected,
     # a removal as disconnected with its reason (the recording then ends).
