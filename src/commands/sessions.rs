@@ -80,7 +80,7 @@ fn speaker(role: Role) -> &'static str {
     }
 }
 
-pub fn value_text(value: &Value) -> String {
+fn value_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join(", "),

@@ -130,13 +130,8 @@ async fn final_anketa(State(sh): State<Arc<Shared>>, Path(id): Path<String>) -> 
     if !detail.anketa_history.iter().any(|a| a.is_final) {
         return refuse(StatusCode::NOT_FOUND, "not finalized yet");
     }
-    let text = sh
-        .server
-        .fields
-        .iter()
-        .filter_map(|f| detail.anketa.0.get(&f.name).map(|v| format!("{}: {}", f.description, crate::commands::sessions::value_text(v))))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // The same text the room's anketa panel got during the call.
+    let text = detail.anketa.readable(&sh.server.fields);
     Json(json!({ "status": detail.record.status, "anketa": detail.anketa, "text": text })).into_response()
 }
 
