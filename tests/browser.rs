@@ -160,6 +160,9 @@ async fn a_browser_caller_talks_to_the_consultant_with_livekit_clients_defaults(
     for state in ["listening", "speaking"] {
         assert!(states.contains(&state), "the page never saw lk.agent.state = {state}: {states:?}");
     }
+    // The end time is told once; the page counts down itself.
+    let timers = of("attributes").filter(|e| e["changed"].get("consultant.ends_at").is_some()).count();
+    assert_eq!(timers, 1, "consultant.ends_at sent {timers} times");
     let anketa: Vec<&str> = of("anketa").map(|e| e["text"].as_str().unwrap_or_default()).collect();
     assert!(anketa.iter().any(|t| t.contains("Иван")), "the anketa panel never showed the name: {anketa:?}");
     let final_anketa = of("final_anketa").next().expect("the final anketa reached the page after the hang-up");

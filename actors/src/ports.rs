@@ -232,8 +232,9 @@ pub trait AgentAudioOutput: Send + Sync + 'static {
     /// What the agent does now; the output itself shows `speaking` while it plays. Default:
     /// not shown.
     fn agent_state(&self, _state: AgentState) {}
-    /// The consultation's status and the seconds it has left. Default: not shown.
-    fn call_status(&self, _status: SessionStatus, _remaining_secs: u64) {}
+    /// The consultation's status and when its time is up (fixed for the call, so a page
+    /// counts down itself instead of being told every second). Default: not shown.
+    fn call_status(&self, _status: SessionStatus, _ends_at: DateTime<Utc>) {}
     /// The anketa as it fills in, as readable text. Default: not shown.
     fn anketa(&self, _text: &str) {}
 }

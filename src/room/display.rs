@@ -1,7 +1,7 @@
 //! What the room's participants see of the consultation besides the agent's voice, in LiveKit's
 //! frontend conventions: the agent participant's `lk.agent.state` attribute (initializing,
-//! listening, thinking, speaking), our own `consultant.status` and `consultant.remaining_secs`
-//! attributes, the anketa as a text stream on topic `consultant.anketa`, and the transcript
+//! listening, thinking, speaking), our own `consultant.status` and `consultant.ends_at` (Unix
+//! seconds: the page counts down itself) attributes, the anketa as a text stream on topic `consultant.anketa`, and the transcript
 //! history for a caller who joins late. Shared by every restart of the Room (it lives in the
 //! playout), so a rejoin neither repeats nor loses any of it.
 
@@ -14,22 +14,22 @@ use livekit_protocol as proto;
 
 pub const STATE_ATTRIBUTE: &str = "lk.agent.state";
 pub const STATUS_ATTRIBUTE: &str = "consultant.status";
-pub const REMAINING_ATTRIBUTE: &str = "consultant.remaining_secs";
+pub const ENDS_AT_ATTRIBUTE: &str = "consultant.ends_at";
 pub const ANKETA_TOPIC: &str = "consultant.anketa";
 
 /// The attributes as last published: compared every tick, rebuilt only when they change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attributes {
     state: AgentState,
-    status: Option<(SessionStatus, u64)>,
+    status: Option<(SessionStatus, i64)>,
 }
 
 impl Attributes {
     pub fn to_request(self) -> proto::UpdateParticipantMetadata {
         let mut attributes = HashMap::from([(STATE_ATTRIBUTE.to_owned(), self.state.as_str().to_owned())]);
-        if let Some((status, remaining)) = self.status {
+        if let Some((status, ends_at)) = self.status {
             attributes.insert(STATUS_ATTRIBUTE.to_owned(), status.as_str().to_owned());
-            attributes.insert(REMAINING_ATTRIBUTE.to_owned(), remaining.to_string());
+            attributes.insert(ENDS_AT_ATTRIBUTE.to_owned(), ends_at.to_string());
         }
         proto::UpdateParticipantMetadata { attributes, ..Default::default() }
     }
@@ -37,7 +37,7 @@ impl Attributes {
 
 struct Inner {
     state: AgentState,
-    status: Option<(SessionStatus, u64)>,
+    status: Option<(SessionStatus, i64)>,
     /// The latest anketa not yet sent.
     anketa: Option<String>,
     /// Transcripts sent so far, for callers who join later.
@@ -66,8 +66,9 @@ impl RoomDisplay {
         self.lock().state = state;
     }
 
-    pub fn set_status(&self, status: SessionStatus, remaining_secs: u64) {
-        self.lock().status = Some((status, remaining_secs));
+    /// The status and when the time is up (Unix seconds).
+    pub fn set_status(&self, status: SessionStatus, ends_at: i64) {
+        self.lock().status = Some((status, ends_at));
     }
 
     pub fn set_anketa(&self, text: &str) {
@@ -118,10 +119,10 @@ mod tests {
         let d = RoomDisplay::default();
         assert_eq!(d.attributes(false).to_request().attributes, HashMap::from([(STATE_ATTRIBUTE.to_owned(), "initializing".to_owned())]));
         d.set_state(AgentState::Listening);
-        d.set_status(SessionStatus::Active, 125);
+        d.set_status(SessionStatus::Active, 1_796_000_125);
         assert_eq!(d.attributes(true).to_request().attributes[STATE_ATTRIBUTE], "speaking");
         let attrs = d.attributes(false).to_request().attributes;
-        assert_eq!((attrs[STATE_ATTRIBUTE].as_str(), attrs[STATUS_ATTRIBUTE].as_str(), attrs[REMAINING_ATTRIBUTE].as_str()), ("listening", "active", "125"));
+        assert_eq!((attrs[STATE_ATTRIBUTE].as_str(), attrs[STATUS_ATTRIBUTE].as_str(), attrs[ENDS_AT_ATTRIBUTE].as_str()), ("listening", "active", "1796000125"));
         assert_eq!(d.attributes(false), d.attributes(false), "unchanged attributes compare equal (nothing re-sent)");
     }
 

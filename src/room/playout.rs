@@ -204,8 +204,8 @@ impl AgentAudioOutput for Playout {
         self.display.set_state(state);
     }
 
-    fn call_status(&self, status: SessionStatus, remaining_secs: u64) {
-        self.display.set_status(status, remaining_secs);
+    fn call_status(&self, status: SessionStatus, ends_at: chrono::DateTime<chrono::Utc>) {
+        self.display.set_status(status, ends_at.timestamp());
     }
 
     fn anketa(&self, text: &str) {

@@ -219,7 +219,8 @@ impl ConsultationActor {
         }
         Self::silence_tick(myself, state);
         Self::check_ended(myself, state);
-        state.audio_out.call_status(state.session.status, state.session.remaining().as_secs());
+        let ends_at = state.session.started_at + state.session.max_duration;
+        state.audio_out.call_status(state.session.status, ends_at);
         if state.finalizing {
             return;
         }
