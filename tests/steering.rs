@@ -235,3 +235,24 @@ async fn a_silent_caller_is_asked_once_then_the_agent_says_goodbye_and_ends() {
     assert_eq!(outcome.reason, "the caller stayed silent");
     assert_eq!(outcome.dialogue.last().unwrap().text, "До свидания!");
 }
+
+/// The goodbye has already been heard when the answer with the call ends: the call ends at
+/// once, and the tool's output still reaches the session before it is closed.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_ends_at_once_still_answers_the_tool_before_closing() {
+    let c = call(settings(), "bye-now").await;
+    let s = c.realtime.session(1).await;
+    s.agent_says("a0", "Здравствуйте!", 100).await;
+    s.user_says("u1", "До свидания").await;
+    s.emit(RealtimeEvent::ResponseStarted { response_id: "r1".into() }).await;
+    s.emit(RealtimeEvent::AgentAudio { item_id: "a1".into(), pcm: vec![1000i16; 2400].into(), received: std::time::Instant::now() }).await;
+    s.emit(RealtimeEvent::AgentTranscriptDone { item_id: "a1".into(), text: "До свидания!".into() }).await;
+    s.emit(RealtimeEvent::ToolCall(ToolCall { call_id: "call_3".into(), name: END_CONSULTATION.into(), arguments: "{}".into() })).await;
+    s.emit(RealtimeEvent::ResponseDone { response_id: None, status: ResponseStatus::Completed, reason: None, usage: None }).await;
+    let outcome = c.handle.wait_finished().await.unwrap();
+    assert_eq!(outcome.reason, "the caller said goodbye (end_consultation)");
+    let commands = s.commands();
+    let result = commands.iter().position(|c| matches!(c, RealtimeCommand::ToolResult(r) if r.call_id == "call_3"));
+    let close = commands.iter().position(|c| matches!(c, RealtimeCommand::Close));
+    assert!(result.is_some() && result < close, "the output reaches the session before it closes: {commands:#?}");
+}

@@ -244,13 +244,18 @@ impl ConsultationActor {
         ready.extend(state.turns.close());
         state.store_final(ready);
         state.stop_standby("finalizing");
+        let realtime_up = state.realtime.audio.is_some();
         for (kind, actor) in [
             (ChildKind::Realtime, state.realtime.actor.take().map(|a| a.get_cell())),
             (ChildKind::Extraction, state.extraction.take().map(|a| a.get_cell())),
             // Leaving the room ends the job's media at once; the caller hears nothing more.
             (ChildKind::Room, state.room.actor.take()),
         ] {
-            if let Some(cell) = actor {
+            let Some(cell) = actor else { continue };
+            // Commands already sent to a live session (a tool's output, a truncate) reach its
+            // socket before it closes: a stop would overtake them in the mailbox.
+            let drained = kind == ChildKind::Realtime && realtime_up && cell.drain().is_ok();
+            if !drained {
                 cell.stop(Some(format!("finalizing ({})", kind.name())));
             }
         }
