@@ -30,7 +30,7 @@ pub(crate) async fn agent_ws(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let token = auth::token_from(&headers, q.get("access_token").map(String::as_str));
-    let claims = match auth::verify(&sh.cfg.api_key, &sh.cfg.api_secret, token.as_deref()) {
+    let claims = match auth::verify(&sh.cfg, token.as_deref()) {
         Ok(c) if c.video.agent => c,
         Ok(_) => return reject(&sh, "/agent", AuthError::Denied("token lacks the agent grant".into())),
         Err(e) => return reject(&sh, "/agent", e),

@@ -296,8 +296,7 @@ async fn run_dispatch(sh: SharedRef, job_id: String) {
         let room = j.room.clone();
         let perms = g.workers.get(&worker_id).and_then(|w| w.permissions.clone());
         let token = match auth::mint_agent_token(
-            &sh.cfg.api_key,
-            &sh.cfg.api_secret,
+            &sh.cfg,
             &room,
             &identity,
             &resp,

@@ -5,6 +5,8 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use livekit_api::access_token::{AccessToken, Claims, TokenVerifier, VideoGrants};
 
+use crate::LoopbackConfig;
+
 /// Why a request was refused. Never contains the token itself.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthError {
@@ -28,19 +30,48 @@ pub(crate) fn token_from(headers: &HeaderMap, query_token: Option<&str>) -> Opti
     query_token.filter(|t| !t.is_empty()).map(str::to_string)
 }
 
-pub(crate) fn verify(key: &str, secret: &str, token: Option<&str>) -> Result<Claims, AuthError> {
+pub(crate) fn verify(cfg: &LoopbackConfig, token: Option<&str>) -> Result<Claims, AuthError> {
     let token = token.ok_or(AuthError::Missing)?;
-    TokenVerifier::with_api_key(key, secret)
+    let claims = TokenVerifier::with_api_key(&cfg.api_key, &cfg.api_secret)
         .verify(token)
         // The jsonwebtoken error text names the failed check, not the token.
-        .map_err(|e| AuthError::Invalid(e.to_string()))
+        .map_err(|e| AuthError::Invalid(e.to_string()))?;
+    // jsonwebtoken allows 60 s past `exp`, as livekit-server does; a shorter configured
+    // leeway is applied here (tests of token refresh cannot wait a minute).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    if now > claims.exp as u64 + cfg.token_leeway.as_secs() {
+        return Err(AuthError::Invalid("ExpiredSignature".into()));
+    }
+    Ok(claims)
+}
+
+/// A fresh token for a connected participant, as livekit-server's `refreshToken`: the same
+/// identity, name, kind, metadata, attributes, grants and room configuration, valid for
+/// 10 minutes or what the original still had, whichever is longer.
+pub(crate) fn refreshed_token(cfg: &LoopbackConfig, c: &Claims) -> Result<String, AuthError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let remaining = (c.exp as u64).saturating_sub(now);
+    let ttl = Duration::from_secs(remaining.max(600));
+    let mut t = AccessToken::with_api_key(&cfg.api_key, &cfg.api_secret)
+        .with_identity(&c.sub)
+        .with_kind(&c.kind)
+        .with_grants(c.video.clone())
+        .with_ttl(ttl)
+        .with_metadata(&c.metadata)
+        .with_attributes(c.attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if !c.name.is_empty() {
+        t = t.with_name(&c.name);
+    }
+    if let Some(rc) = &c.room_config {
+        t = t.with_room_config(rc.clone());
+    }
+    t.to_jwt().map_err(|e| AuthError::Invalid(e.to_string()))
 }
 
 /// Mint the room token of an agent for an assignment: roomJoin for that room, agent grant,
-/// kind "agent", valid one hour, publish/subscribe/data as the worker asked at registration.
+/// kind "agent", valid `agent_token_ttl` (one hour, as livekit-server), publish/subscribe/data as the worker asked at registration.
 pub(crate) fn mint_agent_token(
-    key: &str,
-    secret: &str,
+    cfg: &LoopbackConfig,
     room: &str,
     identity: &str,
     answer: &livekit_protocol::AvailabilityResponse,
@@ -64,11 +95,11 @@ pub(crate) fn mint_agent_token(
         hidden,
         ..Default::default()
     };
-    let mut t = AccessToken::with_api_key(key, secret)
+    let mut t = AccessToken::with_api_key(&cfg.api_key, &cfg.api_secret)
         .with_identity(identity)
         .with_kind("agent")
         .with_grants(grants)
-        .with_ttl(Duration::from_secs(3600))
+        .with_ttl(cfg.agent_token_ttl)
         .with_metadata(metadata)
         .with_attributes(attributes.iter().map(|(k, v)| (k.clone(), v.clone())));
     if !name.is_empty() {

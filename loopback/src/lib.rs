@@ -97,8 +97,11 @@ pub mod auth;
 pub mod peers;
 pub mod rooms;
 pub mod rtc;
+mod config;
 mod cors;
 mod metadata;
+mod permissions;
+mod room_notices;
 mod sfu;
 pub mod state;
 mod twirp;
@@ -110,6 +113,7 @@ use std::time::Duration;
 use axum::routing::{any, get, post};
 use tokio::sync::{broadcast, watch, Notify};
 
+pub use config::LoopbackConfig;
 pub use livekit_protocol as proto;
 pub use state::{
     DispatchSnapshot, JobSnapshot, JobStatus, ParticipantKind, ParticipantSnapshot, RawFrame, RoomSnapshot,
@@ -117,52 +121,31 @@ pub use state::{
 };
 use state::{Shared, SharedRef, WorkerOut};
 
-/// Server settings. `Default` = the `livekit-server --dev` keys (`devkey` / `secret`),
-/// 127.0.0.1 with an ephemeral port, and the real server's timings.
-#[derive(Debug, Clone)]
-pub struct LoopbackConfig {
-    pub api_key: String,
-    pub api_secret: String,
-    /// Where to listen. Port 0 = ephemeral.
-    pub bind: SocketAddr,
-    /// How long a worker has to answer an availability request (real server: 10 s).
-    pub availability_timeout: Duration,
-    /// WebSocket ping period on `/agent` (real server: 10 s).
-    pub ws_ping_interval: Duration,
-    /// How long a new `/agent` connection has to send `register`.
-    pub register_timeout: Duration,
-    /// `JobAssignment.url`; `None` = empty, the worker uses its own URL.
-    pub assignment_url: Option<String>,
-    /// Version string in ServerInfo.
-    pub server_version: String,
-    /// How long a participant whose signalling socket was lost (no leave) stays in the room
-    /// waiting for a resume (`/rtc?reconnect=1&sid=`) before it is removed.
-    pub reconnect_grace: Duration,
-    /// Bound of the event log ([`LoopbackServer::events`]); `None` (the default, for tests)
-    /// keeps every event. The binary sets 10 000 so long manual runs do not grow forever.
-    pub max_logged_events: Option<usize>,
-}
-
-impl Default for LoopbackConfig {
-    fn default() -> Self {
-        Self {
-            api_key: "devkey".into(),
-            api_secret: "secret".into(),
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            availability_timeout: Duration::from_secs(10),
-            ws_ping_interval: Duration::from_secs(10),
-            register_timeout: Duration::from_secs(10),
-            assignment_url: None,
-            server_version: "1.9.0-loopback".into(),
-            reconnect_grace: Duration::from_secs(2),
-            max_logged_events: None,
+/// The server's periodic room work (livekit-server's background and room workers): idle
+/// rooms close, room updates and connection quality go out.
+async fn room_timers(sh: std::sync::Weak<Shared>) {
+    let quality_every = match sh.upgrade() {
+        Some(s) => s.cfg.connection_quality_interval,
+        None => return,
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut quality = tokio::time::interval(quality_every);
+    let mut told = room_notices::Told::default();
+    loop {
+        let quality_due = tokio::select! {
+            _ = tick.tick() => false,
+            _ = quality.tick() => true,
+        };
+        let Some(sh) = sh.upgrade() else { return };
+        if *sh.shutdown.borrow() {
+            return;
         }
-    }
-}
-
-impl LoopbackConfig {
-    pub fn with_keys(api_key: &str, api_secret: &str) -> Self {
-        Self { api_key: api_key.into(), api_secret: api_secret.into(), ..Default::default() }
+        if quality_due {
+            room_notices::connection_quality(&sh, &mut told);
+        } else {
+            rooms::close_idle_rooms(&sh);
+            room_notices::room_updates(&sh, &mut told);
+        }
     }
 }
 
@@ -214,6 +197,7 @@ impl LoopbackServer {
                 tracing::error!(error = %e, "loopback server failed");
             }
         });
+        tokio::spawn(room_timers(Arc::downgrade(&sh)));
         tracing::info!(%addr, "loopback LiveKit server listening");
         Ok(Self { sh, addr, task: Arc::new(std::sync::Mutex::new(Some(task))) })
     }

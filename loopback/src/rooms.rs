@@ -61,6 +61,9 @@ pub(crate) fn create_room_locked(
             participants: Default::default(),
             next_seq: 0,
             dispatch_ids: Vec::new(),
+            created: std::time::Instant::now(),
+            ever_joined: false,
+            last_left: None,
         },
     );
     tracing::info!(room = %name, %sid, "room created");
@@ -101,15 +104,15 @@ pub(crate) fn close_room_locked(sh: &SharedRef, g: &mut Inner, name: &str, reaso
 }
 
 /// A participant left (leave request, socket gone, replaced). Terminates the jobs whose agent
-/// it was, tells the others, and closes the room when it is empty.
+/// it was and tells the others; the room closes later if it stays empty (`close_idle_rooms`).
 pub(crate) fn participant_left_locked(sh: &SharedRef, g: &mut Inner, room: &str, conn_id: u64, reason: &str, why: proto::DisconnectReason) {
     let Some(r) = g.rooms.get_mut(room) else { return };
     let Some(key) = r.participants.iter().find(|(_, p)| p.conn_id == conn_id).map(|(k, _)| *k) else {
         return; // already gone
     };
     let p = r.participants.remove(&key).expect("found above");
+    r.last_left = Some(std::time::Instant::now());
     let identity = p.identity.as_str();
-    let empty = r.participants.is_empty();
     let mut gone = p.info();
     gone.state = proto::participant_info::State::Disconnected as i32;
     gone.disconnect_reason = why as i32;
@@ -130,7 +133,29 @@ pub(crate) fn participant_left_locked(sh: &SharedRef, g: &mut Inner, room: &str,
             agent::terminate_job_locked(sh, g, &j, "agent left the room");
         }
     }
-    if empty {
-        close_room_locked(sh, g, room, "room empty");
+}
+
+/// livekit-server's `CloseIfEmpty`, run every second: a room where only agents (or nobody)
+/// remain closes once its departure timeout has passed since the last participant left, or,
+/// if nobody ever joined and left, once its empty timeout has passed since it was created.
+/// A room's own timeout (from CreateRoom) wins over the server default; 0 means the default.
+pub(crate) fn close_idle_rooms(sh: &SharedRef) {
+    let mut g = sh.lock();
+    let now = std::time::Instant::now();
+    let idle: Vec<(String, &'static str)> = g
+        .rooms
+        .values()
+        .filter(|r| r.participants.values().all(|p| p.kind == ParticipantKind::Agent))
+        .filter_map(|r| {
+            let or_default = |secs: u32, default| if secs > 0 { std::time::Duration::from_secs(secs.into()) } else { default };
+            match (r.ever_joined, r.last_left) {
+                (true, Some(left)) => (now - left >= or_default(r.departure_timeout, sh.cfg.departure_timeout)).then_some("departure timeout"),
+                _ => (now - r.created >= or_default(r.empty_timeout, sh.cfg.empty_timeout)).then_some("empty timeout"),
+            }
+            .map(|why| (r.name.clone(), why))
+        })
+        .collect();
+    for (name, why) in idle {
+        close_room_locked(sh, &mut g, &name, why);
     }
 }

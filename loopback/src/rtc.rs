@@ -67,6 +67,9 @@ pub enum SignalOut {
     MediaFailed(String),
     /// Drop the socket without leave (fault hook, or replaced by a resume).
     DropSocket,
+    /// A message that needs nothing else done (room update, speakers, connection quality,
+    /// subscription permission).
+    Notice(Box<Resp>),
 }
 
 pub(crate) async fn rtc_v1_not_found() -> Response {
@@ -75,7 +78,7 @@ pub(crate) async fn rtc_v1_not_found() -> Response {
 
 fn check_join(sh: &SharedRef, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Claims, AuthError> {
     let token = auth::token_from(headers, q.get("access_token").map(String::as_str));
-    let c = auth::verify(&sh.cfg.api_key, &sh.cfg.api_secret, token.as_deref())?;
+    let c = auth::verify(&sh.cfg, token.as_deref())?;
     if !c.video.room_join || c.video.room.is_empty() {
         return Err(AuthError::Denied("token lacks roomJoin for a room".into()));
     }
@@ -157,6 +160,8 @@ struct Session {
     json: bool,
     /// The participant's signal generation this connection serves.
     gen: u64,
+    /// What the token said, for the refreshed tokens.
+    claims: Claims,
 }
 
 async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_subscribe: bool) {
@@ -207,9 +212,11 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
                 auto_subscribe,
                 signal_gen: 0,
                 version: 1,
+                subscription_permission: None,
             };
             let me = p.info();
             room.participants.insert(seq, p);
+            room.ever_joined = true;
             let others: Vec<&Participant> = room.participants.values().filter(|o| o.conn_id != conn_id).collect();
             let other_infos: Vec<proto::ParticipantInfo> =
                 others.iter().filter(|o| o.conn_id != old.unwrap_or(0)).map(|o| o.info()).collect();
@@ -281,6 +288,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
         sub_pc: conn_id * 2 + 1,
         json: false,
         gen: 0,
+        claims: claims.clone(),
     };
     let participant_sid = join.participant.as_ref().map(|p| p.sid.clone()).unwrap_or_default();
     if sink.send(encode(Resp::Join(join), false)).await.is_err() {
@@ -297,6 +305,7 @@ async fn participant_conn(sh: SharedRef, sock: WebSocket, claims: Claims, auto_s
         signal: tx.clone(),
         tracks,
     });
+    crate::permissions::apply_to_newcomer(&sh, &sh.lock(), &room_name, conn_id);
 
     let exit = serve(&mut s, sink, stream, rx).await;
     s.finish(exit);
@@ -317,8 +326,18 @@ type Stream = futures_util::stream::SplitStream<WebSocket>;
 async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc::UnboundedReceiver<SignalOut>) -> Exit {
     let sh = s.sh.clone();
     let mut shutdown = sh.shutdown.subscribe();
+    // As livekit-server: a first refresh right away, then one every interval.
+    let mut refresh = tokio::time::interval(sh.cfg.token_refresh_interval);
     loop {
         tokio::select! {
+            _ = refresh.tick() => {
+                match auth::refreshed_token(&sh.cfg, &s.claims) {
+                    Ok(token) => if sink.send(encode(Resp::RefreshToken(token), s.json)).await.is_err() {
+                        return Exit::Lost("signal send failed".into());
+                    },
+                    Err(e) => tracing::error!(error = %e, "could not refresh a participant token"),
+                }
+            }
             _ = shutdown.changed() => {
                 let _ = sink.send(encode(leave_msg(proto::DisconnectReason::ServerShutdown), s.json)).await;
                 let _ = sink.close().await;
@@ -330,12 +349,19 @@ async fn serve(s: &mut Session, mut sink: Sink, mut stream: Stream, mut rx: mpsc
                     SignalOut::Update(ps) => (Resp::Update(proto::ParticipantUpdate { participants: ps }), None),
                     SignalOut::Offer { sdp, id } => (Resp::Offer(sd("offer", sdp, id)), None),
                     SignalOut::Answer { sdp, id } => (Resp::Answer(sd("answer", sdp, id)), None),
+                    SignalOut::Notice(msg) => (*msg, None),
                     SignalOut::TrackSubscribed { track_sid } => (Resp::TrackSubscribed(proto::TrackSubscribed { track_sid }), None),
                     SignalOut::Trickle { candidate_init, target } => (Resp::Trickle(proto::TrickleRequest {
                         candidate_init, target: target.proto(), r#final: false,
                     }), None),
                     SignalOut::Leave(reason) => {
-                        let r = if reason.contains("duplicate") { proto::DisconnectReason::DuplicateIdentity } else { proto::DisconnectReason::RoomDeleted };
+                        let r = if reason.contains("duplicate") {
+                            proto::DisconnectReason::DuplicateIdentity
+                        } else if reason.contains("timeout") {
+                            proto::DisconnectReason::RoomClosed
+                        } else {
+                            proto::DisconnectReason::RoomDeleted
+                        };
                         (leave_msg(r), Some((reason, r)))
                     }
                     SignalOut::MediaFailed(reason) => {
@@ -456,6 +482,7 @@ async fn resume_conn(sh: SharedRef, sock: WebSocket, claims: Claims, sid: String
         sub_pc,
         json: false,
         gen,
+        claims: claims.clone(),
     };
     // As the real server: the reconnect answer, then the full participant list (self
     // included) so the client can reconcile what it missed, then the room.

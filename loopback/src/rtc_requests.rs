@@ -61,6 +61,11 @@ impl Session {
                 }
                 Handled::None
             }
+            Req::SubscriptionPermission(perm) => {
+                let mut g = sh.lock();
+                crate::permissions::set(&sh, &mut g, &self.room, self.conn_id, perm);
+                Handled::None
+            }
             Req::Leave(_) => Handled::Leave,
             Req::Ping(ts) => Handled::Reply(Box::new(Resp::Pong(ts))),
             Req::PingReq(p) => {
@@ -121,6 +126,7 @@ impl Session {
                 });
             }
         }
+        crate::permissions::apply_to_new_track(&sh, &g, &self.room, self.conn_id, &track_sid);
         tracing::info!(room = %self.room, identity = %self.identity, %track_sid, cid = %a.cid, "track published");
         sh.emit(&mut g, ServerEvent::TrackPublished {
             room: self.room.clone(),
@@ -159,7 +165,7 @@ impl Session {
                     gen
                 };
                 tracing::info!(room = %self.room, identity = %self.identity, %reason, "signalling lost; waiting for a resume");
-                let me = Session { sh: sh.clone(), room: self.room.clone(), identity: self.identity.clone(), json: false, ..*self };
+                let me = Session { sh: sh.clone(), room: self.room.clone(), identity: self.identity.clone(), json: false, claims: self.claims.clone(), ..*self };
                 tokio::spawn(async move {
                     tokio::time::sleep(me.sh.cfg.reconnect_grace).await;
                     let still_lost = {

@@ -27,6 +27,8 @@ use crate::state::{ServerEvent, Shared};
 mod relay;
 #[path = "sfu_sdp.rs"]
 mod sdp;
+#[path = "sfu_speakers.rs"]
+mod speakers;
 
 use sdp::sdp_sections;
 
@@ -87,6 +89,8 @@ pub(crate) enum MediaCmd {
     ReplaceSignal { pub_pc: PcId, sub_pc: PcId, signal: mpsc::UnboundedSender<SignalOut> },
     /// Stop forwarding these tracks (their publisher left).
     TracksGone { track_sids: Vec<String> },
+    /// The track's publisher allows or refuses it to this subscriber.
+    Permit { sub_pc: PcId, track_sid: String, allowed: bool },
 }
 
 /// Handle to the media task.
@@ -170,6 +174,9 @@ struct Engine {
     /// as soon as both its subscriber's answer and its own offer are in).
     ever_subscribed: HashSet<String>,
     told_subscribed: HashSet<String>,
+    speakers: speakers::Speakers,
+    /// Per subscriber PC: tracks its publishers' permissions refuse it (not forwarded).
+    denied: HashMap<PcId, HashSet<String>>,
 }
 
 async fn run(
@@ -179,10 +186,21 @@ async fn run(
     shared: std::sync::Weak<Shared>,
 ) {
     let socket = Arc::new(socket);
-    let mut e = Engine { addr, socket: socket.clone(), pcs: HashMap::new(), shared, ever_subscribed: HashSet::new(), told_subscribed: HashSet::new() };
+    let speaker_interval = shared.upgrade().map(|s| s.cfg.speaker_update_interval).unwrap_or(Duration::from_millis(400));
+    let mut e = Engine {
+        addr,
+        socket: socket.clone(),
+        pcs: HashMap::new(),
+        shared,
+        ever_subscribed: HashSet::new(),
+        told_subscribed: HashSet::new(),
+        speakers: speakers::Speakers::new(speaker_interval),
+        denied: HashMap::new(),
+    };
     let mut buf = vec![0u8; 2000];
     loop {
-        let next = e.drive();
+        e.announce_speakers();
+        let next = e.drive().min(e.speakers.next_check());
         let sleep_for = next.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         tokio::select! {
             cmd = rx.recv() => match cmd {
@@ -474,6 +492,7 @@ impl Engine {
                 self.offer_subscriber(sub_pc, false, false);
             }
             MediaCmd::RemoveParticipant { pub_pc, sub_pc } => {
+                self.denied.remove(&sub_pc);
                 for id in [pub_pc, sub_pc] {
                     if let Some(mut pc) = self.pcs.remove(&id) {
                         pc.rtc.disconnect();
@@ -499,6 +518,14 @@ impl Engine {
                 // As the real server does after a resume: an ICE restart offer on the subscriber.
                 if restart {
                     self.offer_subscriber(sub_pc, false, true);
+                }
+            }
+            MediaCmd::Permit { sub_pc, track_sid, allowed } => {
+                let denied = self.denied.entry(sub_pc).or_default();
+                if allowed {
+                    denied.remove(&track_sid);
+                } else {
+                    denied.insert(track_sid);
                 }
             }
             MediaCmd::TracksGone { track_sids } => {

@@ -86,14 +86,15 @@ impl Engine {
             let Some(pc) = self.pcs.get_mut(&from) else { return };
             let Some(sid) = pc.in_tracks.get(&data.mid).cloned() else { return };
             let first = pc.flowing.insert(data.mid);
+            self.speakers.heard(&pc.room, &pc.participant_sid, data.ext_vals.audio_level);
             (sid, first, pc.room.clone(), pc.identity.clone())
         };
         if first {
             tracing::info!(%room, %identity, %track_sid, "media flowing");
             self.emit(ServerEvent::MediaFlowing { room, identity, track_sid: track_sid.clone() });
         }
-        for pc in self.pcs.values_mut() {
-            if pc.target != Target::Subscriber {
+        for (id, pc) in self.pcs.iter_mut() {
+            if pc.target != Target::Subscriber || self.denied.get(id).is_some_and(|d| d.contains(&track_sid)) {
                 continue;
             }
             let Some(mid) = pc.out.iter().find(|o| o.open && o.spec.track_sid == track_sid).and_then(|o| o.mid) else {
@@ -103,6 +104,17 @@ impl Engine {
             let Some(pt) = w.match_params(data.params) else { continue };
             if let Err(err) = w.write(pt, data.network_time, data.time, data.data.clone()) {
                 tracing::debug!(error = %err, "forward write failed");
+            }
+        }
+    }
+
+    /// `speakers_changed` to everyone in a room whose speakers changed (sent once per
+    /// participant, on the signalling its subscriber PC belongs to).
+    pub(super) fn announce_speakers(&mut self) {
+        for (room, speakers) in self.speakers.check(Instant::now()) {
+            for pc in self.pcs.values().filter(|pc| pc.target == Target::Subscriber && pc.room == room) {
+                let msg = livekit_protocol::signal_response::Message::SpeakersChanged(livekit_protocol::SpeakersChanged { speakers: speakers.clone() });
+                let _ = pc.signal.send(SignalOut::Notice(Box::new(msg)));
             }
         }
     }

@@ -260,6 +260,8 @@ pub(crate) struct Participant {
     pub signal_gen: u64,
     /// `ParticipantInfo.version`: bumped by every change of its own info.
     pub version: u32,
+    /// Who may subscribe to its tracks; `None` = everyone (livekit-server's default).
+    pub subscription_permission: Option<proto::SubscriptionPermission>,
 }
 
 impl Participant {
@@ -295,6 +297,11 @@ pub(crate) struct Room {
     pub participants: BTreeMap<u64, Participant>,
     pub next_seq: u64,
     pub dispatch_ids: Vec<String>,
+    /// For the empty and departure timeouts: when the room was made, whether anyone ever
+    /// joined, when the last participant left.
+    pub created: std::time::Instant,
+    pub ever_joined: bool,
+    pub last_left: Option<std::time::Instant>,
 }
 
 impl Room {
@@ -308,7 +315,8 @@ impl Room {
             creation_time: self.created_at,
             creation_time_ms: self.created_at * 1000,
             metadata: self.metadata.clone(),
-            num_participants: self.participants.len() as u32,
+            // As livekit-server: agents (dependent participants) are not counted.
+            num_participants: self.participants.values().filter(|p| p.kind != ParticipantKind::Agent).count() as u32,
             num_publishers: self.participants.values().filter(|p| !p.tracks.is_empty()).count()
                 as u32,
             enabled_codecs: vec![proto::Codec { mime: "audio/opus".into(), fmtp_line: String::new() }],

@@ -115,7 +115,7 @@ fn handle(
     };
     let req = Req { json, body };
     let token = auth::token_from(headers, None);
-    let claims = auth::verify(&sh.cfg.api_key, &sh.cfg.api_secret, token.as_deref())
+    let claims = auth::verify(&sh.cfg, token.as_deref())
         .map_err(|e| TwirpError::unauthenticated(e.to_string()))?;
     match (service, method) {
         ("livekit.RoomService", "CreateRoom") => {
@@ -146,6 +146,17 @@ fn handle(
                 return Err(TwirpError::not_found(format!("room {} not found", r.room)));
             }
             Ok(req.reply(&proto::DeleteRoomResponse {}))
+        }
+        ("livekit.RoomService", "UpdateRoomMetadata") => {
+            need(claims.video.room_admin && (claims.video.room.is_empty() || claims.video.room == req.parse::<proto::UpdateRoomMetadataRequest>()?.room), "roomAdmin")?;
+            let r: proto::UpdateRoomMetadataRequest = req.parse()?;
+            let mut g = sh.lock();
+            let Some(room) = g.rooms.get_mut(&r.room) else {
+                return Err(TwirpError::not_found(format!("room {} not found", r.room)));
+            };
+            // Everyone hears it with the next room update (within a second).
+            room.metadata = r.metadata;
+            Ok(req.reply(&room.proto()))
         }
         ("livekit.AgentDispatchService", "CreateDispatch") => {
             let r: proto::CreateAgentDispatchRequest = req.parse()?;

@@ -16,7 +16,10 @@ const T: Duration = Duration::from_secs(30);
 async fn server() -> LoopbackServer {
     init_tracing();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    LoopbackServer::start(LoopbackConfig::default()).await.expect("server starts")
+    // Rooms close at the first idle check once empty, so each test can see its rooms gone
+    // (the 20 s departure timeout is tested in room_lifecycle.rs).
+    let cfg = LoopbackConfig { departure_timeout: std::time::Duration::ZERO, ..Default::default() };
+    LoopbackServer::start(cfg).await.expect("server starts")
 }
 
 #[test]

@@ -20,7 +20,10 @@ const T: Duration = Duration::from_secs(5);
 async fn server() -> LoopbackServer {
     init_tracing();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    LoopbackServer::start(LoopbackConfig::default()).await.expect("server starts")
+    // Rooms close at the first idle check after the last participant leaves (the 20 s
+    // departure timeout has its own test in room_lifecycle.rs).
+    let cfg = LoopbackConfig { departure_timeout: Duration::ZERO, ..Default::default() };
+    LoopbackServer::start(cfg).await.expect("server starts")
 }
 
 async fn join(s: &LoopbackServer, room: &str, identity: &str) -> (Ws, proto::JoinResponse) {

@@ -17,7 +17,7 @@ use consultant_actors::tasks::OwnedTasks;
 use livekit_protocol as proto;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use str0m::media::Mid;
-use str0m::{Candidate, Event, IceConnectionState};
+use str0m::{Event, IceConnectionState};
 use tokio::sync::watch;
 
 use super::caller_feed::{CallerFeed, FeedChange};
@@ -25,14 +25,16 @@ use super::feeders;
 use super::join::{connect, deliverer};
 use super::peer::{Peer, Target};
 use super::playout::Playout;
-use super::publisher::{trickle, Publisher};
-use super::sdp::{self, Section};
+use super::publisher::Publisher;
+use super::sdp::Section;
 use super::signal::{self, Incoming, Request, Response, SignalLink};
 use super::status::{RoomStats, RoomStatus};
 use super::RoomOptions;
 use crate::secret::Secret;
 use crate::tls::ClientTls;
 
+#[path = "server_signal.rs"]
+mod server_signal;
 #[path = "shown.rs"]
 mod shown;
 
@@ -46,7 +48,7 @@ pub enum RoomMsg {
     Resumed { gen: u64, result: Result<(SignalLink, Box<Response>), String> },
     Datagram { target: Target, peer_gen: u64, data: Vec<u8>, source: SocketAddr, at: Instant },
     Tick,
-    AgentPacket { packet: Vec<u8>, speech: bool, at: Instant },
+    AgentPacket { packet: Vec<u8>, speech: bool, level: i8, at: Instant },
 }
 
 /// What a Room needs; the connector keeps the shared parts across restarts.
@@ -102,6 +104,8 @@ pub struct RoomState {
     outcome: Option<Result<RoomEnd, RoomFailure>>,
     /// The participant attributes last sent (`lk.agent.state`, status, timer).
     attributes_sent: Option<super::display::Attributes>,
+    /// Tracks whose publisher does not let us subscribe (`SubscriptionPermissionUpdate`).
+    denied_tracks: std::collections::HashSet<String>,
 }
 
 pub struct RoomActor;
@@ -145,6 +149,7 @@ impl RoomState {
             joined: false,
             outcome: None,
             attributes_sent: None,
+            denied_tracks: Default::default(),
         };
         st.apply_join(join);
         st.start_udp_readers(myself);
@@ -210,90 +215,6 @@ impl RoomState {
                 self.set_status(|s| s.caller = None);
                 self.end(end);
             }
-        }
-    }
-
-    fn on_signal(&mut self, myself: &ActorRef<RoomMsg>, resp: Response) {
-        self.last_heard = Instant::now();
-        match resp {
-            Response::Offer(o) => self.on_subscriber_offer(o),
-            Response::Answer(a) => match self.publisher.answered(a) {
-                Ok(reqs) => {
-                    self.send_all(reqs);
-                    self.update_publishing();
-                }
-                Err(e) => self.fail(RoomFailure::Media(e)),
-            },
-            Response::Trickle(t) => {
-                let target = Target::from_proto(t.target);
-                match signal::candidate_from_init(&t.candidate_init) {
-                    Some(c) if c.is_empty() => {}
-                    Some(c) => match Candidate::from_sdp_string(&c) {
-                        Ok(c) => self.peer(target).rtc.add_remote_candidate(c),
-                        Err(e) => tracing::debug!(error = %e, "remote candidate ignored"),
-                    },
-                    None => tracing::warn!("trickle without a candidate ignored"),
-                }
-            }
-            Response::TrackPublished(t) if self.publisher.is_ours(&t.cid) => {
-                let reqs = self.publisher.published(t.track.map(|t| t.sid).unwrap_or_default());
-                self.send_all(reqs);
-            }
-            Response::Update(u) => {
-                let change = self.feed.merge(u.participants, &self.sid);
-                self.on_feed(change);
-            }
-            Response::Leave(l) => {
-                let resume = l.action == proto::leave_request::Action::Resume as i32 || l.action == proto::leave_request::Action::Reconnect as i32;
-                if l.can_reconnect && resume {
-                    // RECONNECT = the server forgot us: a full join; RESUME = same session.
-                    let full = l.action == proto::leave_request::Action::Reconnect as i32;
-                    tracing::warn!(reason = l.reason, full, "server asked us to reconnect");
-                    self.start_resume(myself, "server asked to reconnect".into(), full);
-                } else {
-                    let reason = proto::DisconnectReason::try_from(l.reason).map(|r| r.as_str_name().to_owned()).unwrap_or_else(|_| l.reason.to_string());
-                    self.end(RoomEnd::RoomClosed(format!("the server removed us from the room ({reason})")));
-                }
-            }
-            Response::PongResp(p) => self.rtt_ms = now_ms() - p.last_ping_timestamp,
-            Response::RefreshToken(t) => *self.token.lock().expect("token lock") = Secret::new(t),
-            Response::Join(j) => {
-                // A resume the server treated as a fresh join: new PCs, publish again.
-                tracing::warn!("server answered the resume with a fresh join; renegotiating both peer connections");
-                if let Err(e) = self.restart_media(myself, j) {
-                    self.fail(RoomFailure::Media(e));
-                }
-            }
-            Response::Reconnect(_) => {
-                // Same PCs; the server re-offers the subscriber with an ICE restart. The
-                // publisher restarts ICE only if its path was lost too.
-                tracing::info!(publisher_connected = self.publisher.peer.connected, "resumed the same session");
-                if !self.publisher.peer.connected {
-                    let reqs = self.publisher.restart_ice();
-                    self.send_all(reqs);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_subscriber_offer(&mut self, o: proto::SessionDescription) {
-        let offer = match str0m::change::SdpOffer::from_sdp_string(&o.sdp) {
-            Ok(x) => x,
-            Err(e) => return self.fail(RoomFailure::Media(format!("unparsable subscriber offer: {e}"))),
-        };
-        let answer = match self.subscriber.rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => return self.fail(RoomFailure::Media(format!("subscriber offer refused: {e}"))),
-        };
-        let sections = sdp::sections(&o.sdp);
-        let first = sections.first().map(|s| s.mid.clone()).unwrap_or_else(|| "0".into());
-        for s in sections {
-            self.remote.insert(Mid::from(s.mid.as_str()), s);
-        }
-        self.send(Request::Answer(proto::SessionDescription { r#type: "answer".into(), sdp: answer.to_sdp_string(), id: o.id, ..Default::default() }));
-        if let Some(t) = trickle(&mut self.subscriber, &first) {
-            self.send(t);
         }
     }
 
@@ -495,7 +416,7 @@ impl RoomState {
             }
             RoomMsg::Datagram { .. } => {}
             RoomMsg::Tick => self.on_tick(myself),
-            RoomMsg::AgentPacket { packet, speech, at } => self.publisher.write_audio(packet, speech, at, &self.stats),
+            RoomMsg::AgentPacket { packet, speech, level, at } => self.publisher.write_audio(packet, speech, level, at, &self.stats),
         }
         self.drive();
     }

@@ -84,7 +84,8 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>) -> Result<JoinHan
                 }
             };
             let at = Instant::now();
-            if myself.send_message(RoomMsg::AgentPacket { packet, speech: f.speech_samples > 0, at }).is_err() {
+            let level = audio_level_dbov(&frame);
+            if myself.send_message(RoomMsg::AgentPacket { packet, speech: f.speech_samples > 0, level, at }).is_err() {
                 return;
             }
             if silent >= TRAILING_SILENCE_FRAMES {
@@ -99,4 +100,29 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>) -> Result<JoinHan
             next = Some(t);
         }
     }))
+}
+
+/// The frame's level for the RTP audio-level extension (RFC 6464): -dBov, 0 loudest, -127
+/// silence. LiveKit finds active speakers from it (the caller's page shows who speaks).
+fn audio_level_dbov(frame: &[i16]) -> i8 {
+    let energy: f64 = frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / frame.len().max(1) as f64;
+    if energy <= 0.0 {
+        return -127;
+    }
+    let dbov = 20.0 * (energy.sqrt() / 32768.0).log10();
+    dbov.round().clamp(-127.0, 0.0) as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::audio_level_dbov;
+
+    #[test]
+    fn levels_follow_rfc_6464() {
+        assert_eq!(audio_level_dbov(&[0; 480]), -127);
+        assert_eq!(audio_level_dbov(&[i16::MIN; 480]), 0);
+        // A full-scale square wave at a tenth of the range: -20 dBov.
+        let tenth: Vec<i16> = (0..480).map(|i| if i % 2 == 0 { 3277 } else { -3277 }).collect();
+        assert_eq!(audio_level_dbov(&tenth), -20);
+    }
 }

@@ -168,8 +168,9 @@ impl Publisher {
         }
     }
 
-    /// One encoded 20 ms frame of the agent's voice.
-    pub fn write_audio(&mut self, packet: Vec<u8>, speech: bool, at: Instant, stats: &RoomStats) {
+    /// One encoded 20 ms frame of the agent's voice, with its level (-dBov) for the RTP
+    /// audio-level extension.
+    pub fn write_audio(&mut self, packet: Vec<u8>, speech: bool, level: i8, at: Instant, stats: &RoomStats) {
         // RTP time follows the wall clock across idle gaps, in whole frames.
         self.rtp_ticks += match self.last_packet_at {
             Some(prev) => ((at.saturating_duration_since(prev).as_micros() + 10_000) / 20_000).max(1) as u64 * 960,
@@ -189,6 +190,7 @@ impl Publisher {
             stats.agent_speech_packets.fetch_add(1, Ordering::Relaxed);
         }
         let Some(writer) = self.peer.rtc.writer(mid) else { return };
+        let writer = writer.audio_level(level, speech);
         if let Err(e) = writer.write(pt, at, MediaTime::new(self.rtp_ticks, Frequency::FORTY_EIGHT_KHZ), packet) {
             tracing::debug!(error = %e, "agent packet not written");
         }

@@ -16,6 +16,8 @@ pub struct RoomStatus {
     /// Identity of the participant we listen to.
     pub caller: Option<String>,
     pub resumes: u32,
+    /// A publisher we listen to has refused us its audio (subscription permissions).
+    pub caller_audio_denied: bool,
     /// The room is over (caller gone, room closed).
     pub ended: Option<RoomEnd>,
     /// Media failed beyond repair; the Room actor failed with this.

@@ -3,11 +3,14 @@
 Used by the loopback server's integration tests as a peer we did not write.
 
   participant.py publish --url URL --token TOKEN --wav speech.wav [--linger 1.0]
-      joins, publishes the WAV as a microphone track in real time, waits, leaves.
+                 [--permissions deny@1.5,allow@4]
+      joins, publishes the WAV as a microphone track in real time, waits, leaves; may
+      withdraw and restore everyone's permission to subscribe on a schedule.
   participant.py record --url URL --token TOKEN --out rec.wav --seconds N
                  [--from-identity ID] [--until-silent-after S]
       joins, records the first remote audio track (of ID if given) as 48 kHz mono PCM16
-      for at most N seconds from its arrival or until its publisher leaves, writes the WAV.
+      for at most N seconds from its arrival or until its publisher leaves, writes the WAV;
+      reports active speakers, room metadata and connection quality as the server sends them.
 
   participant.py call --url URL --token TOKEN --phrase a.wav@0.5 --phrase b.wav@4 \
                  --out heard.wav --seconds 9 [--from-identity ID]
@@ -70,6 +73,8 @@ async def publish(args):
     opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
     pub = await room.local_participant.publish_track(track, opts)
     say("published", track_sid=pub.sid)
+    if getattr(args, "permissions", ""):
+        asyncio.ensure_future(permission_plan(room, args.permissions))
     if args.wait_for_subscriber:
         deadline = time.monotonic() + 10
         while not room.remote_participants and time.monotonic() < deadline:
@@ -96,6 +101,17 @@ async def publish(args):
     await source.wait_for_playout()
     await room.disconnect()
     say("left")
+
+
+async def permission_plan(room, plan):
+    """`deny@1.5,allow@4`: at each offset (s from publishing) allow nobody / everyone to
+    subscribe to our tracks."""
+    t0 = time.monotonic()
+    for spec in plan.split(","):
+        action, _, at = spec.partition("@")
+        await asyncio.sleep(max(0.0, t0 + float(at) - time.monotonic()))
+        room.local_participant.set_track_subscription_permissions(allow_all_participants=(action == "allow"))
+        say("permissions", action=action)
 
 
 async def push(source, samples):
@@ -139,6 +155,20 @@ async def record(args):
     @room.on("participant_connected")
     def on_join(p):
         say("participant_connected", identity=p.identity, kind=int(p.kind))
+
+    # What the server tells everyone on its own (speakers from the RTP audio levels, the
+    # room's metadata, link quality).
+    @room.on("active_speakers_changed")
+    def on_speakers(speakers):
+        say("active_speakers", identities=[p.identity for p in speakers])
+
+    @room.on("room_metadata_changed")
+    def on_room_metadata(old, new):
+        say("room_metadata", metadata=new)
+
+    @room.on("connection_quality_changed")
+    def on_quality(participant, quality):
+        say("connection_quality", identity=participant.identity, quality=int(quality))
 
     def target_gone():
         if not any(o.identity == target.get("identity") for o in room.remote_participants.values()):
@@ -235,6 +265,8 @@ async def call(args):
     opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
     pub = await room.local_participant.publish_track(track, opts)
     say("published", track_sid=pub.sid)
+    if getattr(args, "permissions", ""):
+        asyncio.ensure_future(permission_plan(room, args.permissions))
     await asyncio.wait_for(got_track.wait(), timeout=args.max_wait)
 
     t0 = time.monotonic()
@@ -279,6 +311,7 @@ def main():
     p.add_argument("--linger", type=float, default=1.0)
     p.add_argument("--wait-for-subscriber", type=float, default=0.0)
     p.add_argument("--data-marker", default="", help="send this as a reliable data packet (topic 'marker') before the speech")
+    p.add_argument("--permissions", default="", help="deny@S,allow@S: withdraw / restore subscription permissions at these offsets")
     r = sub.add_parser("record")
     r.add_argument("--url", required=True)
     r.add_argument("--token", required=True)
