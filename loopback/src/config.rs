@@ -42,6 +42,9 @@ pub struct LoopbackConfig {
     pub departure_timeout: Duration,
     /// Period of `connection_quality` updates (livekit-server: 5 s).
     pub connection_quality_interval: Duration,
+    /// ICE-lite media (answers checks only) instead of full ICE (livekit-server's default,
+    /// `rtc.use_ice_lite: false`: it also sends checks and nominates).
+    pub ice_lite: bool,
     /// Period of the active-speaker check behind `speakers_changed` (livekit-server: 400 ms).
     pub speaker_update_interval: Duration,
 }
@@ -66,6 +69,7 @@ impl Default for LoopbackConfig {
             departure_timeout: Duration::from_secs(20),
             connection_quality_interval: Duration::from_secs(5),
             speaker_update_interval: Duration::from_millis(400),
+            ice_lite: false,
         }
     }
 }

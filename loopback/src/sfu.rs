@@ -153,9 +153,9 @@ pub(crate) fn start(socket: std::net::UdpSocket, shared: std::sync::Weak<Shared>
     MediaHandle { tx, addr }
 }
 
-fn new_rtc(addr: SocketAddr) -> Rtc {
+fn new_rtc(addr: SocketAddr, ice_lite: bool) -> Rtc {
     let mut rtc = Rtc::builder()
-        .set_ice_lite(true)
+        .set_ice_lite(ice_lite)
         .clear_codecs()
         .enable_opus(true, false)
         .build(Instant::now());
@@ -175,6 +175,8 @@ struct Engine {
     ever_subscribed: HashSet<String>,
     told_subscribed: HashSet<String>,
     speakers: speakers::Speakers,
+    /// livekit-server runs full ICE unless `rtc.use_ice_lite` is set.
+    ice_lite: bool,
     /// Per subscriber PC: tracks its publishers' permissions refuse it (not forwarded).
     denied: HashMap<PcId, HashSet<String>>,
 }
@@ -186,7 +188,8 @@ async fn run(
     shared: std::sync::Weak<Shared>,
 ) {
     let socket = Arc::new(socket);
-    let speaker_interval = shared.upgrade().map(|s| s.cfg.speaker_update_interval).unwrap_or(Duration::from_millis(400));
+    let (speaker_interval, ice_lite) =
+        shared.upgrade().map(|s| (s.cfg.speaker_update_interval, s.cfg.ice_lite)).unwrap_or((Duration::from_millis(400), false));
     let mut e = Engine {
         addr,
         socket: socket.clone(),
@@ -195,6 +198,7 @@ async fn run(
         ever_subscribed: HashSet::new(),
         told_subscribed: HashSet::new(),
         speakers: speakers::Speakers::new(speaker_interval),
+        ice_lite,
         denied: HashMap::new(),
     };
     let mut buf = vec![0u8; 2000];
@@ -366,7 +370,7 @@ impl Engine {
                             channels: HashMap::new(),
                             pending_data: Vec::new(),
                             signal: signal.clone(),
-                            rtc: new_rtc(self.addr),
+                            rtc: new_rtc(self.addr, self.ice_lite),
                             connected: false,
                             in_tracks: HashMap::new(),
                             flowing: HashSet::new(),
@@ -454,6 +458,7 @@ impl Engine {
                     let _ = pc.signal.send(SignalOut::MediaFailed(format!("subscriber answer refused: {err}")));
                     return;
                 }
+                let audio_codecs = sdp::answered_audio_codecs(&sdp);
                 let mut subscribed = Vec::new();
                 for (idx, mid) in mids {
                     if let Some(o) = pc.out.get_mut(idx) {
@@ -463,6 +468,7 @@ impl Engine {
                     }
                 }
                 let (room, identity) = (pc.room.clone(), pc.identity.clone());
+                self.emit(ServerEvent::SubscriberAnswered { room: room.clone(), identity: identity.clone(), audio_codecs });
                 for track_sid in subscribed {
                     self.ever_subscribed.insert(track_sid.clone());
                     self.tell_subscribed(&track_sid);
@@ -583,7 +589,7 @@ impl Engine {
         let Some((offer, pending)) = api.apply() else { return };
         pc.pending_offer = Some((pending, mids));
         pc.offer_id += 1;
-        let sdp = offer.to_sdp_string();
+        let sdp = sdp::livekit_audio_offer(&offer.to_sdp_string());
         pc.last_offer = Some(sdp.clone());
         let _ = pc.signal.send(SignalOut::Offer { sdp: sdp.clone(), id: pc.offer_id });
         send_candidate(pc, addr, &sdp);

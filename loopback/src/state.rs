@@ -54,6 +54,8 @@ pub enum ServerEvent {
     ParticipantJoined { room: String, identity: String, sid: String, kind: ParticipantKind },
     ParticipantLeft { room: String, identity: String, reason: String },
     TrackPublished { room: String, identity: String, track_sid: String, cid: String },
+    /// A subscriber answered an offer; the audio codecs it accepted, preferred first.
+    SubscriberAnswered { room: String, identity: String, audio_codecs: Vec<String> },
     /// A participant's subscriber PC receives the track (it was added to an offer).
     TrackSubscribed { room: String, subscriber: String, track_sid: String },
     /// The first RTP packet of a published track reached the SFU.
