@@ -640,9 +640,11 @@ async fn step_3_failure_is_reported_as_failed_with_the_cause() {
     r.stop().await;
 }
 
+/// With a server that implements `migrate_job` as the protocol describes.
 #[tokio::test]
 async fn a_dropped_link_reregisters_and_migrates_running_jobs() {
-    let r = start(Setup::default()).await;
+    let server = LoopbackServer::start(LoopbackConfig { migrate_jobs: true, ..Default::default() }).await.unwrap();
+    let r = start_with(server, Setup::default()).await;
     let first = registered(&r.server, 1).await;
     r.server.create_room("consultation-survivor", &[AGENT]);
     let job = job_for_room(&r.server, "consultation-survivor").await;
@@ -674,6 +676,41 @@ async fn a_dropped_link_reregisters_and_migrates_running_jobs() {
     let dispatch = r.server.job(&job).unwrap().dispatch_id;
     r.server.delete_dispatch(&dispatch);
     r.server.wait_for_job_status(&job, JobStatus::JsSuccess, WAIT).await.unwrap();
+    r.stop().await;
+}
+
+/// livekit-server (OSS) ignores `migrate_job`: after a reconnect the old job gets no
+/// termination. The consultation goes on, and still ends when its room closes.
+#[tokio::test]
+async fn after_a_reconnect_to_a_server_that_ignores_migrate_job_the_room_still_ends_the_call() {
+    let r = start(Setup::default()).await;
+    let first = registered(&r.server, 1).await;
+    r.server.create_room("consultation-unmigrated", &[AGENT]);
+    let job = job_for_room(&r.server, "consultation-unmigrated").await;
+    r.server.wait_for_job_status(&job, JobStatus::JsRunning, WAIT).await.unwrap();
+    let sid = SessionId::parse("unmigrated").unwrap();
+    r.worker().link().wait_for(|s| s.jobs == 1).await.unwrap();
+    assert_eq!(r.server.drop_worker_connections(), 1);
+    let second = registered(&r.server, 2).await;
+    r.server
+        .wait_for_event(WAIT, |e| matches!(e, ServerEvent::JobsMigrated { worker_id, .. } if *worker_id == second).then_some(()))
+        .await
+        .expect("migrate_job sent");
+    assert_eq!(r.server.job(&job).unwrap().worker_id.as_deref(), Some(first.as_str()), "not migrated");
+    assert!(r.worker().handler().list().await.contains(&sid), "the consultation goes on");
+    // Deleting the room sends no termination for the old job; the agent hears the end from its
+    // room (here the media room's caller leaving, as a closing room's leave does in tests/room*.rs).
+    assert!(r.server.close_room("consultation-unmigrated"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!r.server.events().iter().any(|e| matches!(e, ServerEvent::JobTerminated { job_id, worker_id, .. } if *job_id == job && *worker_id == second)));
+    drop(r.rooms.callers.lock().unwrap().remove(&sid));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while r.worker().handler().list().await.contains(&sid) {
+        assert!(tokio::time::Instant::now() < deadline, "the consultation did not end with its room");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = session_status(&r.store, &sid).await;
+    assert!(status.is_some_and(|s| s != SessionStatus::Active), "finalized, not left active: {status:?}");
     r.stop().await;
 }
 

@@ -315,6 +315,12 @@ fn handle_worker_msg(sh: &SharedRef, worker_id: &str, m: proto::WorkerMessage) {
                 })));
             }
         }
+        WrkMsg::MigrateJob(mj) if !sh.cfg.migrate_jobs => {
+            // livekit-server (OSS) does not implement it: the jobs of the vanished connection
+            // stay with it, so they get no termination and no status updates from the new one.
+            tracing::info!(%worker_id, job_ids = ?mj.job_ids, "migrate_job ignored, as livekit-server does");
+            sh.emit(&mut g, ServerEvent::JobsMigrated { worker_id: worker_id.into(), job_ids: Vec::new(), unknown: mj.job_ids });
+        }
         WrkMsg::MigrateJob(mj) => {
             let mut moved = Vec::new();
             let mut unknown = Vec::new();

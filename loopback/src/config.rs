@@ -42,6 +42,10 @@ pub struct LoopbackConfig {
     pub departure_timeout: Duration,
     /// Period of `connection_quality` updates (livekit-server: 5 s).
     pub connection_quality_interval: Duration,
+    /// Whether `migrate_job` moves a re-registered worker's running jobs to its new
+    /// connection. livekit-server (OSS) leaves it unimplemented (false): after a reconnect
+    /// those jobs get no termination; the agent learns the end from the room itself.
+    pub migrate_jobs: bool,
     /// ICE-lite media (answers checks only) instead of full ICE (livekit-server's default,
     /// `rtc.use_ice_lite: false`: it also sends checks and nominates).
     pub ice_lite: bool,
@@ -70,6 +74,7 @@ impl Default for LoopbackConfig {
             connection_quality_interval: Duration::from_secs(5),
             speaker_update_interval: Duration::from_millis(400),
             ice_lite: false,
+            migrate_jobs: false,
         }
     }
 }

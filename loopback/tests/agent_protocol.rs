@@ -317,9 +317,11 @@ async fn refusal_and_availability_timeout_move_the_job_to_another_worker() {
     s.shutdown().await;
 }
 
+/// The protocol's `migrate_job` as described (a server that implements it; livekit-server
+/// OSS does not, see the next test).
 #[tokio::test]
 async fn dropped_connection_then_reregistration_and_migrate_job() {
-    let s = server().await;
+    let s = server_with(LoopbackConfig { migrate_jobs: true, ..Default::default() }).await;
     let (mut ws, old_id) = worker(&s, "x").await;
     s.create_room("mig", &["x"]);
     let job = accept_next(&mut ws).await.job.unwrap();
@@ -359,6 +361,41 @@ async fn dropped_connection_then_reregistration_and_migrate_job() {
         Srv::Termination(t) => assert_eq!(t.job_id, job.id),
         other => panic!("expected termination, got {other:?}"),
     }
+    s.shutdown().await;
+}
+
+/// livekit-server (OSS, `pkg/agent/worker.go` HandleMigrateJob, `agentservice.go`
+/// deregisterWorker): a vanished worker's jobs are forgotten, not re-dispatched, and a
+/// `migrate_job` from its next connection changes nothing; their end reaches nobody.
+#[tokio::test]
+async fn a_vanished_workers_jobs_are_neither_redispatched_nor_migrated() {
+    let s = server().await;
+    let (mut ws, old_id) = worker(&s, "x").await;
+    s.create_room("orphan-room", &["x"]);
+    let job = accept_next(&mut ws).await.job.unwrap();
+    send(&mut ws, Wrk::UpdateJob(proto::UpdateJobStatus { job_id: job.id.clone(), status: JobStatus::JsRunning as i32, error: String::new() })).await;
+    s.wait_for_job_status(&job.id, JobStatus::JsRunning, T).await.unwrap();
+    drop(ws);
+    s.wait_for(T, |s| s.worker(&old_id).filter(|w| !w.connected)).await.unwrap();
+
+    let (mut ws2, new_id) = worker(&s, "x").await;
+    send(&mut ws2, Wrk::MigrateJob(proto::MigrateJobRequest { job_ids: vec![job.id.clone()] })).await;
+    let (moved, unknown) = s
+        .wait_for_event(T, |e| match e {
+            ServerEvent::JobsMigrated { worker_id, job_ids, unknown } if *worker_id == new_id => Some((job_ids.clone(), unknown.clone())),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((moved, unknown), (Vec::<String>::new(), vec![job.id.clone()]));
+    assert_eq!(s.job(&job.id).unwrap().worker_id.as_deref(), Some(old_id.as_str()), "the job stays with the vanished worker");
+    // Its status cannot be updated from the new connection, and closing the room tells nobody.
+    send(&mut ws2, Wrk::UpdateJob(proto::UpdateJobStatus { job_id: job.id.clone(), status: JobStatus::JsSuccess as i32, error: String::new() })).await;
+    s.wait_for_event(T, |e| matches!(e, ServerEvent::ProtocolError { detail, .. } if detail.contains("held by another worker")).then_some(())).await.unwrap();
+    assert!(s.close_room("orphan-room"));
+    let next = tokio::time::timeout(Duration::from_millis(800), recv(&mut ws2)).await;
+    assert!(next.is_err(), "nothing reaches the new connection about the old job: {next:?}");
+    assert!(!s.events().iter().any(|e| matches!(e, ServerEvent::AvailabilityRequested { job_id, .. } if *job_id != job.id)), "no re-dispatch");
     s.shutdown().await;
 }
 
