@@ -10,6 +10,9 @@ pub struct ConsultationSettings {
     pub system_prompt: String,
     /// Instruction for the first response: the agent greets first.
     pub greeting_instruction: String,
+    /// Instruction instead of the greeting when the consultation resumes from the store (its
+    /// worker died; the caller stayed): the agent says the line dropped and goes on.
+    pub resume_instruction: String,
     /// Instruction sent `wrapup_before` the limit so the agent starts to wrap up.
     pub wrapup_instruction: String,
     /// Instruction for the polite goodbye at the limit.
@@ -73,6 +76,7 @@ impl ConsultationSettings {
         Self {
             system_prompt: "Ты — вежливый голосовой консультант.".into(),
             greeting_instruction: "Поздоровайся и спроси, как зовут клиента.".into(),
+            resume_instruction: "Связь прервалась и восстановилась: коротко скажи об этом и продолжи разговор.".into(),
             wrapup_instruction: "Время консультации подходит к концу: подведи итог.".into(),
             goodbye_instruction: "Вежливо попрощайся: время консультации истекло.".into(),
             language: "ru".into(),

@@ -170,6 +170,7 @@ pub struct ConsultationSection {
     pub wrapup_missing_addendum: String,
     pub end_tool: bool,
     pub tool_goodbye_instruction: String,
+    pub resume_instruction: String,
     pub silence_prompt_secs: u64,
     pub silence_prompt_instruction: String,
     pub silence_end_secs: u64,
@@ -430,6 +431,7 @@ impl Config {
         ConsultationSettings {
             system_prompt: c.system_prompt.clone(),
             greeting_instruction: c.greeting.clone(),
+            resume_instruction: c.resume_instruction.clone(),
             wrapup_instruction: c.wrapup_instruction.clone(),
             goodbye_instruction: c.goodbye_instruction.clone(),
             language: c.language.clone(),

@@ -150,6 +150,7 @@ pub const KEYS: &[Key] = &[
     key("consultation", "wrapup_missing_addendum", Str, "added to the wrap-up while fields are missing; {fields} lists them"),
     key("consultation", "end_tool", Bool, "declare the end_consultation tool: the model ends the call when the caller says goodbye"),
     key("consultation", "tool_goodbye_instruction", Str, "instruction when the model ended the call without a goodbye"),
+    key("consultation", "resume_instruction", Str, "instruction instead of the greeting when a call resumes on another worker"),
     key("consultation", "silence_prompt_secs", U64, "caller silence before the agent asks whether they are there, seconds (0 = off)"),
     key("consultation", "silence_prompt_instruction", Str, "instruction for that question"),
     key("consultation", "silence_end_secs", U64, "further silence before the agent says goodbye and ends the call, seconds"),

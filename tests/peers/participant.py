@@ -237,17 +237,20 @@ async def call(args):
     got_track = asyncio.Event()
     state = {"reading": False}
 
-    async def read(track):
+    async def read(track, sid):
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
         async for ev in stream:
-            heard.append((time.monotonic(), np.frombuffer(ev.frame.data, dtype=np.int16).copy()))
-            if not state["reading"]:
+            # One stream at a time: a newer agent's track replaces the one read before.
+            if not state["reading"] or state.get("current") != sid:
                 break
+            heard.append((time.monotonic(), np.frombuffer(ev.frame.data, dtype=np.int16).copy()))
         await stream.aclose()
 
     @room.on("track_subscribed")
     def on_track(track, publication, participant):
-        if track.kind != rtc.TrackKind.KIND_AUDIO or got_track.is_set():
+        # With --follow-agents every agent that joins is heard (an agent resumed on another
+        # worker replaces the first); otherwise only the first.
+        if track.kind != rtc.TrackKind.KIND_AUDIO or (got_track.is_set() and not args.follow_agents):
             return
         if args.from_identity and participant.identity != args.from_identity:
             return
@@ -255,8 +258,9 @@ async def call(args):
             return
         say("subscribed", track_sid=publication.sid, from_identity=participant.identity, kind=int(participant.kind))
         state["reading"] = True
+        state["current"] = publication.sid
         got_track.set()
-        asyncio.ensure_future(read(track))
+        asyncio.ensure_future(read(track, publication.sid))
 
     await room.connect(args.url, args.token)
     say("connected", identity=room.local_participant.identity, room=room.name)
@@ -327,6 +331,7 @@ def main():
     c.add_argument("--seconds", type=float, required=True, help="length of the timeline")
     c.add_argument("--from-identity", default="")
     c.add_argument("--max-wait", type=float, default=20, help="longest wait for the agent's track")
+    c.add_argument("--follow-agents", action="store_true", help="also hear agents that join later")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
