@@ -1,9 +1,35 @@
-//! Upgrades databases written by older releases to the current schema, in place, at start-up.
-//! Each step detects what it changes, so running it twice (or on a new file) does nothing.
+//! SQLite schema, versioned. Version 1 is the schema as it was before versioning: it is
+//! created if absent, and a file from an earlier release is brought up to it (provenance
+//! column, widened message roles), each step detecting what it changes. Later versions are
+//! plain numbered steps.
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use consultant_actors::ports::StoreError;
+
+use super::{io, too_new};
+
+const BASE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    room       TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,
+    failure    TEXT
+);
+CREATE TABLE IF NOT EXISTS anketas (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id    TEXT NOT NULL REFERENCES sessions(session_id),
+    message_count INTEGER NOT NULL,
+    is_final      INTEGER NOT NULL,
+    at            TEXT NOT NULL,
+    anketa        TEXT NOT NULL,
+    provenance    TEXT
+);
+CREATE INDEX IF NOT EXISTS anketas_by_session ON anketas(session_id, id);
+CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions(status);
+";
 
 /// The messages table as this release writes it: tool calls and their results are dialogue
 /// entries too (roles `tool_call` / `tool_result`).
@@ -18,27 +44,78 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (session_id, seq)
 );";
 
-fn io(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(format!("upgrading the database schema: {e}"))
+/// Numbered steps after the base. Leases: the worker that runs an open session, and until
+/// when (unix milliseconds); NULL owner = written before leases, claimable by anyone.
+const STEPS: &[(i64, &str)] = &[(
+    2,
+    "ALTER TABLE sessions ADD COLUMN owner TEXT;
+     ALTER TABLE sessions ADD COLUMN lease_until INTEGER;",
+)];
+
+/// The newest version this binary knows.
+pub const LATEST: i64 = 2;
+
+/// The stored version: 0 for a file from before versioning (or a new one).
+fn version(conn: &Connection) -> Result<i64, StoreError> {
+    let has_table: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')", [], |r| r.get(0))
+        .map_err(io)?;
+    if !has_table {
+        return Ok(0);
+    }
+    Ok(conn.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get::<_, Option<i64>>(0)).map_err(io)?.unwrap_or(0))
 }
 
-/// Brings an existing database up to date. Runs after the schema's `CREATE ... IF NOT EXISTS`.
+/// Refuses a database newer than this binary without writing to it.
+pub fn check_not_newer(conn: &Connection) -> Result<(), StoreError> {
+    match version(conn)? {
+        v if v > LATEST => Err(too_new(v, LATEST)),
+        _ => Ok(()),
+    }
+}
+
+fn set_version(tx: &Transaction<'_>, v: i64) -> Result<(), StoreError> {
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL); DELETE FROM schema_version;").map_err(io)?;
+    tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [v]).map_err(io)?;
+    Ok(())
+}
+
+/// Brings the database to [`LATEST`]. Each step and its version bump commit together, in a
+/// write (IMMEDIATE) transaction that re-reads the version, so two processes opening the same
+/// old file do not both apply a step.
 pub fn upgrade(conn: &mut Connection) -> Result<(), StoreError> {
-    add_columns(conn)?;
-    widen_message_roles(conn)
+    for target in 1..=LATEST {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(io)?;
+        let current = version(&tx)?;
+        if current > LATEST {
+            return Err(too_new(current, LATEST));
+        }
+        if current >= target {
+            continue;
+        }
+        if target == 1 {
+            tx.execute_batch(BASE_SCHEMA).map_err(io)?;
+            tx.execute_batch(MESSAGES_TABLE).map_err(io)?;
+            add_columns(&tx)?;
+            widen_message_roles(&tx)?;
+        } else if let Some((_, sql)) = STEPS.iter().find(|(v, _)| *v == target) {
+            tx.execute_batch(sql).map_err(io)?;
+        }
+        set_version(&tx, target)?;
+        tx.commit().map_err(io)?;
+        tracing::info!(version = target, "SQLite schema migrated");
+    }
+    Ok(())
 }
 
-/// Columns added to the schema (`store::SCHEMA`) after databases were already in use: (table, column, type).
+/// Columns added to the base schema after databases were already in use: (table, column, type).
 /// Each is nullable, so the rows written before it read as "not recorded".
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // Where each anketa value came from (JSON); the `anketa` column keeps the Python module's shape.
     ("anketas", "provenance", "TEXT"),
 ];
 
-/// Brings a database created by an earlier release up to the schema (`store::SCHEMA`). Check and change run in
-/// one write transaction, so two processes opening the same old file do not both add a column.
-fn add_columns(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(io)?;
+fn add_columns(tx: &Transaction<'_>) -> Result<(), StoreError> {
     for (table, column, kind) in ADDED_COLUMNS {
         let present: bool = tx
             .query_row(&format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"), [column], |r| r.get(0))
@@ -48,12 +125,12 @@ fn add_columns(conn: &mut Connection) -> Result<(), StoreError> {
             tracing::info!(table, column, "database migrated: column added");
         }
     }
-    tx.commit().map_err(io)
+    Ok(())
 }
 
-
 /// Releases before tool calls allowed only `user` and `assistant` in `messages.role`. SQLite
-/// cannot change a CHECK constraint, so the table is rebuilt, rows kept, in one transaction.
+/// cannot change a CHECK constraint, so the table is rebuilt, rows kept, in the caller's
+/// transaction.
 fn widen_message_roles(conn: &Connection) -> Result<(), StoreError> {
     let sql: Option<String> = conn
         .query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'", [], |r| r.get(0))
@@ -63,18 +140,13 @@ fn widen_message_roles(conn: &Connection) -> Result<(), StoreError> {
         return Ok(());
     }
     let rebuild = format!(
-        "BEGIN IMMEDIATE;
-         ALTER TABLE messages RENAME TO messages_before_tools;
+        "ALTER TABLE messages RENAME TO messages_before_tools;
          {MESSAGES_TABLE}
          INSERT INTO messages (session_id, seq, role, text, at, interrupted)
              SELECT session_id, seq, role, text, at, interrupted FROM messages_before_tools;
-         DROP TABLE messages_before_tools;
-         COMMIT;"
+         DROP TABLE messages_before_tools;"
     );
-    if let Err(e) = conn.execute_batch(&rebuild) {
-        let _ = conn.execute_batch("ROLLBACK");
-        return Err(io(e));
-    }
+    conn.execute_batch(&rebuild).map_err(io)?;
     tracing::info!("database upgraded: messages may hold tool calls and results");
     Ok(())
 }
