@@ -4,7 +4,8 @@
 
 use std::collections::HashSet;
 
-use consultant_actors::ports::{DialogueStore, StoreError};
+use chrono::{DateTime, SubsecRound, Utc};
+use consultant_actors::ports::{DialogueStore, SessionRecord, StoreError};
 
 use super::{SessionDetail, Store};
 
@@ -40,6 +41,13 @@ pub async fn copy_all(from: &Store, to: &Store) -> Result<Copied, StoreError> {
     Ok(copied)
 }
 
+/// Equal but for what PostgreSQL cannot hold: times below a microsecond.
+fn same_record(a: &SessionRecord, b: &SessionRecord) -> bool {
+    let micros = |t: DateTime<Utc>| t.trunc_subsecs(6);
+    let times = |r: &SessionRecord| (micros(r.started_at), r.ended_at.map(micros));
+    a.session_id == b.session_id && a.room == b.room && a.status == b.status && a.failure == b.failure && times(a) == times(b)
+}
+
 async fn copy_session(source: &SessionDetail, target: Option<&SessionDetail>, to: &Store, copied: &mut Copied) -> Result<(), StoreError> {
     let r = &source.record;
     match target {
@@ -48,7 +56,7 @@ async fn copy_session(source: &SessionDetail, target: Option<&SessionDetail>, to
             to.set_status(&r.session_id, r.status, r.failure.as_deref(), r.ended_at).await?;
             copied.sessions += 1;
         }
-        Some(t) if t.record != *r => {
+        Some(t) if !same_record(&t.record, r) => {
             to.open_session(r).await?;
             to.set_status(&r.session_id, r.status, r.failure.as_deref(), r.ended_at).await?;
             copied.updated += 1;
