@@ -61,6 +61,20 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// An error with its causes (the pool's "error connecting to server" says not why).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 impl PgStore {
     /// Connects, migrates the schema and starts the writer (and, when owned, the lease renewer).
     pub async fn open(url: &DatabaseUrl, lease: Lease) -> Result<Self, StoreError> {
@@ -69,7 +83,7 @@ impl PgStore {
         let config: tokio_postgres::Config = raw.parse().map_err(|e| io(format!("storage.url `{location}`: {e}")))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(8).build().map_err(io)?;
-        let mut client = pool.get().await.map_err(|e| io(format!("cannot connect to {location}: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| io(format!("cannot connect to {location}: {}", with_causes(&e))))?;
         migrations::upgrade(&mut client).await?;
         drop(client);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -95,7 +109,7 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| io(format!("cannot connect to {}: {e}", self.location)))
+        self.pool.get().await.map_err(|e| io(format!("cannot connect to {}: {}", self.location, with_causes(&e))))
     }
 
     async fn query(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {

@@ -66,8 +66,14 @@ fn free_port() -> u16 {
 }
 
 impl PgServer {
-    /// Starts a server and waits until it accepts connections. Panics with the reason.
+    /// Starts a server (fsync off: tests need no durability across power loss) and waits
+    /// until it accepts connections. Panics with the reason.
     pub fn start() -> PgServer {
+        Self::start_with_fsync(false)
+    }
+
+    /// As [`PgServer::start`]; `fsync = true` is PostgreSQL's production default (benches).
+    pub fn start_with_fsync(fsync: bool) -> PgServer {
         let bin = bin_dir();
         let root = is_root();
         let dir = tempfile::Builder::new().prefix("consultant-pg-").tempdir().expect("temp dir");
@@ -91,7 +97,7 @@ impl PgServer {
                 .arg(&data)
                 .arg("-k")
                 .arg(dir.path())
-                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"])
+                .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", if fsync { "fsync=on" } else { "fsync=off" }, "-c", "max_connections=200"])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
