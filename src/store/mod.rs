@@ -55,7 +55,7 @@ impl Lease {
     }
 }
 
-/// `<hostname>-<pid>-<8 hex>`: unique per process, readable in `sessions list`.
+/// `<hostname>-<pid>-<8 hex>`: unique per process, readable in `sessions list --json`.
 pub fn default_worker_id() -> String {
     let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
@@ -171,6 +171,10 @@ pub struct SessionSummary {
     #[serde(flatten)]
     pub record: SessionRecord,
     pub messages: usize,
+    /// The worker that runs (or last ran) it; none for sessions from before leases and those
+    /// written by tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -121,9 +121,10 @@ impl PgStore {
     /// All sessions, newest first, with message counts (for `sessions list`).
     pub async fn list_sessions(&self) -> Result<Vec<SessionSummary>, StoreError> {
         let sql = "SELECT s.session_id, s.room, s.status, s.started_at, s.ended_at, s.failure,
-                          (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id)
+                          (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id), s.owner
                    FROM sessions s ORDER BY s.started_at DESC, s.session_id";
-        self.query(sql, &[]).await?.iter().map(|r| Ok(SessionSummary { record: session_row(r)?, messages: r.get::<_, i64>(6) as usize })).collect()
+        let summary = |r: &Row| Ok(SessionSummary { record: session_row(r)?, messages: r.get::<_, i64>(6) as usize, owner: r.get(7) });
+        self.query(sql, &[]).await?.iter().map(summary).collect()
     }
 
     /// One session with its dialogue and anketa history, or UnknownSession.

@@ -146,18 +146,14 @@ impl SqliteStore {
             let mut stmt = c
                 .prepare(
                     "SELECT s.session_id, s.room, s.status, s.started_at, s.ended_at, s.failure,
-                            (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id)
+                            (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id), s.owner
                      FROM sessions s ORDER BY s.started_at DESC, s.session_id",
                 )
                 .map_err(io)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((session_row(r)?, r.get::<_, i64>(6)?))
-                })
-                .map_err(io)?;
+            let rows = stmt.query_map([], |r| Ok((session_row(r)?, r.get::<_, i64>(6)?, r.get::<_, Option<String>>(7)?))).map_err(io)?;
             rows.map(|r| {
-                let (record, messages) = r.map_err(io)?;
-                Ok(SessionSummary { record: record?, messages: messages as usize })
+                let (record, messages, owner) = r.map_err(io)?;
+                Ok(SessionSummary { record: record?, messages: messages as usize, owner })
             })
             .collect()
         })

@@ -256,6 +256,8 @@ async fn a_renewed_lease_is_never_claimed_an_expired_one_is(engine: Engine) {
     tokio::time::sleep(lease * 3).await;
     let claimed: Vec<String> = peer.claim_orphans().await.unwrap().iter().map(|r| r.session_id.to_string()).collect();
     assert_eq!(claimed, vec!["lost".to_owned()], "the expired lease is claimed, the renewed one is not");
+    let owners: Vec<(String, Option<String>)> = peer.list_sessions().await.unwrap().into_iter().map(|s| (s.record.session_id.to_string(), s.owner)).collect();
+    assert!(owners.contains(&("lost".into(), Some("peer".into()))) && owners.contains(&("kept".into(), Some("live".into()))), "{owners:?}");
     drop(live);
     tokio::time::sleep(lease * 2).await;
     let claimed: Vec<String> = peer.claim_orphans().await.unwrap().iter().map(|r| r.session_id.to_string()).collect();

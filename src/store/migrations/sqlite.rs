@@ -196,4 +196,30 @@ mod tests {
         );
         assert!(conn.execute("INSERT INTO messages VALUES ('s1', 4, 'system', '{}', 'x', 0)", []).is_err(), "other roles stay refused");
     }
+
+    /// A file of the release before versioning (provenance column, tool roles, no
+    /// schema_version) becomes version LATEST with its rows; upgrading again changes nothing.
+    #[test]
+    fn a_file_from_before_versioning_is_brought_to_the_latest_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(BASE_SCHEMA).unwrap();
+        conn.execute_batch(MESSAGES_TABLE).unwrap();
+        conn.execute_batch(
+            "INSERT INTO sessions VALUES ('s1', 'r', 'active', '2026-01-01T00:00:00Z', NULL, NULL);
+             INSERT INTO messages VALUES ('s1', 1, 'tool_call', '{}', '2026-01-01T00:00:01Z', 0);
+             INSERT INTO anketas (session_id, message_count, is_final, at, anketa, provenance) VALUES ('s1', 1, 0, 'x', '{}', '{}');",
+        )
+        .unwrap();
+        assert_eq!(version(&conn).unwrap(), 0);
+        upgrade(&mut conn).unwrap();
+        upgrade(&mut conn).unwrap();
+        assert_eq!(version(&conn).unwrap(), LATEST);
+        let row: (String, Option<String>, Option<i64>) = conn.query_row("SELECT status, owner, lease_until FROM sessions", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        assert_eq!(row, ("active".into(), None, None), "a legacy row has no owner: any worker may claim it");
+        let counts: (i64, i64) = conn.query_row("SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM anketas)", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(counts, (1, 1));
+        conn.execute_batch("UPDATE schema_version SET version = 7").unwrap();
+        assert!(check_not_newer(&conn).unwrap_err().to_string().contains("database schema version 7 is newer than this binary supports (2)"));
+        assert!(upgrade(&mut conn).is_err());
+    }
 }
