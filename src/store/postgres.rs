@@ -21,11 +21,12 @@ const SESSION_COLUMNS: &str = "session_id, room, status, started_at, ended_at, f
 /// `lease_until` for a write by owner $1 with a lease of $2 seconds (NULL when unowned).
 const LEASE: &str = "CASE WHEN $1::text IS NULL THEN NULL ELSE now() + $2::float8 * interval '1 second' END";
 
+/// Each write holds its values ready to bind (the batch's statements are pipelined).
 enum Write {
-    OpenSession(SessionRecord),
-    Append(SessionId, DialogueMessage),
-    Status { session_id: SessionId, status: SessionStatus, failure: Option<String>, ended_at: Option<DateTime<Utc>> },
-    Anketa(SessionId, AnketaRecord),
+    OpenSession { record: SessionRecord, id: String, status: &'static str },
+    Append { id: String, message: DialogueMessage, seq: i64, role: &'static str },
+    Status { id: String, status: &'static str, failure: Option<String>, ended_at: Option<DateTime<Utc>> },
+    Anketa { id: String, record: AnketaRecord, count: i64, json: String, provenance: String },
     Claim,
 }
 
@@ -162,79 +163,73 @@ fn anketa_row(r: &Row) -> Result<AnketaRecord, StoreError> {
     })
 }
 
-async fn apply(tx: &deadpool_postgres::Transaction<'_>, write: &Write, owner: &Owner) -> Result<Vec<SessionRecord>, StoreError> {
+fn statement(write: &Write) -> String {
     match write {
-        Write::OpenSession(r) => {
-            let sql = format!(
-                "INSERT INTO sessions (session_id, room, status, started_at, ended_at, failure, owner, lease_until)
-                 VALUES ($3, $4, $5, $6, $7, $8, $1, {LEASE})
-                 ON CONFLICT (session_id) DO UPDATE SET room = EXCLUDED.room, status = EXCLUDED.status,
-                   started_at = EXCLUDED.started_at, ended_at = NULL, failure = NULL, owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until"
-            );
-            let stmt = tx.prepare_cached(&sql).await.map_err(pg)?;
-            tx.execute(&stmt, &[&owner.id, &owner.lease_secs, &r.session_id.as_str(), &r.room, &r.status.as_str(), &r.started_at, &r.ended_at, &r.failure]).await.map_err(pg)?;
-        }
-        Write::Append(id, m) => {
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO messages (session_id, seq, role, text, at, interrupted) VALUES ($1, $2, $3, $4, $5, $6)
-                     ON CONFLICT (session_id, seq) DO NOTHING",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&stmt, &[&id.as_str(), &i64::from(m.seq), &m.role.as_str(), &m.text, &m.at, &m.interrupted]).await.map_err(pg)?;
-        }
-        Write::Status { session_id, status, failure, ended_at } => {
-            let stmt = tx
-                .prepare_cached("UPDATE sessions SET status = $2, failure = COALESCE($3, failure), ended_at = COALESCE($4, ended_at) WHERE session_id = $1")
-                .await
-                .map_err(pg)?;
-            tx.execute(&stmt, &[&session_id.as_str(), &status.as_str(), failure, ended_at]).await.map_err(pg)?;
-        }
-        Write::Anketa(id, a) => {
-            let (json, provenance) = anketa_json(a);
-            // Idempotent as on SQLite: the same snapshot re-sent is stored once.
-            let stmt = tx
-                .prepare_cached(
-                    "INSERT INTO anketas (session_id, message_count, is_final, at, anketa, provenance)
-                     SELECT $1::text, $2::bigint, $3::boolean, $4::timestamptz, $5::text, $6::text WHERE NOT EXISTS (
-                       SELECT 1 FROM anketas WHERE session_id = $1 AND message_count = $2 AND is_final = $3 AND anketa = $5
-                         AND provenance IS NOT DISTINCT FROM $6)",
-                )
-                .await
-                .map_err(pg)?;
-            tx.execute(&stmt, &[&id.as_str(), &(a.message_count as i64), &a.is_final, &a.at, &json, &provenance]).await.map_err(pg)?;
-        }
-        Write::Claim => {
-            // Rows another claimer holds are skipped, and one it has just claimed no longer
-            // matches (READ COMMITTED re-checks the WHERE on the new row): never claimed twice.
-            let sql = format!(
-                "UPDATE sessions SET owner = $1, lease_until = {LEASE}
-                 WHERE session_id IN (
-                   SELECT session_id FROM sessions
-                   WHERE status IN {OPEN} AND (owner IS NULL OR lease_until IS NULL OR lease_until < now())
-                     AND ($1::text IS NULL OR owner IS DISTINCT FROM $1)
-                   FOR UPDATE SKIP LOCKED)
-                 RETURNING {SESSION_COLUMNS}"
-            );
-            let stmt = tx.prepare_cached(&sql).await.map_err(pg)?;
-            let rows = tx.query(&stmt, &[&owner.id, &owner.lease_secs]).await.map_err(pg)?;
-            let mut claimed = rows.iter().map(session_row).collect::<Result<Vec<_>, _>>()?;
-            claimed.sort_by_key(|r| r.started_at);
-            return Ok(claimed);
-        }
+        Write::OpenSession { .. } => format!(
+            "INSERT INTO sessions (session_id, room, status, started_at, ended_at, failure, owner, lease_until)
+             VALUES ($3, $4, $5, $6, $7, $8, $1, {LEASE})
+             ON CONFLICT (session_id) DO UPDATE SET room = EXCLUDED.room, status = EXCLUDED.status,
+               started_at = EXCLUDED.started_at, ended_at = NULL, failure = NULL, owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until"
+        ),
+        Write::Append { .. } => "INSERT INTO messages (session_id, seq, role, text, at, interrupted) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (session_id, seq) DO NOTHING"
+            .into(),
+        Write::Status { .. } => "UPDATE sessions SET status = $2, failure = COALESCE($3, failure), ended_at = COALESCE($4, ended_at) WHERE session_id = $1".into(),
+        // Idempotent as on SQLite: the same snapshot re-sent is stored once.
+        Write::Anketa { .. } => "INSERT INTO anketas (session_id, message_count, is_final, at, anketa, provenance)
+             SELECT $1::text, $2::bigint, $3::boolean, $4::timestamptz, $5::text, $6::text WHERE NOT EXISTS (
+               SELECT 1 FROM anketas WHERE session_id = $1 AND message_count = $2 AND is_final = $3 AND anketa = $5
+                 AND provenance IS NOT DISTINCT FROM $6)"
+            .into(),
+        // Rows another claimer holds are skipped, and one it has just claimed no longer
+        // matches (READ COMMITTED re-checks the WHERE on the new row): never claimed twice.
+        Write::Claim => format!(
+            "UPDATE sessions SET owner = $1, lease_until = {LEASE}
+             WHERE session_id IN (
+               SELECT session_id FROM sessions
+               WHERE status IN {OPEN} AND (owner IS NULL OR lease_until IS NULL OR lease_until < now())
+                 AND ($1::text IS NULL OR owner IS DISTINCT FROM $1)
+               FOR UPDATE SKIP LOCKED)
+             RETURNING {SESSION_COLUMNS}"
+        ),
     }
-    Ok(Vec::new())
 }
 
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+fn binds<'a>(write: &'a Write, owner: &'a Owner) -> Vec<Param<'a>> {
+    match write {
+        Write::OpenSession { record: r, id, status } => vec![&owner.id, &owner.lease_secs, id, &r.room, status, &r.started_at, &r.ended_at, &r.failure],
+        Write::Append { id, message: m, seq, role } => vec![id, seq, role, &m.text, &m.at, &m.interrupted],
+        Write::Status { id, status, failure, ended_at } => vec![id, status, failure, ended_at],
+        Write::Anketa { id, record, count, json, provenance } => vec![id, count, &record.is_final, &record.at, json, provenance],
+        Write::Claim => vec![&owner.id, &owner.lease_secs],
+    }
+}
+
+/// One transaction for the batch. Statements are prepared first (cached after the first
+/// batch), then sent pipelined, in queue order, and the commit waits for them all.
 async fn run_batch(pool: &Pool, batch: &[(Write, Reply)], owner: &Owner) -> Result<Vec<Vec<SessionRecord>>, StoreError> {
     let mut client = pool.get().await.map_err(io)?;
-    let tx = client.transaction().await.map_err(pg)?;
-    let mut out = Vec::with_capacity(batch.len());
+    let transaction = client.transaction().await.map_err(pg)?;
+    let mut prepared = Vec::with_capacity(batch.len());
     for (write, _) in batch {
-        out.push(apply(&tx, write, owner).await?);
+        prepared.push(transaction.prepare_cached(&statement(write)).await.map_err(pg)?);
     }
-    tx.commit().await.map_err(|e| io(format!("commit failed: {}", pg(e))))?;
+    let tx = &transaction;
+    let sent = batch.iter().zip(&prepared).map(|((write, _), stmt)| async move {
+        let rows = tx.query(stmt, &binds(write, owner)).await.map_err(pg)?;
+        match write {
+            Write::Claim => {
+                let mut claimed = rows.iter().map(session_row).collect::<Result<Vec<_>, _>>()?;
+                claimed.sort_by_key(|r| r.started_at);
+                Ok(claimed)
+            }
+            _ => Ok(Vec::new()),
+        }
+    });
+    let out = futures_util::future::join_all(sent).await.into_iter().collect::<Result<Vec<_>, StoreError>>()?;
+    transaction.commit().await.map_err(|e| io(format!("commit failed: {}", pg(e))))?;
     Ok(out)
 }
 
@@ -297,19 +292,24 @@ async fn renew_loop(pool: Pool, owner: Owner, every: std::time::Duration) {
 #[async_trait]
 impl DialogueStore for PgStore {
     async fn open_session(&self, record: &SessionRecord) -> Result<(), StoreError> {
-        self.write(Write::OpenSession(record.clone())).await.map(drop)
+        let (id, status) = (record.session_id.as_str().to_owned(), record.status.as_str());
+        self.write(Write::OpenSession { record: record.clone(), id, status }).await.map(drop)
     }
 
     async fn append_message(&self, session_id: &SessionId, message: &DialogueMessage) -> Result<(), StoreError> {
-        self.write(Write::Append(session_id.clone(), message.clone())).await.map(drop)
+        let (id, seq, role) = (session_id.as_str().to_owned(), i64::from(message.seq), message.role.as_str());
+        self.write(Write::Append { id, message: message.clone(), seq, role }).await.map(drop)
     }
 
     async fn set_status(&self, session_id: &SessionId, status: SessionStatus, failure: Option<&str>, ended_at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
-        self.write(Write::Status { session_id: session_id.clone(), status, failure: failure.map(str::to_owned), ended_at }).await.map(drop)
+        let (id, status) = (session_id.as_str().to_owned(), status.as_str());
+        self.write(Write::Status { id, status, failure: failure.map(str::to_owned), ended_at }).await.map(drop)
     }
 
     async fn save_anketa(&self, session_id: &SessionId, record: &AnketaRecord) -> Result<(), StoreError> {
-        self.write(Write::Anketa(session_id.clone(), record.clone())).await.map(drop)
+        let (json, provenance) = anketa_json(record);
+        let count = record.message_count as i64;
+        self.write(Write::Anketa { id: session_id.as_str().to_owned(), record: record.clone(), count, json, provenance }).await.map(drop)
     }
 
     async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionRecord>, StoreError> {
