@@ -1,7 +1,8 @@
 //! Foundation benchmarks (prints numbers; not a pass/fail test):
-//! 1. 200 concurrent consultations appending dialogue messages to the SQLite store:
-//!    throughput and p50/p99 latency until a message is durable (targets: >= 5,000 msg/s,
-//!    p99 < 5 ms on the 2-core machine).
+//! 1. 200 concurrent consultations appending dialogue messages to the store, on SQLite and
+//!    on PostgreSQL (a throwaway local server, fsync on as in production): throughput and
+//!    p50/p99 latency until a message is durable (SQLite targets: >= 5,000 msg/s, p99 < 5 ms
+//!    on the 2-core machine).
 //! 2. 1,000 idle consultation trees (Consultation + Realtime + Persistence + Extraction):
 //!    RSS per tree (target < 64 KiB).
 //!
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use consultant::store::SqliteStore;
+use consultant::store::{DatabaseUrl, Lease, SqliteStore, Store};
+use consultant_fakes::postgres::PgServer;
 use consultant_actors::anketa::{AnketaField, FieldKind};
 use consultant_actors::consultation::Ports;
 use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
@@ -39,9 +41,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// `pace`: None = every consultation appends as fast as it can (saturation); Some(d) = one
 /// message every `d` per consultation (a steady offered load).
-async fn append_benchmark(consultations: usize, messages_each: usize, pace: Option<Duration>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("bench.db"), "normal").unwrap());
+async fn append_benchmark(engine: &str, store: Store, consultations: usize, messages_each: usize, pace: Option<Duration>) {
+    let store = Arc::new(store);
     for i in 0..consultations {
         let record = SessionRecord {
             session_id: SessionId::parse(&format!("bench-{i}")).unwrap(),
@@ -90,7 +91,7 @@ async fn append_benchmark(consultations: usize, messages_each: usize, pace: Opti
     let elapsed = start.elapsed();
     all.sort();
     println!(
-        "store append ({}): {consultations} concurrent consultations x {messages_each} messages = {} messages in {:.2} s -> {:.0} messages/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{engine} store append ({}): {consultations} concurrent consultations x {messages_each} messages = {} messages in {:.2} s -> {:.0} messages/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         match pace { None => "saturated".to_owned(), Some(d) => format!("paced, 1 message / {} ms each", d.as_millis()) },
         all.len(),
         elapsed.as_secs_f64(),
@@ -133,9 +134,17 @@ async fn idle_trees(count: usize) {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        append_benchmark(200, 50, None).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = |name: &str| Store::from(SqliteStore::open(&dir.path().join(name), "normal").unwrap());
+        append_benchmark("SQLite", sqlite("saturated.db"), 200, 50, None).await;
         // 200 x 25 messages/s = 5,000 messages/s offered.
-        append_benchmark(200, 50, Some(Duration::from_millis(40))).await;
+        append_benchmark("SQLite", sqlite("paced.db"), 200, 50, Some(Duration::from_millis(40))).await;
+        let server = PgServer::start_with_fsync(true);
+        for pace in [None, Some(Duration::from_millis(40))] {
+            let store = Store::open(&DatabaseUrl::Postgres(server.fresh_database()), "normal", Lease::unowned()).await.unwrap();
+            append_benchmark("PostgreSQL", store, 200, 50, pace).await;
+        }
+        drop(server);
         idle_trees(1000).await;
     });
 }

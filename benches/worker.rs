@@ -57,6 +57,8 @@ fn parts(dir: &Path) -> WorkerParts {
         store: Arc::new(SqliteStore::open(&dir.join("db.sqlite"), "normal").unwrap()),
         rooms: Arc::new(NoMedia),
         tls: ClientTls::default(),
+        // An unowned SQLite store: sessions are recovered at start-up only.
+        sweep_every: None,
     }
 }
 

@@ -10,7 +10,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-APT_PACKAGES="espeak-ng sox tmux python3-venv cmake chromium"
+# postgresql: the server binaries (initdb, postgres) the PostgreSQL store tests start a throwaway server with.
+APT_PACKAGES="espeak-ng sox tmux python3-venv cmake chromium postgresql"
 # Node may come from elsewhere (e.g. NodeSource); Debian's only when there is none.
 if ! command -v npm >/dev/null 2>&1; then APT_PACKAGES="$APT_PACKAGES nodejs npm"; fi
 missing=""

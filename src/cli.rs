@@ -130,6 +130,14 @@ pub enum SessionsCommand {
         #[arg(long, value_enum, default_value = "json")]
         format: ExportFormat,
     },
+    /// Copy every session, message and anketa snapshot from one store to another (sqlite://PATH
+    /// or postgres://...). Idempotent: a second run copies nothing; a partial copy is completed.
+    Migrate {
+        #[arg(long, value_name = "URL")]
+        from: String,
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

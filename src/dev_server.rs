@@ -12,7 +12,7 @@ use livekit_loopback::{LoopbackConfig, LoopbackServer};
 use crate::config::Config;
 use crate::livekit::LiveKitClient;
 use crate::secret::Secret;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use crate::tls::ClientTls;
 use crate::web::{self, RateLimit, WebServer};
 
@@ -28,7 +28,7 @@ pub struct DevServer {
 
 /// Starts the server on `livekit.url`'s address and the page on `web.listen`, and points the
 /// configuration at them (the dev keys when none are set).
-pub async fn start(config: &mut Config, store: Arc<SqliteStore>) -> anyhow::Result<DevServer> {
+pub async fn start(config: &mut Config, store: Arc<Store>) -> anyhow::Result<DevServer> {
     let lk = &mut config.livekit;
     if lk.api_key.is_empty() || lk.api_secret.is_empty() {
         lk.api_key = Secret::new(DEV_KEY);

@@ -15,7 +15,6 @@ pub mod health;
 pub mod livekit;
 pub mod logging;
 pub mod metrics;
-pub mod migrations;
 pub mod process_stats;
 pub mod realtime;
 pub mod room;

@@ -37,6 +37,10 @@ pub struct WorkerParts {
     pub rooms: Arc<dyn JobRooms>,
     /// The trust policy of the LiveKit link and Twirp (the adapters above hold theirs).
     pub tls: ClientTls,
+    /// How often to finalize sessions whose worker died (their lease expired) while this one
+    /// runs; `None`: only at start-up. Only for a store with an owner (else it would take the
+    /// sessions this worker runs).
+    pub sweep_every: Option<Duration>,
 }
 
 /// Puts the worker into drain: LiveKit sees FULL, new jobs and sessions are refused, running
@@ -68,6 +72,23 @@ pub struct Worker {
     drain_timeout: Duration,
     /// Read by the LiveKit link and the console alike.
     process: ProcessSampler,
+    sweep: Option<JoinHandle<()>>,
+}
+
+/// Finalizes, every `every`, the sessions a dead peer (or a previous process) left open once
+/// their lease has expired. A failed sweep is retried at the next tick.
+async fn sweep_orphans(handler: Arc<VoiceHandler>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match handler.recover_interrupted().await {
+            Ok(done) if !done.is_empty() => tracing::warn!(count = done.len(), "finalized sessions whose worker stopped renewing their lease"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeping orphaned sessions failed; will retry"),
+        }
+    }
 }
 
 fn describe_model(config: &Config) -> String {
@@ -92,6 +113,7 @@ impl Worker {
             tracing::warn!(count = recovered.len(), "finalized sessions a previous worker left open");
         }
         let handler = Arc::new(handler);
+        let sweep = parts.sweep_every.map(|every| tokio::spawn(sweep_orphans(handler.clone(), every)));
         let client = Arc::new(LiveKitClient::new(&config.livekit, &parts.tls)?);
         let agent = AgentDescription { model: describe_model(config), system_prompt: config.consultation.system_prompt.clone() };
         let runner = Arc::new(Entrypoint::new(handler.clone(), parts.rooms, agent));
@@ -116,6 +138,7 @@ impl Worker {
             health,
             drain_timeout: Duration::from_secs(config.livekit.drain_timeout_secs),
             process,
+            sweep,
         })
     }
 
@@ -154,6 +177,9 @@ impl Worker {
             tracing::warn!(wait = ?FINAL_REPORT_WAIT, "stopping before LiveKit was told every job's final status");
         }
         self.link.shutdown();
+        if let Some(sweep) = &self.sweep {
+            sweep.abort();
+        }
         if let Some(task) = self.link_task {
             if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
                 tracing::warn!("the LiveKit link did not stop within 2 s");

@@ -623,6 +623,9 @@ impl DialogueStore for FlakyStore {
     async fn latest_anketa(&self, id: &SessionId) -> Result<Option<consultant_actors::ports::AnketaRecord>, consultant_actors::ports::StoreError> {
         self.inner.latest_anketa(id).await
     }
+    async fn claim_orphans(&self) -> Result<Vec<consultant_actors::ports::SessionRecord>, consultant_actors::ports::StoreError> {
+        self.inner.claim_orphans().await
+    }
 }
 
 #[tokio::test]

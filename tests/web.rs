@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use consultant::config::Config;
 use consultant::livekit::LiveKitClient;
-use consultant::store::SqliteStore;
+use consultant::store::{SqliteStore, Store};
 use consultant::tls::ClientTls;
 use consultant::web::{self, RateLimit, WebServer};
 use livekit_loopback::{LoopbackConfig, LoopbackServer};
@@ -34,7 +34,7 @@ async fn page(per_minute: u32, client_js: Option<&str>) -> Page {
     if let Some(body) = client_js {
         std::fs::write(&js, body).unwrap();
     }
-    let store = Arc::new(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap());
+    let store = Arc::new(Store::from(SqliteStore::open(&dir.path().join("c.db"), "normal").unwrap()));
     let web_server = WebServer {
         livekit: LiveKitClient::new(&config.livekit, &ClientTls::default()).unwrap(),
         public_url: "ws://livekit.example:7880".into(),

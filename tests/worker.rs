@@ -206,6 +206,8 @@ async fn start_with(server: LoopbackServer, s: Setup) -> Running {
         store: store.clone(),
         rooms: if s.media { rooms.clone() } else { Arc::new(NoMedia) },
         tls: ClientTls::default(),
+        // An unowned SQLite store: sessions are recovered at start-up only.
+        sweep_every: None,
     };
     let worker = Worker::start(&config, s.mode, parts).await.expect("worker starts");
     Running { server, worker: Some(worker), rooms, realtime, store, _dir: dir }

@@ -68,24 +68,23 @@ impl VoiceHandler {
     }
 
     /// Finalizes sessions a crashed process left open: status interrupted, anketa generated
-    /// from what was stored.
+    /// from what was stored. Only orphans (claimed from the store: lease expired or never
+    /// owned) are taken, so a live peer's session is never finalized here.
     pub async fn recover_interrupted(&self) -> Result<Vec<SessionOutcome>, HandlerError> {
         let mut outcomes = Vec::new();
-        for status in [SessionStatus::Starting, SessionStatus::Active, SessionStatus::Finalizing] {
-            for record in self.ports.store.sessions_with_status(status).await? {
-                tracing::warn!(session_id = %record.session_id, was = %record.status, "recovering a session left open by a previous process");
-                let job = FinalizeJob::from_store(
-                    &record,
-                    self.ports.store.clone(),
-                    self.ports.extractor.clone(),
-                    SessionStatus::Interrupted,
-                    "the worker stopped during the consultation".into(),
-                    "recovery after restart".into(),
-                    self.settings.final_extraction_timeout,
-                )
-                .await?;
-                outcomes.push(finalize_consultation(job).await);
-            }
+        for record in self.ports.store.claim_orphans().await? {
+            tracing::warn!(session_id = %record.session_id, was = %record.status, "recovering a session left open by a previous process");
+            let job = FinalizeJob::from_store(
+                &record,
+                self.ports.store.clone(),
+                self.ports.extractor.clone(),
+                SessionStatus::Interrupted,
+                "the worker stopped during the consultation".into(),
+                "recovery after restart".into(),
+                self.settings.final_extraction_timeout,
+            )
+            .await?;
+            outcomes.push(finalize_consultation(job).await);
         }
         Ok(outcomes)
     }

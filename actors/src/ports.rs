@@ -1,7 +1,7 @@
 //! The ports: what the actors need from the outside world, at the domain level.
 //!
 //! `src/` implements them over the real protocols (Azure/OpenAI Realtime, LiveKit room media,
-//! SQLite, DeepSeek); tests implement them in memory.
+//! SQLite or PostgreSQL, DeepSeek); tests implement them in memory.
 
 use std::sync::Arc;
 
@@ -358,6 +358,10 @@ pub trait DialogueStore: Send + Sync + 'static {
     async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionRecord>, StoreError>;
     async fn load_messages(&self, session_id: &SessionId) -> Result<Vec<DialogueMessage>, StoreError>;
     async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError>;
+    /// Atomically takes the open sessions no live worker holds (lease expired, or no owner:
+    /// rows from before leases) and makes this store their owner with a fresh lease. Two
+    /// stores claiming at once never both get the same session.
+    async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,10 +8,13 @@ use serde_json::Value;
 
 use crate::cli::{ExportFormat, SessionsCommand};
 use crate::config::Config;
-use crate::store::{SessionDetail, SessionSummary, SqliteStore};
+use crate::store::{migrate, DatabaseUrl, Lease, SessionDetail, SessionSummary, Store};
 
 pub async fn run(config: &Config, action: SessionsCommand) -> anyhow::Result<()> {
-    let store = SqliteStore::open(&config.storage.path, &config.storage.synchronous)?;
+    if let SessionsCommand::Migrate { from, to } = &action {
+        return copy(from, to, &config.storage.synchronous).await;
+    }
+    let store = Store::from_config(&config.storage, None).await?;
     let fields = &config.consultation.anketa_fields;
     match action {
         SessionsCommand::List { json } => {
@@ -19,7 +22,7 @@ pub async fn run(config: &Config, action: SessionsCommand) -> anyhow::Result<()>
             if json {
                 println!("{}", serde_json::to_string_pretty(&sessions)?);
             } else if sessions.is_empty() {
-                println!("no sessions in {}", store.path().display());
+                println!("no sessions in {}", store.location());
             } else {
                 print!("{}", table(&sessions));
             }
@@ -39,14 +42,26 @@ pub async fn run(config: &Config, action: SessionsCommand) -> anyhow::Result<()>
                 ExportFormat::Md => print!("{}", markdown(&detail, fields)),
             }
         }
+        SessionsCommand::Migrate { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
 
-async fn detail(store: &SqliteStore, id: &SessionId) -> anyhow::Result<SessionDetail> {
+/// `sessions migrate --from URL --to URL`: both stores unowned (a copy runs no session).
+async fn copy(from: &str, to: &str, synchronous: &str) -> anyhow::Result<()> {
+    let parse = |flag: &str, raw: &str| DatabaseUrl::parse(raw).map_err(|e| anyhow::anyhow!("--{flag}: {e}; accepted: sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"));
+    let (from, to) = (parse("from", from)?, parse("to", to)?);
+    let source = Store::open(&from, synchronous, Lease::unowned()).await?;
+    let target = Store::open(&to, synchronous, Lease::unowned()).await?;
+    let copied = migrate::copy_all(&source, &target).await?;
+    println!("{copied}: from {} to {}", from.masked(), to.masked());
+    Ok(())
+}
+
+async fn detail(store: &Store, id: &SessionId) -> anyhow::Result<SessionDetail> {
     store.session_detail(id).await.map_err(|e| match e {
         consultant_actors::ports::StoreError::UnknownSession(id) => {
-            anyhow::anyhow!("no session `{id}` in {}; `consultant sessions list` shows the stored ones", store.path().display())
+            anyhow::anyhow!("no session `{id}` in {}; `consultant sessions list` shows the stored ones", store.location())
         }
         other => other.into(),
     })

@@ -18,7 +18,7 @@ use crate::audio::{PacedRecorder, RATE};
 use crate::config::{Config, Service};
 use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
 use crate::realtime::{AzureRealtimeClient, RealtimeConfig};
-use crate::store::SqliteStore;
+use crate::store::Store;
 use crate::tls::ClientTls;
 
 /// Caller audio goes out in 20 ms frames, like a LiveKit track.
@@ -49,7 +49,8 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("realtime configuration: {e}"))?;
     let stats = realtime.stats();
     let extractor = DeepSeekExtractor::new(DeepSeekConfig::from_section(&config.deepseek), config.consultation.anketa_fields.clone(), &tls)?;
-    let store = SqliteStore::open(&config.storage.path, &config.storage.synchronous)?;
+    // Owned, like a worker's: its session is never taken for an orphan while it runs.
+    let store = Store::from_config(&config.storage, Some(&crate::store::default_worker_id())).await?;
     let ports = Ports { connector: Arc::new(realtime), store: Arc::new(store), extractor: Arc::new(extractor) };
     let handler = VoiceHandler::start(Arc::new(config.consultation_settings()), ports, Telemetry::new()).await?;
 

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use crate::config::{Config, Service};
 use crate::livekit::LiveKitClient;
-use crate::store::SqliteStore;
+use crate::store::Store;
 use crate::tls::ClientTls;
 use crate::web::{self, RateLimit, WebServer};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     config.require(&[Service::LiveKit])?;
     let livekit = LiveKitClient::new(&config.livekit, &ClientTls::from_config(&config.tls)?)?;
-    let store = Arc::new(SqliteStore::open(&config.storage.path, &config.storage.synchronous)?);
+    let store = Arc::new(Store::from_config(&config.storage, None).await?);
     let w = &config.web;
     if !w.livekit_client_js.is_file() {
         tracing::warn!(path = %w.livekit_client_js.display(), "livekit-client bundle not found: run `npm ci` in web/ (the page cannot connect without it)");

@@ -9,7 +9,7 @@ use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
 use crate::livekit::WorkerMode;
 use crate::realtime::{AzureRealtimeClient, RealtimeConfig};
 use crate::room::{LiveKitRooms, RoomOptions};
-use crate::store::SqliteStore;
+use crate::store::{default_worker_id, Store};
 use crate::tls::ClientTls;
 use crate::worker::{self, WorkerParts};
 
@@ -21,7 +21,11 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     config.require(services)?;
     let log = crate::logging::init(&config.logging, mode == WorkerMode::Dev)
         .map_err(|e| anyhow::anyhow!("cannot open the log file in {}: {e}", config.logging.dir.display()))?;
-    let store = Arc::new(SqliteStore::open(&config.storage.path, &config.storage.synchronous)?);
+    let worker_id = Some(config.storage.worker_id.trim()).filter(|id| !id.is_empty()).map_or_else(default_worker_id, str::to_owned);
+    let store = Arc::new(Store::from_config(&config.storage, Some(&worker_id)).await?);
+    tracing::info!(store = %store.location(), worker_id, lease = ?store.lease().duration, "dialogue store open");
+    // Orphans are swept once a lease could have expired.
+    let sweep_every = Some(store.lease().duration);
     let _dev_server = match embedded {
         true => Some(crate::dev_server::start(&mut config, store.clone()).await?),
         false => None,
@@ -33,7 +37,7 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     let (realtime, extractor) = adapters(config, &tls)?;
     let stats = realtime.stats();
     let rooms = LiveKitRooms { options: RoomOptions { tls: tls.clone(), ..Default::default() } };
-    let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(rooms), tls };
+    let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(rooms), tls, sweep_every };
     let result = worker::run(config, mode, parts, Some(log.level.clone()), Some(stats)).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "worker failed");

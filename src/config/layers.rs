@@ -169,7 +169,7 @@ pub fn invalid(key: &Key, origin: Origin, problem: String) -> Problem {
 
 /// What a value is, for messages: secrets are never shown.
 fn shown(key: &Key, value: &toml::Value) -> String {
-    if key.secret {
+    if key.secret || key.masked {
         format!("a {}", value.type_str())
     } else {
         let text = value.to_string();

@@ -181,9 +181,15 @@ pub struct ConsultationSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Empty: `sqlite://` + `path`. A PostgreSQL URL's password is secret (see store::url).
+    pub url: Secret,
     pub path: PathBuf,
     /// "normal" (durable across process crashes) or "full" (also across power loss).
     pub synchronous: String,
+    /// How long a worker's claim on its open sessions lasts without renewal, seconds.
+    pub lease_secs: u64,
+    /// The worker's identity as session owner; empty: `<hostname>-<pid>-<8 hex>`.
+    pub worker_id: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -53,7 +53,10 @@ pub fn render(resolved: &Resolved) -> String {
             lines.push(format!("\n[{section}]"));
         }
         let path = key.path();
-        let value = shown(key.kind, key.secret, layered.value(key));
+        let value = match layered.value(key) {
+            Some(toml::Value::String(url)) if key.masked => format!("{:?}", crate::store::mask_password(url)),
+            other => shown(key.kind, key.secret, other),
+        };
         let mut from = origin(&layered.origin(&path));
         if let Some(lost) = layered.shadowed.get(&path) {
             from.push_str(&format!("; also set, ignored: {}", lost.join(", ")));

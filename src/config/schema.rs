@@ -45,6 +45,8 @@ pub struct Key {
     pub kind: Kind,
     /// Reported as set/unset, never shown.
     pub secret: bool,
+    /// A URL whose password is secret: shown with the password masked.
+    pub masked: bool,
     /// Not in config.toml: unset unless given.
     pub optional: bool,
     /// The Python module's (or an earlier release's) variable. CONSULTANT_<SECTION>_<KEY> wins over it.
@@ -53,12 +55,17 @@ pub struct Key {
 }
 
 const fn key(section: &'static str, name: &'static str, kind: Kind, doc: &'static str) -> Key {
-    Key { section, name, kind, secret: false, optional: false, legacy_env: None, doc }
+    Key { section, name, kind, secret: false, masked: false, optional: false, legacy_env: None, doc }
 }
 
 impl Key {
     const fn secret(mut self) -> Self {
         self.secret = true;
+        self
+    }
+
+    const fn masked(mut self) -> Self {
+        self.masked = true;
         self
     }
 
@@ -156,8 +163,13 @@ pub const KEYS: &[Key] = &[
     key("consultation", "silence_end_secs", U64, "further silence before the agent says goodbye and ends the call, seconds"),
     key("consultation", "silence_goodbye_instruction", Str, "instruction for the goodbye to a silent caller"),
     key("consultation", "anketa_fields", Fields, "the anketa fields, as a TOML array of tables"),
-    key("storage", "path", Path, "the SQLite database").legacy("CONSULTANT_DB_PATH"),
+    key("storage", "url", Str, "database URL: empty (sqlite:// + storage.path), sqlite://PATH or postgres://USER:PASSWORD@HOST/DB")
+        .masked()
+        .legacy("CONSULTANT_DATABASE_URL"),
+    key("storage", "path", Path, "the SQLite database (when storage.url is empty)").legacy("CONSULTANT_DB_PATH"),
     key("storage", "synchronous", Kind::Choice(SYNCHRONOUS), "SQLite durability: normal or full"),
+    key("storage", "lease_secs", U64, "a worker's claim on its open sessions lasts this long without renewal, seconds"),
+    key("storage", "worker_id", Str, "this worker's name as session owner (empty: <hostname>-<pid>-<random>)"),
     key("console", "enabled", Bool, "serve the remote debug console"),
     key("console", "listen", Str, "console address (non-loopback needs TLS)"),
     key("console", "token", Str, "read-only console token (empty: generated into token_file)").secret(),

@@ -115,6 +115,15 @@ pub fn check(config: &Config, layered: &Layered) -> Vec<Problem> {
         c.bad("logging.max_file_bytes", format!("{} is below 4096", config.logging.max_file_bytes), "a whole number of bytes, at least 4096");
     }
 
+    let storage = &config.storage;
+    if !storage.url.is_empty() {
+        // The message carries the masked URL only.
+        if let Err(e) = crate::store::DatabaseUrl::parse(storage.url.expose()) {
+            c.bad("storage.url", e, crate::store::url::ACCEPTED);
+        }
+    }
+    c.at_least_one("storage.lease_secs", storage.lease_secs, "seconds (default 10)");
+
     let console = &config.console;
     if console.tls_cert.is_some() != console.tls_key.is_some() {
         let key = if console.tls_cert.is_some() { "console.tls_key" } else { "console.tls_cert" };

@@ -73,7 +73,13 @@ fn database_writable(path: &Path) -> Result<(), String> {
 /// and the free space.
 pub fn storage(config: &StorageConfig) -> Verdict {
     const CHECK: &str = "storage";
-    let path = &config.path;
+    let path = match crate::store::DatabaseUrl::from_storage(config) {
+        Ok(crate::store::DatabaseUrl::Sqlite(path)) => path,
+        // The server is reached at start-up (migrations run there); its password never shows.
+        Ok(pg @ crate::store::DatabaseUrl::Postgres(_)) => return Verdict::ok(CHECK, format!("PostgreSQL at {} (connection checked when the worker starts)", pg.masked())),
+        Err(e) => return Verdict::fail(CHECK, e),
+    };
+    let path = &path;
     let fix = "set storage.path (CONSULTANT_DB_PATH) to a file in a folder this user can write";
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let existing = existing_ancestor(dir);
@@ -172,7 +178,7 @@ mod tests {
     use super::*;
 
     fn storage_at(path: PathBuf) -> StorageConfig {
-        StorageConfig { path, synchronous: "normal".into() }
+        StorageConfig { url: Default::default(), path, synchronous: "normal".into(), lease_secs: 10, worker_id: String::new() }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use consultant_actors::SessionId;
 use serde_json::json;
 
 use crate::livekit::LiveKitClient;
-use crate::store::SqliteStore;
+use crate::store::Store;
 
 pub use limit::RateLimit;
 
@@ -36,7 +36,7 @@ pub struct WebServer {
     /// The LiveKit URL as the browser reaches it.
     pub public_url: String,
     pub client_js: PathBuf,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<Store>,
     pub fields: Vec<AnketaField>,
     pub limit: RateLimit,
 }

@@ -78,6 +78,10 @@ impl DialogueStore for FlakyStore {
     async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
         self.inner.latest_anketa(session_id).await
     }
+
+    async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.claim_orphans().await
+    }
 }
 
 /// A cut: what the caller had heard of an item when it stopped, and how much of it the

@@ -81,6 +81,10 @@ impl DialogueStore for MeteredStore {
     async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
         self.inner.latest_anketa(session_id).await
     }
+
+    async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.claim_orphans().await
+    }
 }
 
 struct MeteredExtractor {
@@ -132,6 +136,9 @@ mod tests {
         }
         async fn latest_anketa(&self, _: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
             Ok(None)
+        }
+        async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
+            Ok(Vec::new())
         }
     }
 

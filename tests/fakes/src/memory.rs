@@ -259,4 +259,12 @@ impl DialogueStore for MemoryStore {
     async fn latest_anketa(&self, session_id: &SessionId) -> Result<Option<AnketaRecord>, StoreError> {
         Ok(self.anketas.lock().unwrap().get(session_id).and_then(|l| l.last().cloned()))
     }
+
+    /// No leases in memory: every open session is an orphan (one process owns the map).
+    async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let open = [SessionStatus::Starting, SessionStatus::Active, SessionStatus::Finalizing];
+        let mut found: Vec<SessionRecord> = self.sessions.lock().unwrap().values().filter(|r| open.contains(&r.status)).cloned().collect();
+        found.sort_by_key(|r| r.started_at);
+        Ok(found)
+    }
 }

@@ -9,36 +9,17 @@ use std::thread;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use consultant_actors::anketa::Anketa;
 use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
 use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError};
-use consultant_actors::provenance::Provenance;
 use consultant_actors::session::SessionStatus;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 use tokio::sync::oneshot;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    room       TEXT NOT NULL,
-    status     TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    ended_at   TEXT,
-    failure    TEXT
-);
-CREATE TABLE IF NOT EXISTS anketas (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id    TEXT NOT NULL REFERENCES sessions(session_id),
-    message_count INTEGER NOT NULL,
-    is_final      INTEGER NOT NULL,
-    at            TEXT NOT NULL,
-    anketa        TEXT NOT NULL,
-    provenance    TEXT
-);
-CREATE INDEX IF NOT EXISTS anketas_by_session ON anketas(session_id, id);
-CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions(status);
-";
+use super::migrations::sqlite as migrations;
+use super::{anketa_json, io, Lease, SessionDetail, SessionSummary};
+
+/// `status IN (...)` of the open statuses.
+const OPEN: &str = "('starting', 'active', 'finalizing')";
 
 /// Writes the writer thread commits, each answered after the commit.
 enum Write {
@@ -46,20 +27,34 @@ enum Write {
     Append(SessionId, DialogueMessage),
     Status { session_id: SessionId, status: SessionStatus, failure: Option<String>, ended_at: Option<DateTime<Utc>> },
     Anketa(SessionId, AnketaRecord),
+    /// Extends the leases of every open session this store owns.
+    Renew,
+    Claim,
 }
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
+/// What a write returns: claims return the sessions taken.
+type Reply = oneshot::Sender<Result<Vec<SessionRecord>, StoreError>>;
+
+/// The owner and lease every write of one store uses.
+#[derive(Clone)]
+struct Owner {
+    id: Option<String>,
+    lease_ms: i64,
+}
+
+impl Owner {
+    fn lease_until(&self) -> Option<i64> {
+        self.id.as_ref().map(|_| Utc::now().timestamp_millis() + self.lease_ms)
+    }
+}
 
 pub struct SqliteStore {
     path: PathBuf,
     writes: std_mpsc::Sender<(Write, Reply)>,
     reader: Arc<Mutex<Connection>>,
-    /// The checkpoint thread runs while this lives.
+    lease: Lease,
+    /// The checkpoint and lease threads run while this lives.
     _alive: Arc<()>,
-}
-
-fn io(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(e.to_string())
 }
 
 fn open(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
@@ -72,15 +67,25 @@ fn open(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating folder, file and schema if needed) the database.
+    /// Opens (creating folder, file and schema if needed) the database, unowned: the sessions
+    /// it opens are claimable by any store (one process, or tests).
     pub fn open(path: &Path, synchronous: &str) -> Result<Self, StoreError> {
+        Self::open_with(path, synchronous, Lease::unowned())
+    }
+
+    /// Opens the database; sessions opened here are owned by `lease.owner`, renewed every
+    /// third of the lease while the store lives.
+    pub fn open_with(path: &Path, synchronous: &str, lease: Lease) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         }
+        if path.exists() {
+            // Before any pragma writes to it: a newer schema is left untouched.
+            let probe = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| StoreError::Io(format!("cannot open database {}: {e}", path.display())))?;
+            migrations::check_not_newer(&probe)?;
+        }
         let mut writer = open(path, synchronous)?;
-        writer.execute_batch(SCHEMA).map_err(io)?;
-        writer.execute_batch(crate::migrations::MESSAGES_TABLE).map_err(io)?;
-        crate::migrations::upgrade(&mut writer)?;
+        migrations::upgrade(&mut writer)?;
         // Checkpoints (the fsync-heavy part of WAL) run on their own thread, never inside a
         // commit that a consultation is waiting for.
         writer.pragma_update(None, "wal_autocheckpoint", 0).map_err(io)?;
@@ -95,11 +100,20 @@ impl SqliteStore {
             .map_err(io)?;
         let reader = open(path, synchronous)?;
         let (tx, rx) = std_mpsc::channel::<(Write, Reply)>();
+        let owner = Owner { id: lease.owner.clone(), lease_ms: lease.duration.as_millis() as i64 };
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, owner))
             .map_err(io)?;
-        Ok(Self { path: path.to_owned(), writes: tx, reader: Arc::new(Mutex::new(reader)), _alive: alive })
+        if lease.owner.is_some() {
+            let (writes, alive, every) = (tx.clone(), Arc::downgrade(&alive), lease.renew_every());
+            thread::Builder::new().name("sqlite-lease".into()).spawn(move || renew_loop(writes, alive, every)).map_err(io)?;
+        }
+        Ok(Self { path: path.to_owned(), writes: tx, reader: Arc::new(Mutex::new(reader)), lease, _alive: alive })
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
     }
 
     pub fn path(&self) -> &Path {
@@ -107,6 +121,10 @@ impl SqliteStore {
     }
 
     async fn write(&self, write: Write) -> Result<(), StoreError> {
+        self.write_returning(write).await.map(|_| ())
+    }
+
+    async fn write_returning(&self, write: Write) -> Result<Vec<SessionRecord>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writes.send((write, tx)).map_err(|_| StoreError::Io("the database writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::Io("the database writer has stopped".into()))?
@@ -128,18 +146,14 @@ impl SqliteStore {
             let mut stmt = c
                 .prepare(
                     "SELECT s.session_id, s.room, s.status, s.started_at, s.ended_at, s.failure,
-                            (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id)
+                            (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.session_id), s.owner
                      FROM sessions s ORDER BY s.started_at DESC, s.session_id",
                 )
                 .map_err(io)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((session_row(r)?, r.get::<_, i64>(6)?))
-                })
-                .map_err(io)?;
+            let rows = stmt.query_map([], |r| Ok((session_row(r)?, r.get::<_, i64>(6)?, r.get::<_, Option<String>>(7)?))).map_err(io)?;
             rows.map(|r| {
-                let (record, messages) = r.map_err(io)?;
-                Ok(SessionSummary { record: record?, messages: messages as usize })
+                let (record, messages, owner) = r.map_err(io)?;
+                Ok(SessionSummary { record: record?, messages: messages as usize, owner })
             })
             .collect()
         })
@@ -173,27 +187,26 @@ impl SqliteStore {
                 rows.map(|r| r.map_err(io)?).collect::<Result<Vec<_>, _>>()
             })
             .await?;
-        let (anketa, provenance) = history.last().map(|a| (a.anketa.clone(), a.provenance.clone())).unwrap_or_default();
-        Ok(SessionDetail { anketa, provenance, record, messages, anketa_history: history })
+        Ok(SessionDetail::new(record, messages, history))
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct SessionSummary {
-    #[serde(flatten)]
-    pub record: SessionRecord,
-    pub messages: usize,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct SessionDetail {
-    #[serde(flatten)]
-    pub record: SessionRecord,
-    pub messages: Vec<DialogueMessage>,
-    /// The latest anketa and where its values came from.
-    pub anketa: Anketa,
-    pub provenance: Provenance,
-    pub anketa_history: Vec<AnketaRecord>,
+/// Sends a renewal every `every` until the store is dropped; a failed one is logged (the next
+/// may succeed before the lease runs out).
+fn renew_loop(writes: std_mpsc::Sender<(Write, Reply)>, alive: std::sync::Weak<()>, every: std::time::Duration) {
+    loop {
+        thread::sleep(every);
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let (reply, answer) = oneshot::channel();
+        if writes.send((Write::Renew, reply)).is_err() {
+            return;
+        }
+        if let Ok(Err(e)) = answer.blocking_recv() {
+            tracing::warn!(error = %e, "renewing session leases failed; will retry");
+        }
+    }
 }
 
 fn parse_time(raw: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -237,14 +250,14 @@ fn anketa_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AnketaRecord, St
     })())
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> {
+fn apply(tx: &rusqlite::Transaction<'_>, write: &Write, owner: &Owner) -> rusqlite::Result<Vec<SessionRecord>> {
     match write {
         Write::OpenSession(r) => {
             tx.execute(
-                "INSERT INTO sessions (session_id, room, status, started_at, ended_at, failure) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO sessions (session_id, room, status, started_at, ended_at, failure, owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(session_id) DO UPDATE SET room = excluded.room, status = excluded.status,
-                   started_at = excluded.started_at, ended_at = NULL, failure = NULL",
-                params![r.session_id.as_str(), r.room, r.status.as_str(), r.started_at.to_rfc3339(), r.ended_at.map(|t| t.to_rfc3339()), r.failure],
+                   started_at = excluded.started_at, ended_at = NULL, failure = NULL, owner = excluded.owner, lease_until = excluded.lease_until",
+                params![r.session_id.as_str(), r.room, r.status.as_str(), r.started_at.to_rfc3339(), r.ended_at.map(|t| t.to_rfc3339()), r.failure, owner.id, owner.lease_until()],
             )?;
         }
         Write::Append(id, m) => {
@@ -261,8 +274,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
             )?;
         }
         Write::Anketa(id, a) => {
-            let json = serde_json::to_string(&a.anketa).unwrap_or_else(|_| "{}".into());
-            let provenance = serde_json::to_string(&a.provenance).unwrap_or_else(|_| "{}".into());
+            let (json, provenance) = anketa_json(a);
             // Idempotent like messages: a snapshot re-sent after a Persistence restart (same
             // dialogue length, same content) is stored once; a different one is history.
             tx.execute(
@@ -272,8 +284,27 @@ fn apply(tx: &rusqlite::Transaction<'_>, write: &Write) -> rusqlite::Result<()> 
                 params![id.as_str(), a.message_count as i64, a.is_final, a.at.to_rfc3339(), json, provenance],
             )?;
         }
+        Write::Renew => {
+            if let Some(id) = &owner.id {
+                tx.execute(&format!("UPDATE sessions SET lease_until = ?2 WHERE owner = ?1 AND status IN {OPEN}"), params![id, owner.lease_until()])?;
+            }
+        }
+        Write::Claim => {
+            // One UPDATE in the writer's transaction: SQLite's write lock makes it atomic
+            // against every other process. Never our own sessions (we are running them).
+            let sql = format!(
+                "UPDATE sessions SET owner = ?1, lease_until = ?2
+                 WHERE status IN {OPEN} AND (owner IS NULL OR lease_until IS NULL OR lease_until < ?3) AND (?1 IS NULL OR owner IS NOT ?1)
+                 RETURNING session_id, room, status, started_at, ended_at, failure"
+            );
+            let mut stmt = tx.prepare(&sql)?;
+            let rows = stmt.query_map(params![owner.id, owner.lease_until(), Utc::now().timestamp_millis()], session_row)?;
+            let mut claimed = rows.map(|r| r.and_then(|r| r.map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into())))).collect::<rusqlite::Result<Vec<_>>>()?;
+            claimed.sort_by_key(|r| r.started_at);
+            return Ok(claimed);
+        }
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// Copies the WAL back into the database every second without blocking the writer (PASSIVE),
@@ -300,7 +331,7 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
 /// Group commit: take everything queued, apply it in one transaction, answer everyone.
 /// A write that fails alone (e.g. a constraint) is answered with its error; a failed commit
 /// (disk full) is answered to the whole batch, which the callers then retry.
-fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>) {
+fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>, owner: Owner) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -318,7 +349,7 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>) {
                 continue;
             }
         };
-        let results: Vec<Result<(), StoreError>> = batch.iter().map(|(w, _)| apply(&tx, w).map_err(io)).collect();
+        let results: Vec<Result<Vec<SessionRecord>, StoreError>> = batch.iter().map(|(w, _)| apply(&tx, w, &owner).map_err(io)).collect();
         if results.iter().any(Result::is_err) && tx.is_autocommit() {
             // SQLite rolled the whole transaction back by itself (disk full, I/O error): what
             // was applied before the failure is gone, what came after ran on its own. Every
@@ -326,7 +357,7 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>) {
             drop(tx);
             tracing::warn!(writes = batch.len(), "SQLite rolled a batch back; writing its entries one by one");
             for (write, reply) in batch {
-                let result = write_alone(&mut conn, &write);
+                let result = write_alone(&mut conn, &write, &owner);
                 let _ = reply.send(result); // a waiter that gave up needs no answer
             }
             continue;
@@ -346,10 +377,11 @@ fn writer_loop(mut conn: Connection, rx: std_mpsc::Receiver<(Write, Reply)>) {
     }
 }
 
-fn write_alone(conn: &mut Connection, write: &Write) -> Result<(), StoreError> {
+fn write_alone(conn: &mut Connection, write: &Write, owner: &Owner) -> Result<Vec<SessionRecord>, StoreError> {
     let tx = conn.transaction().map_err(io)?;
-    apply(&tx, write).map_err(io)?;
-    tx.commit().map_err(|e| io(format!("commit failed: {e}")))
+    let out = apply(&tx, write, owner).map_err(io)?;
+    tx.commit().map_err(|e| io(format!("commit failed: {e}")))?;
+    Ok(out)
 }
 
 #[async_trait]
@@ -421,6 +453,10 @@ impl DialogueStore for SqliteStore {
         })
         .await
     }
+
+    async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.write_returning(Write::Claim).await
+    }
 }
 
 #[cfg(test)]
@@ -439,8 +475,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("full.db");
         let conn = open(&path, "normal").unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        conn.execute_batch(crate::migrations::MESSAGES_TABLE).unwrap();
+        let mut conn = conn;
+        migrations::upgrade(&mut conn).unwrap();
         let id = SessionId::parse("full").unwrap();
         conn.execute("INSERT INTO sessions (session_id, room, status, started_at) VALUES ('full', 'r', 'active', '2026-12-01T00:00:00Z')", []).unwrap();
         let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
@@ -453,74 +489,11 @@ mod tests {
             replies.push(answer);
         }
         drop(tx);
-        writer_loop(conn, rx); // one batch, then the closed channel ends it
+        writer_loop(conn, rx, Owner { id: None, lease_ms: 0 }); // one batch, then the closed channel ends it
         let answers: Vec<bool> = replies.into_iter().map(|r| r.blocking_recv().unwrap().is_ok()).collect();
         let check = Connection::open(&path).unwrap();
         let stored: Vec<u32> = check.prepare("SELECT seq FROM messages ORDER BY seq").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
         assert_eq!(answers, vec![true, false, true], "each write answered for itself");
         assert_eq!(stored, vec![1, 3], "what was answered Ok is stored, and only that");
-    }
-
-    fn evidenced_record(message_count: usize, is_final: bool) -> AnketaRecord {
-        use consultant_actors::provenance::{FieldProvenance, PastValue};
-        let mut anketa = Anketa::default();
-        anketa.0.insert("client_name".into(), serde_json::json!("Анна"));
-        let mut provenance = Provenance::default();
-        let history = vec![PastValue { value: serde_json::json!("Аня"), evidence: vec![2], set_at: 2 }];
-        provenance.fields.insert("client_name".into(), FieldProvenance { evidence: vec![4], set_at: message_count, history });
-        AnketaRecord { anketa, provenance, message_count, is_final, at: Utc::now() }
-    }
-
-    /// Each snapshot keeps its provenance, and the `anketa` column keeps the Python module's shape.
-    #[tokio::test]
-    async fn anketa_provenance_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let store = SqliteStore::open(&path, "normal").unwrap();
-        let id = SessionId::parse("s1").unwrap();
-        let record = SessionRecord { session_id: id.clone(), room: "r".into(), status: SessionStatus::Active, started_at: Utc::now(), ended_at: None, failure: None };
-        store.open_session(&record).await.unwrap();
-        let (periodic, last) = (evidenced_record(4, false), evidenced_record(6, true));
-        for r in [&periodic, &periodic, &last] {
-            store.save_anketa(&id, r).await.unwrap();
-        }
-        let detail = store.session_detail(&id).await.unwrap();
-        assert_eq!(detail.anketa_history, vec![periodic, last.clone()], "a re-sent snapshot is stored once");
-        assert_eq!((detail.anketa, detail.provenance), (last.anketa.clone(), last.provenance.clone()));
-        assert_eq!(store.latest_anketa(&id).await.unwrap(), Some(last));
-        let raw: String = Connection::open(&path).unwrap().query_row("SELECT anketa FROM anketas ORDER BY id LIMIT 1", [], |r| r.get(0)).unwrap();
-        assert_eq!(raw, r#"{"client_name":"Анна"}"#);
-    }
-
-    /// A database written before provenance was kept opens, reads its anketas with no
-    /// provenance, and stores new ones with it.
-    #[tokio::test]
-    async fn a_database_from_before_provenance_opens_and_keeps_working() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        let old = Connection::open(&path).unwrap();
-        old.execute_batch(
-            "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, room TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, failure TEXT);
-             CREATE TABLE messages (session_id TEXT NOT NULL REFERENCES sessions(session_id), seq INTEGER NOT NULL, role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), text TEXT NOT NULL, at TEXT NOT NULL, interrupted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (session_id, seq));
-             CREATE TABLE anketas (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL REFERENCES sessions(session_id), message_count INTEGER NOT NULL, is_final INTEGER NOT NULL, at TEXT NOT NULL, anketa TEXT NOT NULL);
-             INSERT INTO sessions VALUES ('old', 'consultation-old', 'active', '2026-01-01T10:00:00+00:00', NULL, NULL);
-             INSERT INTO anketas (session_id, message_count, is_final, at, anketa) VALUES ('old', 6, 0, '2026-01-01T10:05:00+00:00', '{\"client_name\":\"Анна\"}');",
-        )
-        .unwrap();
-        drop(old);
-        let store = SqliteStore::open(&path, "normal").unwrap();
-        let id = SessionId::parse("old").unwrap();
-        let before = store.latest_anketa(&id).await.unwrap().unwrap();
-        assert_eq!((before.anketa.0["client_name"].as_str(), before.message_count), (Some("Анна"), 6));
-        assert!(before.provenance.is_empty());
-        let record = evidenced_record(8, true);
-        store.save_anketa(&id, &record).await.unwrap();
-        let detail = store.session_detail(&id).await.unwrap();
-        assert_eq!(detail.anketa_history.len(), 2);
-        assert_eq!(detail.provenance, record.provenance);
-        drop(store);
-        // Opening it again (the column is there now) changes nothing.
-        let again = SqliteStore::open(&path, "normal").unwrap();
-        assert_eq!(again.session_detail(&id).await.unwrap().anketa_history, detail.anketa_history);
     }
 }
