@@ -626,6 +626,9 @@ impl DialogueStore for FlakyStore {
     async fn claim_orphans(&self) -> Result<Vec<consultant_actors::ports::SessionRecord>, consultant_actors::ports::StoreError> {
         self.inner.claim_orphans().await
     }
+    async fn session(&self, id: &SessionId) -> Result<Option<consultant_actors::ports::StoredSession>, consultant_actors::ports::StoreError> {
+        self.inner.session(id).await
+    }
 }
 
 #[tokio::test]

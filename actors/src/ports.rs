@@ -320,6 +320,13 @@ pub struct SessionRecord {
     pub failure: Option<String>,
 }
 
+/// A stored session and the worker that holds its lease (none: unowned or from before leases).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredSession {
+    pub record: SessionRecord,
+    pub owner: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AnketaRecord {
     /// The anketa as the Python module stored it: field name -> value.
@@ -362,6 +369,12 @@ pub trait DialogueStore: Send + Sync + 'static {
     /// rows from before leases) and makes this store their owner with a fresh lease. Two
     /// stores claiming at once never both get the same session.
     async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError>;
+    /// One session, if stored.
+    async fn session(&self, session_id: &SessionId) -> Result<Option<StoredSession>, StoreError>;
+    /// The worker this store writes as the owner of the sessions it opens (none: unowned).
+    fn owner(&self) -> Option<String> {
+        None
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

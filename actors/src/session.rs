@@ -107,6 +107,21 @@ impl VoiceConsultationSession {
         }
     }
 
+    /// Picks up a session its previous worker left mid-call: the stored dialogue (numbering
+    /// goes on after it), the latest anketa snapshot, and the timer running from the original
+    /// start, so that a resumed call does not get a new time limit.
+    pub fn resume(&mut self, started_at: DateTime<Utc>, dialogue: Vec<DialogueMessage>, anketa: Option<crate::ports::AnketaRecord>) {
+        let elapsed = (Utc::now() - started_at).to_std().unwrap_or_default();
+        self.started = tokio::time::Instant::now().checked_sub(elapsed).unwrap_or_else(tokio::time::Instant::now);
+        self.started_at = started_at;
+        self.dialogue = dialogue;
+        if let Some(a) = anketa {
+            self.anketa = a.anketa;
+            self.provenance = a.provenance;
+            self.anketa_at_message = a.message_count;
+        }
+    }
+
     pub fn elapsed(&self) -> Duration {
         match self.ended_at {
             Some(end) => (end - self.started_at).to_std().unwrap_or_default(),

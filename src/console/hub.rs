@@ -408,6 +408,7 @@ mod tests {
             caller_buffer_ms: 240,
             caller_dropped_ms: 20,
             failure: Some("extraction timed out".into()),
+            resumed_from: None,
         };
         view.push_line(1, Role::User, "Здравствуйте, меня зовут Иван");
         view.push_line(2, Role::Assistant, "Добрый день, Иван");

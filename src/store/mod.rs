@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use consultant_actors::anketa::Anketa;
 use consultant_actors::dialogue::{DialogueMessage, SessionId};
-use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError};
+use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError, StoredSession};
 use consultant_actors::provenance::Provenance;
 use consultant_actors::session::SessionStatus;
 use serde::Serialize;
@@ -163,6 +163,12 @@ impl DialogueStore for Store {
     }
     async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.engine().claim_orphans().await
+    }
+    async fn session(&self, session_id: &SessionId) -> Result<Option<StoredSession>, StoreError> {
+        self.engine().session(session_id).await
+    }
+    fn owner(&self) -> Option<String> {
+        self.lease().owner.clone()
     }
 }
 

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
-use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError};
+use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError, StoredSession};
 use consultant_actors::session::SessionStatus;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
@@ -340,5 +340,15 @@ impl DialogueStore for PgStore {
 
     async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.write(Write::Claim).await
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<StoredSession>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS}, owner FROM sessions WHERE session_id = $1");
+        let rows = self.query(&sql, &[&session_id.as_str()]).await?;
+        rows.first().map(|r| Ok(StoredSession { record: session_row(r)?, owner: r.get(6) })).transpose()
+    }
+
+    fn owner(&self) -> Option<String> {
+        self.lease().owner.clone()
     }
 }

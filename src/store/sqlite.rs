@@ -10,7 +10,7 @@ use std::thread;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
-use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError};
+use consultant_actors::ports::{AnketaRecord, DialogueStore, SessionRecord, StoreError, StoredSession};
 use consultant_actors::session::SessionStatus;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
@@ -411,6 +411,23 @@ impl DialogueStore for SqliteStore {
             rows.map(|r| r.map_err(io)?).collect()
         })
         .await
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<StoredSession>, StoreError> {
+        let id = session_id.as_str().to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare("SELECT session_id, room, status, started_at, ended_at, failure, owner FROM sessions WHERE session_id = ?1").map_err(io)?;
+            let row = stmt
+                .query_row([id], |r| Ok((session_row(r)?, r.get::<_, Option<String>>(6)?)))
+                .optional()
+                .map_err(io)?;
+            row.map(|(record, owner)| Ok(StoredSession { record: record?, owner })).transpose()
+        })
+        .await
+    }
+
+    fn owner(&self) -> Option<String> {
+        self.lease().owner.clone()
     }
 
     async fn load_messages(&self, session_id: &SessionId) -> Result<Vec<DialogueMessage>, StoreError> {

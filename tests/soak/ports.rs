@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use consultant::audio::PacedRecorder;
 use consultant::store::SqliteStore;
-use consultant_actors::ports::{AgentAudioOutput, AnketaRecord, DialogueStore, PlayedAudio, SessionRecord, StoreError};
+use consultant_actors::ports::{AgentAudioOutput, AnketaRecord, DialogueStore, PlayedAudio, SessionRecord, StoreError, StoredSession};
 use consultant_actors::{DialogueMessage, SessionId, SessionStatus};
 
 /// The real SQLite store, with writes of a session refused while its outage lasts.
@@ -81,6 +81,10 @@ impl DialogueStore for FlakyStore {
 
     async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.inner.claim_orphans().await
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<StoredSession>, StoreError> {
+        self.inner.session(session_id).await
     }
 }
 

@@ -332,8 +332,13 @@ impl ConsultationActor {
         state.publish_caller_buffer();
         if !state.realtime.ready_once {
             state.realtime.ready_once = true;
-            // The agent greets first (the entrypoint's step 5).
-            state.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(state.args.settings.greeting_instruction.clone()) });
+            // The agent greets first (the entrypoint's step 5); a resumed call is not greeted
+            // again: the agent says the line dropped and goes on.
+            let first = match &state.resumed_from {
+                Some(_) if !state.session.dialogue.is_empty() => state.args.settings.resume_instruction.clone(),
+                _ => state.args.settings.greeting_instruction.clone(),
+            };
+            state.send_realtime(RealtimeCommand::CreateResponse { instructions: Some(first) });
             state.set_status(SessionStatus::Active);
             state.args.lifecycle.send_replace(Lifecycle::Ready);
         } else {

@@ -15,6 +15,7 @@ mod children;
 mod conversation;
 mod ending;
 mod lifecycle;
+mod resume;
 mod rollover;
 mod steering;
 
@@ -184,6 +185,8 @@ pub struct ConsultationState {
     /// The caller was asked whether they are still there.
     silence_prompted: bool,
     persisted_upto: u32,
+    /// The worker this consultation was resumed from (its worker died mid-call).
+    resumed_from: Option<String>,
     /// Periodic anketas sent to Persistence and not yet confirmed: re-sent to its restart.
     unsaved_anketas: Vec<AnketaRecord>,
     /// The dialogue length the last periodic extraction was asked for (once per count, whatever
@@ -273,6 +276,7 @@ impl ConsultationState {
             self.args.settings.anketa_fields.len(),
         );
         view.messages = self.session.dialogue.len();
+        view.resumed_from = self.resumed_from.clone();
         view.realtime.recycle_after_secs = self.args.settings.realtime_recycle_after.map(|d| d.as_secs());
         view
     }
@@ -331,6 +335,7 @@ impl Actor for ConsultationActor {
             quiet_since: None,
             silence_prompted: false,
             persisted_upto: 0,
+            resumed_from: None,
             unsaved_anketas: Vec::new(),
             extraction_requested_at: 0,
             caller_speaking: false,
@@ -343,6 +348,7 @@ impl Actor for ConsultationActor {
         state.args.telemetry.actor_started(&state.path, "consultation");
         state.args.telemetry.consultation_upsert(state.view());
         Self::spawn_child(&myself, &mut state, ChildKind::Persistence).await?;
+        Self::resume_if_stored(&mut state).await?;
         let record = SessionRecord {
             session_id: state.session.session_id.clone(),
             room: state.session.room.clone(),

@@ -12,7 +12,7 @@ use super::Telemetry;
 use crate::anketa::Anketa;
 use crate::consultation::Ports;
 use crate::dialogue::{DialogueMessage, SessionId};
-use crate::ports::{AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, SessionRecord, StoreError};
+use crate::ports::{AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, SessionRecord, StoreError, StoredSession};
 use crate::provenance::ExtractedAnketa;
 use crate::session::SessionStatus;
 
@@ -85,6 +85,14 @@ impl DialogueStore for MeteredStore {
     async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.inner.claim_orphans().await
     }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<StoredSession>, StoreError> {
+        self.inner.session(session_id).await
+    }
+
+    fn owner(&self) -> Option<String> {
+        self.inner.owner()
+    }
 }
 
 struct MeteredExtractor {
@@ -139,6 +147,9 @@ mod tests {
         }
         async fn claim_orphans(&self) -> Result<Vec<SessionRecord>, StoreError> {
             Ok(Vec::new())
+        }
+        async fn session(&self, _: &SessionId) -> Result<Option<StoredSession>, StoreError> {
+            Ok(None)
         }
     }
 

@@ -174,6 +174,10 @@ pub struct ConsultationView {
     pub caller_buffer_ms: u64,
     pub caller_dropped_ms: u64,
     pub failure: Option<String>,
+    /// The worker this consultation was resumed from (its worker died mid-call); absent
+    /// from older servers.
+    #[serde(default)]
+    pub resumed_from: Option<String>,
 }
 
 impl ConsultationView {
@@ -201,6 +205,7 @@ impl ConsultationView {
             caller_buffer_ms: 0,
             caller_dropped_ms: 0,
             failure: None,
+            resumed_from: None,
         }
     }
 }
@@ -239,6 +244,12 @@ pub struct WorkerView {
     pub cpu_percent: f64,
     /// Counters of the realtime client, shared by all consultations.
     pub realtime: RealtimeCounters,
+    /// Consultations this worker resumed from a worker that died, and sessions it dispatched
+    /// again to rooms whose worker died (their caller still there); absent from older servers.
+    #[serde(default)]
+    pub resumed_consultations: u64,
+    #[serde(default)]
+    pub redispatched_sessions: u64,
     /// Process-wide metrics (the same figures `/metrics` exports); absent from older servers.
     /// Boxed: the console's frames carry worker views by value.
     #[serde(default)]

@@ -169,6 +169,10 @@ impl App {
                 lines.push(Line::from(""));
                 lines.push(Line::from(format!("worker id: {}  reconnect attempt: {}", w.worker_id.as_deref().unwrap_or("-"), w.reconnect_attempt)));
                 lines.push(Line::from(format!("capacity: {}  jobs: {}", w.capacity, w.jobs.len())));
+                lines.push(Line::from(format!(
+                    "resumed from a dead worker: {}  dispatched again for a dead worker: {}",
+                    w.resumed_consultations, w.redispatched_sessions
+                )));
                 for job in &w.jobs {
                     // The job as JSON, the way it arrived.
                     lines.push(Line::from(format!("  job {}", serde_json::json!(job))));
@@ -236,6 +240,9 @@ fn consultation_lines(c: &ConsultationView) -> Vec<Line<'static>> {
         Line::from(format!("messages: {}  persistence backlog: {}", c.messages, c.persistence_backlog)),
         Line::from(format!("audio: caller buffer {} ms, dropped {} ms", c.caller_buffer_ms, c.caller_dropped_ms)),
     ]);
+    if let Some(from) = &c.resumed_from {
+        lines.push(Line::from(Span::styled(format!("resumed from worker {from} (it died mid-call)"), Style::default().fg(Color::Yellow))));
+    }
     if let Some(f) = &c.failure {
         lines.push(Line::from(Span::styled(format!("failure: {f}"), Style::default().fg(Color::Red))));
     }

@@ -14,7 +14,7 @@ use consultant_actors::dialogue::{DialogueMessage, Role, SessionId};
 use consultant_actors::ports::{
     AgentAudioOutput, AnketaExtractor, AnketaRecord, DialogueStore, ExtractError, PlayedAudio, RealtimeCommand,
     RealtimeConnection, RealtimeConnector, RealtimeEvent, RealtimeFailure, RealtimeSetup, ResponseStatus, SessionRecord,
-    StoreError,
+    StoreError, StoredSession,
 };
 use consultant_actors::session::SessionStatus;
 use tokio::sync::mpsc;
@@ -266,5 +266,9 @@ impl DialogueStore for MemoryStore {
         let mut found: Vec<SessionRecord> = self.sessions.lock().unwrap().values().filter(|r| open.contains(&r.status)).cloned().collect();
         found.sort_by_key(|r| r.started_at);
         Ok(found)
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<StoredSession>, StoreError> {
+        Ok(self.sessions.lock().unwrap().get(session_id).cloned().map(|record| StoredSession { record, owner: None }))
     }
 }
