@@ -75,17 +75,21 @@ pub struct Worker {
     sweep: Option<JoinHandle<()>>,
 }
 
-/// Finalizes, every `every`, the sessions a dead peer (or a previous process) left open once
-/// their lease has expired. A failed sweep is retried at the next tick.
-async fn sweep_orphans(handler: Arc<VoiceHandler>, every: Duration) {
+/// Every `every`, the sessions a dead peer (or a previous process) left open once their lease
+/// has expired: dispatched again where their caller still waits, finalized otherwise. A failed
+/// sweep is retried at the next tick.
+async fn sweep_orphans(handler: Arc<VoiceHandler>, livekit: Arc<LiveKitClient>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match handler.recover_interrupted().await {
-            Ok(done) if !done.is_empty() => tracing::warn!(count = done.len(), "finalized sessions whose worker stopped renewing their lease"),
-            Ok(_) => {}
+        match handler.sweep_orphans(Some(livekit.as_ref())).await {
+            Ok(done) => {
+                if !done.finalized.is_empty() {
+                    tracing::warn!(count = done.finalized.len(), "finalized sessions whose worker stopped renewing their lease");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "sweeping orphaned sessions failed; will retry"),
         }
     }
@@ -108,13 +112,13 @@ impl Worker {
         let settings = Arc::new(config.consultation_settings());
         let ports = Ports { connector: parts.connector, store: parts.store, extractor: parts.extractor };
         let handler = VoiceHandler::start(settings, ports, telemetry.clone()).await.context("starting the worker supervisor")?;
-        let recovered = handler.recover_interrupted().await.context("recovering interrupted sessions")?;
-        if !recovered.is_empty() {
-            tracing::warn!(count = recovered.len(), "finalized sessions a previous worker left open");
+        let client = Arc::new(LiveKitClient::new(&config.livekit, &parts.tls)?);
+        let recovered = handler.sweep_orphans(Some(client.as_ref())).await.context("recovering interrupted sessions")?;
+        if !recovered.finalized.is_empty() {
+            tracing::warn!(count = recovered.finalized.len(), "finalized sessions a previous worker left open");
         }
         let handler = Arc::new(handler);
-        let sweep = parts.sweep_every.map(|every| tokio::spawn(sweep_orphans(handler.clone(), every)));
-        let client = Arc::new(LiveKitClient::new(&config.livekit, &parts.tls)?);
+        let sweep = parts.sweep_every.map(|every| tokio::spawn(sweep_orphans(handler.clone(), client.clone(), every)));
         let agent = AgentDescription { model: describe_model(config), system_prompt: config.consultation.system_prompt.clone() };
         let runner = Arc::new(Entrypoint::new(handler.clone(), parts.rooms, agent));
         let process = ProcessSampler::new();
@@ -244,7 +248,7 @@ impl Worker {
         tokio::select! {
             _ = handler.end_all(EndReason::Shutdown) => {}
             sig = signals.next() => {
-                tracing::error!(signal = sig, "forced exit before every consultation was finalized; `recover_interrupted` finishes them at the next start");
+                tracing::error!(signal = sig, "forced exit before every consultation was finalized; the next start (or a peer's sweep) finishes them");
                 return Err(anyhow::anyhow!("forced exit by {sig} during finalization"));
             }
         }

@@ -570,7 +570,7 @@ async fn sigkill_mid_dialogue_loses_no_logged_message() {
     let extractor = CountingExtractor::new();
     let ports = Ports { connector: ScriptedRealtime::new(), store: store.clone(), extractor: extractor.clone() };
     let handler = VoiceHandler::start(Arc::new(settings()), ports, Telemetry::new()).await.unwrap();
-    let recovered = handler.recover_interrupted().await.unwrap();
+    let recovered = handler.sweep_orphans(None).await.unwrap().finalized;
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0].status, SessionStatus::Interrupted);
     let detail = store.session_detail(&id).await.unwrap();
@@ -581,7 +581,7 @@ async fn sigkill_mid_dialogue_loses_no_logged_message() {
     assert_eq!(detail.anketa.0["client_name"], "Сообщение клиента 1");
     assert_eq!(extractor.calls.load(Ordering::SeqCst), 1);
     // Running recovery again finds nothing left open.
-    assert!(handler.recover_interrupted().await.unwrap().is_empty());
+    assert!(handler.sweep_orphans(None).await.unwrap().finalized.is_empty());
 }
 
 /// A store whose writes fail while `broken` is set (a full disk), delegating to SQLite.

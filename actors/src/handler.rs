@@ -8,10 +8,9 @@ use ractor::{Actor, ActorRef};
 use tokio_util::task::TaskTracker;
 
 pub use crate::consultation::SessionOutcome;
-use crate::consultation::{finalize_consultation, CallMedia, ConsultationMsg, EndReason, FinalizeJob, Ports};
+use crate::consultation::{CallMedia, ConsultationMsg, EndReason, Ports};
 use crate::dialogue::SessionId;
 use crate::ports::{AgentAudioOutput, RoomConnector, StoreError};
-use crate::session::SessionStatus;
 use crate::settings::ConsultationSettings;
 pub use crate::supervisor::{ConsultationEnded, ConsultationHandle, StartError};
 use crate::supervisor::{SupervisorArgs, SupervisorMsg, WorkerSupervisor};
@@ -41,13 +40,16 @@ pub struct VoiceHandler {
     supervisor_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Tasks the actors start outside their mailboxes (finalization).
     tasks: TaskTracker,
-    ports: Ports,
-    settings: Arc<ConsultationSettings>,
+    pub(crate) ports: Ports,
+    pub(crate) settings: Arc<ConsultationSettings>,
     telemetry: Telemetry,
+    /// Sessions of dead workers dispatched again, until a worker has taken them up.
+    pub(crate) redispatched: std::sync::Mutex<std::collections::HashMap<SessionId, tokio::time::Instant>>,
 }
 
 impl VoiceHandler {
-    /// Starts the WorkerSupervisor. Call [`VoiceHandler::recover_interrupted`] once at start-up.
+    /// Starts the WorkerSupervisor. Call [`VoiceHandler::sweep_orphans`] at start-up and then
+    /// periodically.
     pub async fn start(settings: Arc<ConsultationSettings>, ports: Ports, telemetry: Telemetry) -> Result<Self, HandlerError> {
         let tasks = TaskTracker::new();
         // Store commits, extractions and final statuses are measured at the ports.
@@ -56,7 +58,7 @@ impl VoiceHandler {
         let (supervisor, task) = Actor::spawn(None, WorkerSupervisor, args)
             .await
             .map_err(|e| HandlerError::Supervisor(e.to_string()))?;
-        Ok(Self { supervisor, supervisor_task: std::sync::Mutex::new(Some(task)), tasks, ports, settings, telemetry })
+        Ok(Self { supervisor, supervisor_task: std::sync::Mutex::new(Some(task)), tasks, ports, settings, telemetry, redispatched: Default::default() })
     }
 
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
@@ -65,28 +67,6 @@ impl VoiceHandler {
 
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
-    }
-
-    /// Finalizes sessions a crashed process left open: status interrupted, anketa generated
-    /// from what was stored. Only orphans (claimed from the store: lease expired or never
-    /// owned) are taken, so a live peer's session is never finalized here.
-    pub async fn recover_interrupted(&self) -> Result<Vec<SessionOutcome>, HandlerError> {
-        let mut outcomes = Vec::new();
-        for record in self.ports.store.claim_orphans().await? {
-            tracing::warn!(session_id = %record.session_id, was = %record.status, "recovering a session left open by a previous process");
-            let job = FinalizeJob::from_store(
-                &record,
-                self.ports.store.clone(),
-                self.ports.extractor.clone(),
-                SessionStatus::Interrupted,
-                "the worker stopped during the consultation".into(),
-                "recovery after restart".into(),
-                self.settings.final_extraction_timeout,
-            )
-            .await?;
-            outcomes.push(finalize_consultation(job).await);
-        }
-        Ok(outcomes)
     }
 
     /// Starts a consultation without a room: its Persistence, Extraction and Realtime actors

@@ -31,6 +31,7 @@ pub mod restart;
 pub mod session;
 pub mod settings;
 pub mod supervisor;
+pub mod sweep;
 pub mod tasks;
 pub mod telemetry;
 pub mod turns;

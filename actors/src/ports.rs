@@ -377,6 +377,17 @@ pub trait DialogueStore: Send + Sync + 'static {
     }
 }
 
+/// What a sweeping worker asks LiveKit about the room of a session whose worker died.
+#[async_trait]
+pub trait RoomDirectory: Send + Sync + 'static {
+    /// Whether a caller (a participant that is not an agent) is in the room now; a room that
+    /// no longer exists has none.
+    async fn caller_present(&self, room: &str) -> Result<bool, String>;
+    /// Dispatches our agent to the room again (`AgentDispatchService.CreateDispatch`): a new
+    /// job, which whichever worker takes it resumes from the store.
+    async fn dispatch_agent(&self, room: &str) -> Result<(), String>;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Extractor (DeepSeek)
 // ---------------------------------------------------------------------------------------------

@@ -147,6 +147,16 @@ fn handle(
             }
             Ok(req.reply(&proto::DeleteRoomResponse {}))
         }
+        ("livekit.RoomService", "ListParticipants") => {
+            let r: proto::ListParticipantsRequest = req.parse()?;
+            need(claims.video.room_admin && claims.video.room == r.room, "roomAdmin for the room")?;
+            let g = sh.lock();
+            let Some(room) = g.rooms.get(&r.room) else {
+                return Err(TwirpError::not_found(format!("room {} not found", r.room)));
+            };
+            let participants = room.participants.values().map(|p| p.info()).collect();
+            Ok(req.reply(&proto::ListParticipantsResponse { participants }))
+        }
         ("livekit.RoomService", "UpdateRoomMetadata") => {
             need(claims.video.room_admin && (claims.video.room.is_empty() || claims.video.room == req.parse::<proto::UpdateRoomMetadataRequest>()?.room), "roomAdmin")?;
             let r: proto::UpdateRoomMetadataRequest = req.parse()?;

@@ -24,8 +24,8 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     let worker_id = Some(config.storage.worker_id.trim()).filter(|id| !id.is_empty()).map_or_else(default_worker_id, str::to_owned);
     let store = Arc::new(Store::from_config(&config.storage, Some(&worker_id)).await?);
     tracing::info!(store = %store.location(), worker_id, lease = ?store.lease().duration, "dialogue store open");
-    // Orphans are swept once a lease could have expired.
-    let sweep_every = Some(store.lease().duration);
+    // Orphans are swept twice a lease, so a dead peer's call is taken up within 1.5 leases.
+    let sweep_every = Some((store.lease().duration / 2).max(std::time::Duration::from_millis(500)));
     let _dev_server = match embedded {
         true => Some(crate::dev_server::start(&mut config, store.clone()).await?),
         false => None,

@@ -4,6 +4,7 @@
 //! Media (joining a room, audio) is not here: see `crate::room`.
 
 pub mod link;
+pub mod directory;
 pub mod load;
 
 use std::time::Duration;
@@ -301,7 +302,7 @@ impl LiveKitClient {
         Ok(answer.rooms)
     }
 
-    async fn twirp<Req: prost::Message, Resp: prost::Message + Default>(
+    pub(crate) async fn twirp<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
         service: &'static str,
         method: &'static str,

@@ -29,6 +29,7 @@ use consultant_actors::ports::{AgentAudioOutput, RoomEvent, RoomEvents};
 use ractor::ActorCell;
 use tokio::sync::{mpsc, watch};
 
+pub use caller_feed::is_caller_kind;
 pub use connector::{LiveKitRoom, LiveKitRooms};
 pub use playout::Playout;
 pub use status::{RoomStats, RoomStatus};

@@ -4,7 +4,7 @@ Used by the consultant's room and end-to-end tests (tests/room.rs, tests/e2e.rs)
 the other side is our Rust worker.
 
   caller.py --url URL --token TOKEN --wav a.wav [--wav b.wav ...] [--pause 4] [--pause-after 1:2.5]
-            [--lead-in 1] [--mute-for 2] [--vanish]
+            [--lead-in 1] [--mute-for 2] [--vanish] [--follow-agents]
             --record heard.wav --envelope heard.json [--tail 6] [--wait-agent 20]
 
 Joins, subscribes to the first agent audio track and records it (48 kHz mono PCM16), waits for
@@ -98,8 +98,13 @@ async def run(args):
 
     @room.on("track_subscribed")
     def on_track(track, publication, participant):
-        if track.kind != rtc.TrackKind.KIND_AUDIO or not is_agent(participant) or state["reader"]:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or not is_agent(participant):
             return
+        if state["reader"]:
+            if not args.follow_agents:
+                return
+            # Another agent took the call over (its worker died): hear the new one instead.
+            state["reader"].cancel()
         say("subscribed", track_sid=publication.sid, from_identity=participant.identity)
         state["reader"] = asyncio.ensure_future(read(track, participant))
 
@@ -188,6 +193,8 @@ def main():
     ap.add_argument("--wait-agent", type=float, default=20.0)
     ap.add_argument("--vanish", action="store_true",
                     help="at the end drop off without a leave request (a lost connection, not a hang-up)")
+    ap.add_argument("--follow-agents", action="store_true",
+                    help="when another agent publishes (the call resumed on another worker), record it instead")
     ap.add_argument("--record", required=True)
     ap.add_argument("--envelope", required=True)
     args = ap.parse_args()
