@@ -120,6 +120,7 @@ async fn call(plan: &CallPlan, token: &Secret, tls: &ClientTls, live: &Live, mut
         let now = Instant::now();
         if agent && agent_seen_at.is_none() {
             agent_seen_at = Some(now);
+            script.agent_joined(now);
             report.agent_joined = true;
             live.agent_seen.store(true, Ordering::Relaxed);
         }

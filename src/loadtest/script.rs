@@ -36,6 +36,11 @@ impl Script {
         Self { audio, started, frame: None, greeted: false, turns: Vec::new(), last_agent_speech: None }
     }
 
+    /// The agent joined `at`: the wait for its greeting counts from then.
+    pub fn agent_joined(&mut self, at: Instant) {
+        self.started = at;
+    }
+
     /// When the caller's latest phrase ended (for the audio statistics).
     pub fn last_phrase_end(&self) -> Option<Instant> {
         self.turns.last().map(|t| t.ended_at)
