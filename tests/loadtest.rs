@@ -87,6 +87,7 @@ async fn five_calls_are_greeted_and_every_phrase_is_answered() {
     assert!(!stdout.contains(server.api_secret()) && !stderr.contains(server.api_secret()), "the secret is never printed");
     let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON report ({e}):\n{stdout}"));
     eprintln!("totals {}\nlatency {}\naudio {}\nworker {}\nloadtest {}", r["totals"], r["latency"], r["audio"], r["worker"], r["loadtest"]);
+    eprintln!("caller wake-ups per second: {:?}", r["calls"].as_array().unwrap().iter().map(|c| c["wakeups_per_s"].as_f64().unwrap().round()).collect::<Vec<_>>());
     let t = &r["totals"];
     for field in ["calls", "connected", "agent_joined", "greeted"] {
         assert_eq!(t[field], 5, "{field}: {r:#}");

@@ -100,7 +100,9 @@ async fn call(plan: &CallPlan, token: &Secret, tls: &ClientTls, live: &Live, mut
     let mut wake = Instant::now();
     let mut out = Vec::new();
     let (mut pub_buf, mut sub_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let mut wakeups = 0u64;
     let result = loop {
+        wakeups += 1;
         let until = tokio::time::Instant::from_std(wake.min(next_frame));
         tokio::select! {
             _ = stop.changed() => break Ok(()),
@@ -203,6 +205,7 @@ async fn call(plan: &CallPlan, token: &Secret, tls: &ClientTls, live: &Live, mut
     report.pending_phrases = script.turns.len() - settled;
     report.audio = audio.quality;
     report.seconds = connected_at.map_or(0.0, |c| now.duration_since(c).as_secs_f64());
+    report.wakeups_per_s = wakeups as f64 / now.duration_since(started).as_secs_f64().max(0.001);
     result
 }
 

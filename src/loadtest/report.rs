@@ -56,6 +56,8 @@ pub struct CallReport {
     pub audio: AudioQuality,
     /// Seconds the caller was connected.
     pub seconds: f64,
+    /// How often the caller's task woke (its cost: 50/s is the frame clock alone).
+    pub wakeups_per_s: f64,
     pub failure: Option<Failure>,
 }
 
@@ -72,6 +74,7 @@ impl CallReport {
             latencies_ms: Vec::new(),
             audio: AudioQuality::default(),
             seconds: 0.0,
+            wakeups_per_s: 0.0,
             failure: None,
         }
     }
