@@ -8,7 +8,7 @@
 //!
 //! `cargo bench -p consultant --bench capacity`
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
