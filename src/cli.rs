@@ -77,6 +77,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load test: N rooms with an explicit dispatch of the agent, one lightweight caller each
+    /// replaying a WAV; reports connections, greetings, answered turns, voice-to-voice latency,
+    /// agent audio quality and (with --worker-pid) the worker's CPU and memory per call.
+    Loadtest(LoadtestCli),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LoadtestCli {
+    /// Number of rooms (one caller each).
+    #[arg(long, value_name = "N")]
+    pub rooms: usize,
+    /// Spread the room starts over this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub ramp: f64,
+    /// How long each call lasts once connected.
+    #[arg(long, value_name = "SECS")]
+    pub duration: f64,
+    /// Caller audio: a WAV (any rate and channels) of phrases separated by silence; looped.
+    #[arg(long, value_name = "WAV")]
+    pub caller: PathBuf,
+    /// Agent to dispatch (default: livekit.agent_name).
+    #[arg(long)]
+    pub agent_name: Option<String>,
+    /// The worker's process id: sample its CPU and RSS from /proc.
+    #[arg(long, value_name = "PID")]
+    pub worker_pid: Option<u32>,
+    /// A call whose room no agent joined within this long fails.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    pub join_timeout: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]

@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod entrypoint;
 pub mod health;
 pub mod livekit;
+pub mod loadtest;
 pub mod logging;
 pub mod metrics;
 pub mod process_stats;

@@ -44,6 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Web => commands::web::run(&config).await,
         Command::Start => commands::worker::run(&config, consultant::livekit::WorkerMode::Start).await,
         Command::Dev => commands::worker::run(&config, consultant::livekit::WorkerMode::Dev).await,
+        Command::Loadtest(args) => commands::loadtest::run(&config, args).await,
         Command::Simulate { caller, session_id, out, json } => {
             commands::simulate::run(&config, commands::simulate::SimulateArgs { caller, session_id, out, json }).await
         }

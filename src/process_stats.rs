@@ -122,9 +122,20 @@ pub fn cpu_ticks() -> Option<u64> {
 }
 
 fn read_cpu_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    parse_stat_ticks(&stat)
+    cpu_ticks_at("/proc/self/stat")
 }
+
+/// `utime + stime` of process `pid` (the load test watches the worker with it).
+pub fn cpu_ticks_of(pid: u32) -> Option<u64> {
+    cpu_ticks_at(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_ticks_at(path: &str) -> Option<u64> {
+    parse_stat_ticks(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Seconds of CPU per clock tick of [`cpu_ticks`].
+pub const SECONDS_PER_TICK: f64 = 1.0 / USER_HZ;
 
 /// Fields after the `(comm)` (which may contain spaces): state is field 3, utime 14, stime 15.
 fn parse_stat_ticks(stat: &str) -> Option<u64> {
@@ -137,7 +148,16 @@ fn parse_stat_ticks(stat: &str) -> Option<u64> {
 
 /// VmRSS of this process in bytes.
 pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_bytes_at("/proc/self/status")
+}
+
+/// VmRSS of process `pid` in bytes.
+pub fn rss_bytes_of(pid: u32) -> Option<u64> {
+    rss_bytes_at(&format!("/proc/{pid}/status"))
+}
+
+fn rss_bytes_at(path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)

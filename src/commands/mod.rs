@@ -3,6 +3,7 @@
 pub mod config;
 pub mod console;
 pub mod doctor;
+pub mod loadtest;
 pub mod room;
 pub mod sessions;
 pub mod token;

@@ -294,6 +294,26 @@ impl LiveKitClient {
         self.twirp("RoomService", "CreateRoom", &request, "Room", grants).await
     }
 
+    /// `RoomService.CreateRoom` of `name` with an explicit dispatch of `agent_name` (the load
+    /// test's rooms, and any agent name: it measures whichever worker the operator points at).
+    pub async fn create_named_room(&self, name: &str, agent_name: &str) -> Result<proto::Room, LiveKitError> {
+        let request = proto::CreateRoomRequest {
+            name: name.to_owned(),
+            agents: vec![proto::RoomAgentDispatch { agent_name: agent_name.to_owned(), ..Default::default() }],
+            ..Default::default()
+        };
+        let grants = VideoGrants { room_create: true, ..Default::default() };
+        self.twirp("RoomService", "CreateRoom", &request, "Room", grants).await
+    }
+
+    /// `RoomService.DeleteRoom`: everyone is removed and the agent's job ends.
+    pub async fn delete_room(&self, name: &str) -> Result<(), LiveKitError> {
+        let request = proto::DeleteRoomRequest { room: name.to_owned() };
+        let grants = VideoGrants { room_create: true, ..Default::default() };
+        let _: proto::DeleteRoomResponse = self.twirp("RoomService", "DeleteRoom", &request, "DeleteRoomResponse", grants).await?;
+        Ok(())
+    }
+
     /// `RoomService.ListRooms`: the cheapest call that proves the URL and the key pair
     /// (`consultant doctor`).
     pub async fn list_rooms(&self) -> Result<Vec<proto::Room>, LiveKitError> {

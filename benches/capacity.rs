@@ -1,0 +1,202 @@
+//! Capacity: how many calls one release worker carries. Starts the loopback LiveKit server and
+//! the fake realtime and DeepSeek servers (in this process), the release `consultant start`
+//! with room for every call, and steps `consultant loadtest` through N calls (10, 50, 100, 200;
+//! `CAPACITY_STEPS=10,20` to choose, `CAPACITY_DURATION=SECS` per call, default 30), printing
+//! one table row per step: the worker's CPU and RSS per call, voice-to-voice latency, agent
+//! audio quality, failures, and the CPU of the load test, of the loopback server (this process)
+//! and of the fakes (a child process: this program again) so a reader sees which of them was
+//! the bottleneck.
+//!
+//! `cargo bench -p consultant --bench capacity`
+
+#[allow(unused_imports)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use consultant_fakes::deepseek::{FakeDeepSeek, TEST_API_KEY};
+use consultant_fakes::realtime::{AgentVoice, FakeFlavour, FakeRealtime, FakeRealtimeOptions, ScriptTurn};
+use livekit_loopback::{LoopbackConfig, LoopbackServer, ServerEvent};
+use serde_json::Value;
+
+const AGENT: &str = "consultant-capacity";
+const PHRASES: [&str; 3] = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Спасибо, до свидания."];
+
+fn config(dir: &Path, url: &str) -> String {
+    let replace = |t: String, from: &str, to: &str| {
+        assert!(t.contains(from), "config.toml no longer contains `{from}`");
+        t.replacen(from, to, 1)
+    };
+    let mut t = include_str!("../config.toml").to_owned();
+    t = replace(t, "url = \"ws://127.0.0.1:7880\"", &format!("url = \"{url}\""));
+    t = replace(t, "agent_name = \"consultant\"", &format!("agent_name = \"{AGENT}\""));
+    t = replace(t, "health_listen = \"127.0.0.1:8081\"", "health_listen = \"127.0.0.1:0\"");
+    t = replace(t, "path = \"data/consultations.db\"", &format!("path = \"{}\"", dir.join("db.sqlite").display()));
+    t = replace(t, "dir = \"logs\"", &format!("dir = \"{}\"", dir.join("logs").display()));
+    t = replace(t, "listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"");
+    // Room for every call: the benchmark finds the limit, the load report must not.
+    t = replace(t, "capacity = 8", "capacity = 1000");
+    t = replace(t, "load_threshold = 0.7", "load_threshold = 1.0");
+    t
+}
+
+fn caller_wav(dir: &Path) -> PathBuf {
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut rate = 22_050;
+    for (i, p) in PHRASES.iter().enumerate() {
+        let path = dir.join(format!("phrase{i}.wav"));
+        support::espeak(p, &path);
+        let mut r = hound::WavReader::open(&path).unwrap();
+        rate = r.spec().sample_rate;
+        pcm.extend(std::iter::repeat_n(0, rate as usize * 3 / 2));
+        pcm.extend(r.samples::<i16>().map(Result::unwrap));
+    }
+    pcm.extend(std::iter::repeat_n(0, rate as usize));
+    let path = dir.join("caller.wav");
+    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    pcm.iter().for_each(|s| w.write_sample(*s).unwrap());
+    w.finalize().unwrap();
+    path
+}
+
+/// Set in the child that serves the fakes.
+const FAKES_CHILD: &str = "CAPACITY_FAKES_CHILD";
+
+/// CPU seconds of a process (`self` or a pid).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn main() {
+    if std::env::var_os(FAKES_CHILD).is_some() {
+        return fakes_child();
+    }
+    let steps: Vec<usize> = std::env::var("CAPACITY_STEPS").unwrap_or_else(|_| "10,50,100,200".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let duration: u64 = std::env::var("CAPACITY_DURATION").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(bench(&steps, duration));
+}
+
+/// The fake realtime and DeepSeek servers, in their own process so their CPU is not the
+/// loopback server's: prints both addresses, serves until stdin closes.
+fn fakes_child() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
+        options.api_key = "test-key-capacity".into();
+        options.voice = AgentVoice::Tone { ms_per_char: 40 };
+        options.turns = PHRASES.iter().zip(["Очень приятно, Иван.", "Хорошо, сайт для компании.", "До свидания!"]).map(|(p, a)| ScriptTurn::new(*p, a)).collect();
+        let realtime = FakeRealtime::start(options).await.unwrap();
+        let deepseek = FakeDeepSeek::start().await;
+        println!("{} {}", realtime.endpoint(), deepseek.base_url());
+        let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await;
+    });
+}
+
+async fn bench(steps: &[usize], duration: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let mut fakes = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(FAKES_CHILD, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the fakes' process starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(fakes.stdout.take().unwrap()), &mut line).unwrap();
+    let mut addrs = line.split_whitespace().map(str::to_owned);
+    let (realtime_endpoint, deepseek_url) = (addrs.next().expect("realtime endpoint"), addrs.next().expect("deepseek url"));
+    let fakes_pid = fakes.id().to_string();
+    std::fs::write(dir.path().join("config.toml"), config(dir.path(), &server.url())).unwrap();
+    let wav = caller_wav(dir.path());
+    let bin = env!("CARGO_BIN_EXE_consultant");
+    let env = [
+        ("LIVEKIT_API_KEY", server.api_key().to_owned()),
+        ("LIVEKIT_API_SECRET", server.api_secret().to_owned()),
+        ("AZURE_OPENAI_ENDPOINT", realtime_endpoint),
+        ("AZURE_OPENAI_API_KEY", "test-key-capacity".to_owned()),
+        ("CONSULTANT_REALTIME_FLAVOUR", "azure-preview".to_owned()),
+        ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-4o-realtime-preview".to_owned()),
+        ("DEEPSEEK_BASE_URL", deepseek_url),
+        ("DEEPSEEK_API_KEY", TEST_API_KEY.to_owned()),
+    ];
+    let mut worker = tokio::process::Command::new(bin)
+        .current_dir(dir.path())
+        .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "start"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("worker.stderr")).unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the release worker starts");
+    server
+        .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
+        .await
+        .expect("the worker registers");
+    let pid = worker.id().unwrap().to_string();
+    println!("capacity of one release worker ({} cores), {duration} s per call, caller {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), wav.display());
+    println!(
+        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9}",
+        "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%"
+    );
+    for &n in steps {
+        let ramp = (n as f64 / 10.0).max(1.0);
+        let (cpu0, fakes0, t0) = (cpu_secs("self"), cpu_secs(&fakes_pid), std::time::Instant::now());
+        let out = tokio::process::Command::new(bin)
+            .current_dir(dir.path())
+            .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "loadtest", "--json", "--worker-pid", &pid])
+            .args(["--rooms", &n.to_string(), "--ramp", &ramp.to_string(), "--duration", &duration.to_string(), "--caller", wav.to_str().unwrap()])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join(format!("loadtest-{n}.stderr"))).unwrap()))
+            .output()
+            .await
+            .expect("loadtest runs");
+        let secs = t0.elapsed().as_secs_f64();
+        let (server_cpu, fakes_cpu) = ((cpu_secs("self") - cpu0) / secs * 100.0, (cpu_secs(&fakes_pid) - fakes0) / secs * 100.0);
+        let Ok(r) = serde_json::from_slice::<Value>(&out.stdout) else {
+            println!("{n:>5} loadtest failed: {}", std::fs::read_to_string(dir.path().join(format!("loadtest-{n}.stderr"))).unwrap_or_default().lines().last().unwrap_or(""));
+            continue;
+        };
+        let (t, l, a, w) = (&r["totals"], &r["latency"], &r["audio"], &r["worker"]);
+        let f = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.0}"));
+        println!(
+            "{n:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9.0} {:>9.0}",
+            t["connected"],
+            t["greeted"],
+            format!("{}/{}", t["answered"], t["phrases"]),
+            f(&l["p50_ms"]),
+            f(&l["p95_ms"]),
+            f(&l["p99_ms"]),
+            f(&w["loaded"]["cpu_percent_mean"]),
+            w["cpu_percent_per_call"].as_f64().map_or("-".into(), |v| format!("{v:.2}")),
+            w["rss_bytes_per_call"].as_f64().map_or("-".into(), |v| format!("{:.2}", v / 1048576.0)),
+            a["lost_packets"],
+            a["late_frames"],
+            a["silent_gaps"],
+            t["failed"],
+            f(&r["loadtest"]["cpu_percent_mean"]),
+            server_cpu,
+            fakes_cpu,
+        );
+        for fl in r["failures"].as_array().into_iter().flatten().take(3) {
+            println!("        failure {}: {}", fl["room"], fl["message"]);
+        }
+        // Let the worker finish the step's consultations before the next step's baseline.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let _ = worker.start_kill();
+    server.shutdown().await;
+    drop(fakes.stdin.take());
+    let _ = fakes.wait();
+}

@@ -1,0 +1,163 @@
+//! `consultant loadtest` against the loopback LiveKit server: five calls through the real
+//! worker binary and the fake realtime/DeepSeek servers, every call greeted and every phrase
+//! answered; and each bad input (unreachable URL, wrong secret, no worker, unreadable WAV)
+//! ends the run with one clear error and a non-zero exit.
+
+mod support;
+#[path = "support/call.rs"]
+mod call;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use call::*;
+use consultant_fakes::deepseek::FakeDeepSeek;
+use consultant_fakes::realtime::{AgentVoice, FakeFlavour, FakeRealtime, FakeRealtimeOptions, ScriptTurn};
+use livekit_loopback::{LoopbackConfig, LoopbackServer, ServerEvent};
+use serde_json::Value;
+use support::*;
+
+const PHRASES: [&str; 3] = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт.", "Спасибо, до свидания."];
+
+/// The caller WAV: the phrases with silence before, between and after them.
+fn caller_wav(dir: &Path) -> PathBuf {
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut rate = 22_050;
+    for (i, p) in PHRASES.iter().enumerate() {
+        let path = dir.join(format!("phrase{i}.wav"));
+        espeak(p, &path);
+        let mut r = hound::WavReader::open(&path).unwrap();
+        rate = r.spec().sample_rate;
+        pcm.extend(std::iter::repeat_n(0, rate as usize * 3 / 2));
+        pcm.extend(r.samples::<i16>().map(Result::unwrap));
+    }
+    pcm.extend(std::iter::repeat_n(0, rate as usize));
+    let path = dir.join("caller.wav");
+    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    pcm.iter().for_each(|s| w.write_sample(*s).unwrap());
+    w.finalize().unwrap();
+    path
+}
+
+fn write_config(dir: &Path, url: &str) {
+    let text = config_text(url, dir).replacen("load_threshold = 0.7", "load_threshold = 1.0", 1);
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+}
+
+/// Runs `consultant loadtest` with the test's config; (exit success, stdout, stderr).
+async fn loadtest(dir: &Path, key: &str, secret: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_consultant"))
+        .current_dir(dir)
+        .args(["--config", dir.join("config.toml").to_str().unwrap(), "loadtest"])
+        .args(args)
+        .env("LIVEKIT_API_KEY", key)
+        .env("LIVEKIT_API_SECRET", secret)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("loadtest ends").unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_calls_are_greeted_and_every_phrase_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
+    options.api_key = "test-key-e2e".into();
+    options.voice = AgentVoice::Tone { ms_per_char: 30 };
+    options.turns = PHRASES.iter().zip(["Очень приятно.", "Хорошо, сайт.", "До свидания!"]).map(|(p, a)| ScriptTurn::new(*p, a)).collect();
+    let realtime = FakeRealtime::start(options).await.unwrap();
+    let deepseek = FakeDeepSeek::start().await;
+    deepseek.set_answer_rule(anketa_rule);
+    write_config(dir.path(), &server.url());
+    let mut worker = spawn_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1);
+    server
+        .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
+        .await
+        .expect("the worker registers");
+    let wav = caller_wav(dir.path());
+    let pid = worker.id().unwrap().to_string();
+
+    let (ok, stdout, stderr) = loadtest(dir.path(), server.api_key(), server.api_secret(), &["--rooms", "5", "--ramp", "2", "--duration", "20", "--caller", wav.to_str().unwrap(), "--worker-pid", &pid, "--json"]).await;
+    let worker_log = std::fs::read_to_string(dir.path().join("worker1.stderr")).unwrap_or_default();
+    assert!(ok, "loadtest failed:\n{stderr}\nworker:\n{worker_log}");
+    assert!(stderr.contains("connected") && stderr.contains("loadtest"), "a progress line on stderr: {stderr}");
+    assert!(!stdout.contains(server.api_secret()) && !stderr.contains(server.api_secret()), "the secret is never printed");
+    let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON report ({e}):\n{stdout}"));
+    eprintln!("totals {}\nlatency {}\naudio {}\nworker {}\nloadtest {}", r["totals"], r["latency"], r["audio"], r["worker"], r["loadtest"]);
+    eprintln!("caller wake-ups per second: {:?}", r["calls"].as_array().unwrap().iter().map(|c| c["wakeups_per_s"].as_f64().unwrap().round()).collect::<Vec<_>>());
+    let t = &r["totals"];
+    for field in ["calls", "connected", "agent_joined", "greeted"] {
+        assert_eq!(t[field], 5, "{field}: {r:#}");
+    }
+    assert_eq!(t["failed"], 0, "{r:#}");
+    assert!(r["failures"].as_array().unwrap().is_empty(), "{r:#}");
+    let (phrases, answered) = (t["phrases"].as_u64().unwrap(), t["answered"].as_u64().unwrap());
+    assert!(phrases >= 10 && answered == phrases, "every call had 2+ phrases, all answered: {t}");
+    let calls = r["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 5);
+    for c in calls {
+        assert!(c["room"].as_str().unwrap().starts_with("consultation-load-"), "{c}");
+        assert!(c["phrases"].as_u64().unwrap() >= 2 && c["answered"] == c["phrases"], "{c}");
+        assert_eq!(c["latencies_ms"].as_array().unwrap().len() as u64, c["answered"].as_u64().unwrap());
+        assert!(c["audio"]["speech_packets"].as_u64().unwrap() > 50, "{c}");
+    }
+    let l = &r["latency"];
+    assert_eq!(l["count"].as_u64().unwrap(), answered);
+    let (p50, p95, p99) = (l["p50_ms"].as_f64().unwrap(), l["p95_ms"].as_f64().unwrap(), l["p99_ms"].as_f64().unwrap());
+    // The VAD's 500 ms of silence are part of voice-to-voice; a few seconds would be broken.
+    assert!(p50 > 400.0 && p50 <= p95 && p95 <= p99 && p99 < 4000.0, "{l}");
+    let a = &r["audio"];
+    assert!(a["packets"].as_u64().unwrap() >= a["speech_packets"].as_u64().unwrap());
+    assert!(a["lost_packets"].as_u64().unwrap() <= 5 && a["jitter_ms_max"].as_f64().unwrap() < 40.0, "{a}");
+    let w = &r["worker"];
+    assert_eq!(w["pid"].as_u64().unwrap().to_string(), pid);
+    assert_eq!(w["loaded_calls"], 5, "{w}");
+    assert!(w["loaded"]["cpu_percent_mean"].as_f64().unwrap() > 0.0 && w["loaded"]["rss_bytes_max"].as_u64().unwrap() > 1 << 20, "{w}");
+    assert!(w["cpu_percent_per_call"].is_number() && w["baseline"]["samples"].as_u64().unwrap() >= 2, "{w}");
+    assert!(r["loadtest"]["samples"].as_u64().unwrap() >= 10, "{r:#}");
+
+    // The rooms were deleted: no consultation of the run is left.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(server.rooms().iter().all(|room| !room.name.starts_with("consultation-load-")), "rooms left: {:?}", server.rooms().iter().map(|r| &r.name).collect::<Vec<_>>());
+    let _ = worker.start_kill();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_with_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let wav = caller_wav(dir.path());
+    let wav = wav.to_str().unwrap();
+    let (key, secret) = (server.api_key().to_owned(), server.api_secret().to_owned());
+    let base = ["--rooms", "2", "--duration", "5", "--caller"];
+
+    // No worker: the rooms wait for an agent that never comes.
+    write_config(dir.path(), &server.url());
+    let (ok, _, err) = loadtest(dir.path(), &key, &secret, &[&base[..], &[wav, "--join-timeout", "2"]].concat()).await;
+    assert!(!ok, "{err}");
+    assert!(err.contains("no agent joined consultation-load-") && err.contains("within 2 s") && err.contains(AGENT), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.rooms().iter().all(|room| !room.name.starts_with("consultation-load-")), "the rooms are deleted");
+
+    // A wrong secret: the server refuses to create the room.
+    let (ok, _, err) = loadtest(dir.path(), &key, "not-the-secret-at-all-0123456789", &[&base[..], &[wav]].concat()).await;
+    assert!(!ok && err.contains("cannot create room consultation-load-") && err.contains("refused") && err.contains("LIVEKIT_API_SECRET"), "{err}");
+    assert!(!err.contains("not-the-secret-at-all"), "{err}");
+
+    // An unreadable WAV, named with the reason; nothing is asked of the server first.
+    for (path, why) in [(dir.path().join("missing.wav"), "No such file"), (dir.path().join("config.toml"), "cannot read")] {
+        let (ok, _, err) = loadtest(dir.path(), &key, &secret, &[&base[..], &[path.to_str().unwrap()]].concat()).await;
+        assert!(!ok && err.contains(path.to_str().unwrap()) && err.contains(why), "{err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+    }
+
+    // An unreachable server.
+    server.shutdown().await;
+    write_config(dir.path(), "ws://127.0.0.1:9");
+    let (ok, _, err) = loadtest(dir.path(), &key, &secret, &[&base[..], &[wav]].concat()).await;
+    assert!(!ok && err.contains("cannot reach") && err.contains("127.0.0.1:9"), "{err}");
+}
