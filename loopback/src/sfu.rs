@@ -182,6 +182,12 @@ struct Engine {
     ice_lite: bool,
     /// Per subscriber PC: tracks its publishers' permissions refuse it (not forwarded).
     denied: HashMap<PcId, HashSet<String>>,
+    /// Only PCs with work are driven (hundreds of rooms share this task): those that got
+    /// input or output since the last drive, and those whose str0m timeout is due.
+    dirty: HashSet<PcId>,
+    due: HashMap<PcId, Instant>,
+    /// Which PC a remote address belongs to, learnt from the first packet str0m accepted.
+    by_source: HashMap<SocketAddr, PcId>,
 }
 
 async fn run(
@@ -203,6 +209,9 @@ async fn run(
         speakers: speakers::Speakers::new(speaker_interval),
         ice_lite,
         denied: HashMap::new(),
+        dirty: HashSet::new(),
+        due: HashMap::new(),
+        by_source: HashMap::new(),
     };
     let mut buf = vec![0u8; 2000];
     loop {
@@ -211,7 +220,12 @@ async fn run(
         let sleep_for = next.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         tokio::select! {
             cmd = rx.recv() => match cmd {
-                Some(c) => e.command(c),
+                Some(c) => {
+                    // Commands are signalling-paced and may touch any PC: drive them all.
+                    e.dirty.extend(e.pcs.keys().copied());
+                    e.command(c);
+                    e.dirty.extend(e.pcs.keys().copied());
+                }
                 None => return,
             },
             r = socket.recv_from(&mut buf) => match r {
@@ -248,10 +262,20 @@ impl Engine {
             Instant::now(),
             Receive { proto: Protocol::Udp, source, destination: self.addr, contents },
         );
-        let Some((_, pc)) = self.pcs.iter_mut().find(|(_, pc)| pc.rtc.accepts(&input)) else {
-            tracing::trace!(%source, "udp packet no PC accepts");
-            return;
+        let known = self.by_source.get(&source).copied().filter(|id| self.pcs.get(id).is_some_and(|pc| pc.rtc.accepts(&input)));
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let Some(id) = self.pcs.iter().find(|(_, pc)| pc.rtc.accepts(&input)).map(|(id, _)| *id) else {
+                    tracing::trace!(%source, "udp packet no PC accepts");
+                    return;
+                };
+                self.by_source.insert(source, id);
+                id
+            }
         };
+        self.dirty.insert(id);
+        let pc = self.pcs.get_mut(&id).expect("found above");
         if let Err(err) = pc.rtc.handle_input(input) {
             tracing::warn!(identity = %pc.identity, target = pc.target.name(), error = %err, "rtc input failed");
             pc.rtc.disconnect();
@@ -261,11 +285,16 @@ impl Engine {
     /// Feed timeouts, drain outputs, act on events; repeat while forwarding produced work.
     /// Returns when the next timeout is due.
     fn drive(&mut self) -> Instant {
-        let mut next = Instant::now() + Duration::from_millis(100);
         for _ in 0..4 {
             let now = Instant::now();
             let mut events: Vec<(PcId, Event)> = Vec::new();
-            for (id, pc) in self.pcs.iter_mut() {
+            let mut work: HashSet<PcId> = self.dirty.drain().collect();
+            work.extend(self.due.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id));
+            for id in work {
+                let Some(pc) = self.pcs.get_mut(&id) else {
+                    self.due.remove(&id);
+                    continue;
+                };
                 if !pc.rtc.is_alive() {
                     continue;
                 }
@@ -277,13 +306,13 @@ impl Engine {
                 loop {
                     match pc.rtc.poll_output() {
                         Ok(Output::Timeout(t)) => {
-                            next = next.min(t);
+                            self.due.insert(id, t);
                             break;
                         }
                         Ok(Output::Transmit(t)) => {
                             let _ = self.socket.try_send_to(&t.contents, t.destination);
                         }
-                        Ok(Output::Event(ev)) => events.push((*id, ev)),
+                        Ok(Output::Event(ev)) => events.push((id, ev)),
                         Err(err) => {
                             tracing::warn!(identity = %pc.identity, error = %err, "rtc poll failed");
                             pc.rtc.disconnect();
@@ -300,7 +329,10 @@ impl Engine {
                 self.event(id, ev);
             }
         }
-        next
+        // Work the events made (forwarded media, relayed data) is driven at once.
+        let soon = if self.dirty.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
+        let next = Instant::now() + soon;
+        self.due.values().copied().fold(next, Instant::min)
     }
 
     /// Forget closed PCs. A PC closing is not by itself a reason to drop the participant: a
@@ -309,6 +341,9 @@ impl Engine {
     fn reap_dead(&mut self) {
         let dead: Vec<PcId> = self.pcs.iter().filter(|(_, pc)| !pc.rtc.is_alive()).map(|(id, _)| *id).collect();
         for id in dead {
+            self.due.remove(&id);
+            self.dirty.remove(&id);
+            self.by_source.retain(|_, pc| *pc != id);
             if let Some(pc) = self.pcs.remove(&id) {
                 tracing::info!(identity = %pc.identity, target = pc.target.name(), "peer connection closed");
             }

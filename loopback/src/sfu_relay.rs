@@ -56,7 +56,8 @@ impl Engine {
         };
         let bytes = dp.encode_to_vec();
         let mut recipients = Vec::new();
-        for pc in self.pcs.values_mut() {
+        let mut touched = Vec::new();
+        for (id, pc) in self.pcs.iter_mut() {
             if pc.target != Target::Subscriber || pc.room != room || pc.identity == identity {
                 continue;
             }
@@ -76,7 +77,9 @@ impl Engine {
                     recipients.push(pc.identity.clone());
                 }
             }
+            touched.push(*id);
         }
+        self.dirty.extend(touched);
         tracing::debug!(%room, from = %identity, kind, %topic, ?recipients, "data relayed");
         self.emit(ServerEvent::DataForwarded { room, from: identity, label, kind: kind.into(), topic, recipients });
     }
@@ -91,10 +94,10 @@ impl Engine {
         };
         if first {
             tracing::info!(%room, %identity, %track_sid, "media flowing");
-            self.emit(ServerEvent::MediaFlowing { room, identity, track_sid: track_sid.clone() });
+            self.emit(ServerEvent::MediaFlowing { room: room.clone(), identity, track_sid: track_sid.clone() });
         }
         for (id, pc) in self.pcs.iter_mut() {
-            if pc.target != Target::Subscriber || self.denied.get(id).is_some_and(|d| d.contains(&track_sid)) {
+            if pc.target != Target::Subscriber || pc.room != room || self.denied.get(id).is_some_and(|d| d.contains(&track_sid)) {
                 continue;
             }
             let Some(mid) = pc.out.iter().find(|o| o.open && o.spec.track_sid == track_sid).and_then(|o| o.mid) else {
@@ -105,6 +108,7 @@ impl Engine {
             if let Err(err) = w.write(pt, data.network_time, data.time, data.data.clone()) {
                 tracing::debug!(error = %err, "forward write failed");
             }
+            self.dirty.insert(*id);
         }
     }
 
