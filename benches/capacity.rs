@@ -38,7 +38,7 @@ fn config(dir: &Path, url: &str) -> String {
     t = replace(t, "dir = \"logs\"", &format!("dir = \"{}\"", dir.join("logs").display()));
     t = replace(t, "listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"");
     // Room for every call: the benchmark finds the limit, the load report must not.
-    t = replace(t, "capacity = 8", "capacity = 1000");
+    t = replace(t, "capacity = 100", "capacity = 1000");
     t = replace(t, "load_threshold = 0.7", "load_threshold = 1.0");
     t
 }

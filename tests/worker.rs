@@ -145,7 +145,7 @@ fn config_text(url: &str, dir: &Path, capacity: usize, threshold: f64, max_tries
     let mut t = SHIPPED_CONFIG.to_owned();
     t = replace(t, "url = \"ws://127.0.0.1:7880\"", format!("url = \"{url}\""));
     t = replace(t, "agent_name = \"consultant\"", format!("agent_name = \"{AGENT}\""));
-    t = replace(t, "capacity = 8", format!("capacity = {capacity}"));
+    t = replace(t, "capacity = 100", format!("capacity = {capacity}"));
     t = replace(t, "load_threshold = 0.7", format!("load_threshold = {threshold}"));
     t = replace(t, "reconnect_max_tries = 16", format!("reconnect_max_tries = {max_tries}"));
     t = replace(t, "health_listen = \"127.0.0.1:8081\"", format!("health_listen = \"{health}\""));
@@ -620,6 +620,33 @@ async fn the_caller_leaving_ends_the_job_successfully() {
     }
     r.server.wait_for_job_status(&job, JobStatus::JsSuccess, WAIT).await.expect("SUCCESS after the caller left");
     assert_eq!(session_status(&r.store, &sid).await, Some(SessionStatus::Completed));
+    r.stop().await;
+}
+
+/// At capacity the worker reports FULL and LiveKit holds the next room's job (no worker may
+/// take it); when a call ends the worker is AVAILABLE again and the waiting room gets it.
+#[tokio::test]
+async fn at_capacity_the_next_room_waits_and_is_taken_when_a_call_ends() {
+    let r = start(Setup { mode: WorkerMode::Start, capacity: 1, load_threshold: 1.0, ..Default::default() }).await;
+    let worker_id = registered(&r.server, 1).await;
+    r.server.create_room("consultation-first", &[AGENT]);
+    let first = job_for_room(&r.server, "consultation-first").await;
+    r.server.wait_for_job_status(&first, JobStatus::JsRunning, WAIT).await.unwrap();
+    r.server
+        .wait_for_event(WAIT, |e| matches!(e, ServerEvent::WorkerUpdated { worker_id: id, status: WorkerStatus::WsFull, .. } if *id == worker_id).then_some(()))
+        .await
+        .expect("FULL at capacity");
+    r.server.create_room("consultation-second", &[AGENT]);
+    let second = job_for_room(&r.server, "consultation-second").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = r.server.job(&second).unwrap();
+    assert!(waiting.worker_id.is_none() && !waiting.assigned, "a full worker must not be offered the job: {waiting:?}");
+    assert!(!r.server.events().iter().any(|e| matches!(e, ServerEvent::AvailabilityRequested { job_id, .. } if *job_id == second)));
+    // The first caller leaves: the worker is available again and takes the waiting room.
+    drop(r.rooms.callers.lock().unwrap().remove(&SessionId::parse("first").unwrap()));
+    r.server.wait_for_job_status(&first, JobStatus::JsSuccess, WAIT).await.unwrap();
+    r.server.wait_for_job_status(&second, JobStatus::JsRunning, Duration::from_secs(20)).await.expect("the waiting room is taken once a call ended");
+    assert_eq!(r.server.job(&second).unwrap().worker_id.as_deref(), Some(worker_id.as_str()));
     r.stop().await;
 }
 
