@@ -13,7 +13,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -43,25 +43,6 @@ fn config(dir: &Path, url: &str) -> String {
     t
 }
 
-fn caller_wav(dir: &Path) -> PathBuf {
-    let mut pcm: Vec<i16> = Vec::new();
-    let mut rate = 22_050;
-    for (i, p) in PHRASES.iter().enumerate() {
-        let path = dir.join(format!("phrase{i}.wav"));
-        support::espeak(p, &path);
-        let mut r = hound::WavReader::open(&path).unwrap();
-        rate = r.spec().sample_rate;
-        pcm.extend(std::iter::repeat_n(0, rate as usize * 3 / 2));
-        pcm.extend(r.samples::<i16>().map(Result::unwrap));
-    }
-    pcm.extend(std::iter::repeat_n(0, rate as usize));
-    let path = dir.join("caller.wav");
-    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    pcm.iter().for_each(|s| w.write_sample(*s).unwrap());
-    w.finalize().unwrap();
-    path
-}
 
 /// Set in the child that serves the fakes.
 const FAKES_CHILD: &str = "CAPACITY_FAKES_CHILD";
@@ -116,7 +97,7 @@ async fn bench(steps: &[usize], duration: u64) {
     let (realtime_endpoint, deepseek_url) = (addrs.next().expect("realtime endpoint"), addrs.next().expect("deepseek url"));
     let fakes_pid = fakes.id().to_string();
     std::fs::write(dir.path().join("config.toml"), config(dir.path(), &server.url())).unwrap();
-    let wav = caller_wav(dir.path());
+    let wav = support::caller_wav(dir.path(), &PHRASES);
     let bin = env!("CARGO_BIN_EXE_consultant");
     let env = [
         ("LIVEKIT_API_KEY", server.api_key().to_owned()),

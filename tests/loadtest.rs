@@ -7,7 +7,7 @@ mod support;
 #[path = "support/call.rs"]
 mod call;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use call::*;
@@ -19,26 +19,6 @@ use support::*;
 
 const PHRASES: [&str; 3] = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт.", "Спасибо, до свидания."];
 
-/// The caller WAV: the phrases with silence before, between and after them.
-fn caller_wav(dir: &Path) -> PathBuf {
-    let mut pcm: Vec<i16> = Vec::new();
-    let mut rate = 22_050;
-    for (i, p) in PHRASES.iter().enumerate() {
-        let path = dir.join(format!("phrase{i}.wav"));
-        espeak(p, &path);
-        let mut r = hound::WavReader::open(&path).unwrap();
-        rate = r.spec().sample_rate;
-        pcm.extend(std::iter::repeat_n(0, rate as usize * 3 / 2));
-        pcm.extend(r.samples::<i16>().map(Result::unwrap));
-    }
-    pcm.extend(std::iter::repeat_n(0, rate as usize));
-    let path = dir.join("caller.wav");
-    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
-    let mut w = hound::WavWriter::create(&path, spec).unwrap();
-    pcm.iter().for_each(|s| w.write_sample(*s).unwrap());
-    w.finalize().unwrap();
-    path
-}
 
 fn write_config(dir: &Path, url: &str) {
     let text = config_text(url, dir).replacen("load_threshold = 0.7", "load_threshold = 1.0", 1);
@@ -77,7 +57,7 @@ async fn five_calls_are_greeted_and_every_phrase_is_answered() {
         .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
         .await
         .expect("the worker registers");
-    let wav = caller_wav(dir.path());
+    let wav = caller_wav(dir.path(), &PHRASES);
     let pid = worker.id().unwrap().to_string();
 
     let (ok, stdout, stderr) = loadtest(dir.path(), server.api_key(), server.api_secret(), &["--rooms", "5", "--ramp", "2", "--duration", "20", "--caller", wav.to_str().unwrap(), "--worker-pid", &pid, "--json"]).await;
@@ -130,7 +110,7 @@ async fn five_calls_are_greeted_and_every_phrase_is_answered() {
 async fn bad_input_ends_with_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
-    let wav = caller_wav(dir.path());
+    let wav = caller_wav(dir.path(), &PHRASES);
     let wav = wav.to_str().unwrap();
     let (key, secret) = (server.api_key().to_owned(), server.api_secret().to_owned());
     let base = ["--rooms", "2", "--duration", "5", "--caller"];

@@ -2,7 +2,7 @@
 //! subprocess, espeak-ng phrases, and audio envelope checks.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 
@@ -82,4 +82,26 @@ pub fn last_loud(env: &[(f64, f64)], from: f64, to: f64, level: f64) -> Option<f
 
 pub fn first_loud(env: &[(f64, f64)], from: f64, to: f64, level: f64) -> Option<f64> {
     env.iter().find(|(t, r)| *t >= from && *t < to && *r > level).map(|(t, _)| *t)
+}
+
+/// One caller WAV: each phrase (espeak-ng) after 1.5 s of silence, then 1 s of silence (the
+/// load test's and the capacity bench's microphone).
+pub fn caller_wav(dir: &Path, phrases: &[&str]) -> PathBuf {
+    let mut pcm: Vec<i16> = Vec::new();
+    let mut rate = 22_050;
+    for (i, p) in phrases.iter().enumerate() {
+        let path = dir.join(format!("phrase{i}.wav"));
+        espeak(p, &path);
+        let mut r = hound::WavReader::open(&path).unwrap();
+        rate = r.spec().sample_rate;
+        pcm.extend(std::iter::repeat_n(0, rate as usize * 3 / 2));
+        pcm.extend(r.samples::<i16>().map(Result::unwrap));
+    }
+    pcm.extend(std::iter::repeat_n(0, rate as usize));
+    let path = dir.join("caller.wav");
+    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(&path, spec).unwrap();
+    pcm.iter().for_each(|s| w.write_sample(*s).unwrap());
+    w.finalize().unwrap();
+    path
 }
