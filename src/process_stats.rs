@@ -41,6 +41,8 @@ impl ProcessStats {
     pub fn show(&self, w: &mut WorkerView) {
         w.rss_bytes = self.rss_bytes;
         w.cpu_percent = self.cpu_percent();
+        let calls = w.jobs.iter().filter(|j| j.state == "running").count();
+        w.cpu_percent_per_call = if calls == 0 { 0.0 } else { w.cpu_percent / calls as f64 };
     }
 }
 
@@ -241,5 +243,16 @@ mod tests {
         let one_core = ProcessStats { cpu: 0.5, cores: 1, rss_bytes: 1 };
         assert_eq!(one_core.cpu_percent(), 100.0 * worker_load(0, 8, one_core.cpu));
         assert_eq!(ProcessStats { cpu: 0.375, cores: 4, rss_bytes: 1 }.cpu_percent(), 150.0);
+        // Per call: the worker's CPU shared out over its running jobs.
+        let job = |state: &str| consultant_actors::telemetry::JobView {
+            job_id: "AJ_1".into(),
+            room: "consultation-x".into(),
+            session_id: None,
+            state: state.into(),
+            started_at: chrono::Utc::now(),
+        };
+        let mut view = WorkerView { jobs: vec![job("running"), job("running"), job("running"), job("success")], ..Default::default() };
+        ProcessStats { cpu: 0.375, cores: 4, rss_bytes: 1 }.show(&mut view);
+        assert_eq!(view.cpu_percent_per_call, 50.0);
     }
 }

@@ -226,6 +226,10 @@ pub trait AgentAudioOutput: Send + Sync + 'static {
     fn interrupt(&self) -> Option<PlayedAudio>;
     /// Whether audio is still queued or playing.
     fn is_playing(&self) -> bool;
+    /// Agent audio queued and not yet played, in ms (the console's queue depth).
+    fn queued_ms(&self) -> u64 {
+        0
+    }
     /// A dialogue message as stored (for an interrupted answer, the part heard), to be shown
     /// to the room's participants. Never blocks. Default: not shown.
     fn transcript(&self, _message: &DialogueMessage) {}

@@ -408,6 +408,8 @@ mod tests {
             caller_buffer_ms: 240,
             caller_dropped_ms: 20,
             failure: Some("extraction timed out".into()),
+            caller_backlog_frames: 0,
+            agent_queue_ms: 0,
             resumed_from: None,
         };
         view.push_line(1, Role::User, "Здравствуйте, меня зовут Иван");

@@ -191,6 +191,10 @@ impl AgentAudioOutput for Playout {
         !q.chunks.is_empty() || q.current.is_some()
     }
 
+    fn queued_ms(&self) -> u64 {
+        self.lock().queued_samples as u64 * 1000 / super::codec::PCM_RATE as u64
+    }
+
     fn transcript(&self, message: &DialogueMessage) {
         let mut t = self.transcripts.lock().unwrap_or_else(|p| p.into_inner());
         if t.len() >= MAX_PENDING_TRANSCRIPTS {
@@ -295,5 +299,19 @@ mod tests {
         p.play("a", pcm(10, 1));
         assert_eq!(p.stats.dropped_samples.load(Ordering::Relaxed), 10);
         assert_eq!(p.queued_samples(), MAX_QUEUED_SAMPLES);
+    }
+
+    #[test]
+    fn the_queue_depth_is_what_is_still_to_play() {
+        use consultant_actors::ports::AgentAudioOutput;
+        let p = Playout::new();
+        assert_eq!(p.queued_ms(), 0);
+        p.play("a", pcm(24_000, 1));
+        assert_eq!(p.queued_ms(), 1000);
+        let mut frame = [0i16; 480];
+        for _ in 0..10 {
+            p.next_frame(&mut frame);
+        }
+        assert_eq!(p.queued_ms(), 800, "ten 20 ms frames played");
     }
 }

@@ -204,6 +204,11 @@ impl ConsultationActor {
     }
 
     pub(super) fn on_tick(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState) {
+        let (backlog, queued) = (state.room.backlog.load(std::sync::atomic::Ordering::Relaxed), state.audio_out.queued_ms());
+        state.args.telemetry.consultation_update(&state.session.session_id, |v| {
+            v.caller_backlog_frames = backlog;
+            v.agent_queue_ms = queued;
+        });
         let settings = state.args.settings.clone();
         let elapsed = state.session.elapsed();
         let wrapup_at = settings.max_duration.saturating_sub(settings.wrapup_before);

@@ -174,6 +174,12 @@ pub struct ConsultationView {
     pub caller_buffer_ms: u64,
     pub caller_dropped_ms: u64,
     pub failure: Option<String>,
+    /// Queue depths, sampled every second: caller frames waiting in the consultation's
+    /// mailbox, and agent audio waiting to be played (ms); absent from older servers.
+    #[serde(default)]
+    pub caller_backlog_frames: usize,
+    #[serde(default)]
+    pub agent_queue_ms: u64,
     /// The worker this consultation was resumed from (its worker died mid-call); absent
     /// from older servers.
     #[serde(default)]
@@ -205,6 +211,8 @@ impl ConsultationView {
             caller_buffer_ms: 0,
             caller_dropped_ms: 0,
             failure: None,
+            caller_backlog_frames: 0,
+            agent_queue_ms: 0,
             resumed_from: None,
         }
     }
@@ -242,6 +250,10 @@ pub struct WorkerView {
     /// CPU of the worker process in percent of one core (100 = one core busy), averaged
     /// over the last 10 s; the load report's CPU share is this / (100 x cores).
     pub cpu_percent: f64,
+    /// `cpu_percent` shared out over the running consultations (the cost of one call under
+    /// the current load); 0 when idle. Absent from older servers.
+    #[serde(default)]
+    pub cpu_percent_per_call: f64,
     /// Counters of the realtime client, shared by all consultations.
     pub realtime: RealtimeCounters,
     /// Consultations this worker resumed from a worker that died, and sessions it dispatched

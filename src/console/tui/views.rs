@@ -40,7 +40,7 @@ impl App {
                 Span::raw(format!("consoles: {}/{}  dropped slow: {}", c.clients, c.max_clients, c.slow_clients_dropped)),
             ]),
             Line::from(format!(
-                "worker [{}] {} registration: {}  status: {}  load: {:.2}  jobs: {}  draining: {}  rss: {} MB  cpu: {:.1}%  consultations: {}",
+                "worker [{}] {} registration: {}  status: {}  load: {:.2}  jobs: {}  draining: {}  rss: {} MB  cpu: {:.1}% ({:.2}% per call)  consultations: {}",
                 or_dash(&w.mode),
                 or_dash(&w.agent_name),
                 or_dash(&w.registration),
@@ -50,6 +50,7 @@ impl App {
                 if w.draining { "YES" } else { "no" },
                 w.rss_bytes / 1_000_000,
                 w.cpu_percent,
+                w.cpu_percent_per_call,
                 self.model.consultations.len()
             )),
             Line::from(format!(
@@ -239,6 +240,7 @@ fn consultation_lines(c: &ConsultationView) -> Vec<Line<'static>> {
     lines.extend([
         Line::from(format!("messages: {}  persistence backlog: {}", c.messages, c.persistence_backlog)),
         Line::from(format!("audio: caller buffer {} ms, dropped {} ms", c.caller_buffer_ms, c.caller_dropped_ms)),
+        Line::from(format!("queues: caller backlog {} frames, agent audio {} ms", c.caller_backlog_frames, c.agent_queue_ms)),
     ]);
     if let Some(from) = &c.resumed_from {
         lines.push(Line::from(Span::styled(format!("resumed from worker {from} (it died mid-call)"), Style::default().fg(Color::Yellow))));
