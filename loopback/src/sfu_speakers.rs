@@ -42,7 +42,11 @@ impl Speakers {
     pub fn heard(&mut self, room: &str, participant_sid: &str, level: Option<i8>) {
         let Some(level) = level else { return };
         let dbov = level.unsigned_abs().min(127);
-        let c = self.heard.entry(room.to_owned()).or_default().entry(participant_sid.to_owned()).or_default();
+        // Per packet: look up before allocating keys.
+        if !self.heard.get(room).is_some_and(|r| r.contains_key(participant_sid)) {
+            self.heard.entry(room.to_owned()).or_default().insert(participant_sid.to_owned(), Counts::default());
+        }
+        let c = self.heard.get_mut(room).and_then(|r| r.get_mut(participant_sid)).expect("inserted above");
         c.packets += 1;
         if dbov <= ACTIVE_DBOV {
             c.loud += 1;
