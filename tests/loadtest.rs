@@ -1,7 +1,8 @@
 //! `consultant loadtest` against the loopback LiveKit server: five calls through the real
 //! worker binary and the fake realtime/DeepSeek servers, every call greeted and every phrase
 //! answered; and each bad input (unreachable URL, wrong secret, no worker, unreadable WAV)
-//! ends the run with one clear error and a non-zero exit.
+//! ends the run with one clear error and a non-zero exit; and a worker stopped (SIGSTOP) in the
+//! middle of its callers' phrases catches up without cutting them.
 
 mod support;
 #[path = "support/call.rs"]
@@ -140,4 +141,76 @@ async fn bad_input_ends_with_one_clear_error() {
     write_config(dir.path(), "ws://127.0.0.1:9");
     let (ok, _, err) = loadtest(dir.path(), &key, &secret, &[&base[..], &[wav]].concat()).await;
     assert!(!ok && err.contains("cannot reach") && err.contains("127.0.0.1:9"), "{err}");
+}
+
+/// Stops the worker process (SIGSTOP) for `hold`, `times` times, each `into` after the model
+/// heard a caller begin a phrase: a worker starved of all CPU while the caller speaks, the
+/// extreme of a transient overload.
+fn stall_worker_mid_phrase(pid: u32, realtime: std::sync::Arc<FakeRealtime>, times: usize, into: Duration, hold: Duration) -> tokio::task::JoinHandle<()> {
+    let starts = move || realtime.sessions().iter().map(|s| s.speech_starts).sum::<u32>();
+    tokio::spawn(async move {
+        for _ in 0..times {
+            let seen = starts();
+            while starts() == seen {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(into).await;
+            let signal = |s: &str| std::process::Command::new("kill").args([s, &pid.to_string()]).status().unwrap();
+            assert!(signal("-STOP").success());
+            tokio::time::sleep(hold).await;
+            assert!(signal("-CONT").success());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_being_starved_the_worker_catches_up_and_no_phrase_is_cut_in_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
+    options.api_key = "test-key-e2e".into();
+    options.voice = AgentVoice::Tone { ms_per_char: 30 };
+    options.turns = (0..30).map(|i| ScriptTurn::new(PHRASES[i % 3], ["Очень приятно.", "Хорошо, сайт.", "До свидания!"][i % 3])).collect();
+    let realtime = std::sync::Arc::new(FakeRealtime::start(options).await.unwrap());
+    let deepseek = FakeDeepSeek::start().await;
+    deepseek.set_answer_rule(anketa_rule);
+    write_config(dir.path(), &server.url());
+    let mut worker = spawn_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1);
+    server
+        .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
+        .await
+        .expect("the worker registers");
+    let wav = caller_wav(dir.path(), &PHRASES);
+
+    // Three stalls of a second, each 300 ms into a caller's phrase.
+    let stalls = stall_worker_mid_phrase(worker.id().unwrap(), realtime.clone(), 3, Duration::from_millis(300), Duration::from_secs(1));
+    let (ok, stdout, stderr) = loadtest(dir.path(), server.api_key(), server.api_secret(), &["--rooms", "2", "--ramp", "1", "--duration", "34", "--caller", wav.to_str().unwrap(), "--json"]).await;
+    stalls.await.unwrap();
+    let worker_log = std::fs::read_to_string(dir.path().join("worker1.stderr")).unwrap_or_default();
+    assert!(ok, "loadtest failed:\n{stderr}\nworker:\n{worker_log}");
+    let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON report ({e}):\n{stdout}"));
+    let t = &r["totals"];
+    assert_eq!((t["greeted"].as_u64(), t["failed"].as_u64()), (Some(2), Some(0)), "{r:#}");
+
+    // Every phrase was one turn of the model's: none was cut in two by silence put in front of
+    // the caller's delayed words.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = r["calls"].as_array().unwrap();
+    let count = |field: &str| calls.iter().map(|c| c[field].as_u64().unwrap()).sum::<u64>();
+    // The last phrase of a call may have ended as the caller left, before the model's turn.
+    let (settled, pending) = (count("phrases"), count("pending_phrases"));
+    let turns: u64 = realtime.sessions().iter().map(|s| u64::from(s.user_turns)).sum();
+    assert!((settled..=settled + pending).contains(&turns), "the model heard {turns} turns for {settled} phrases (+{pending} at the end):\n{r:#}");
+    eprintln!("latencies {:?}, turns {turns}", calls.iter().map(|c| c["latencies_ms"].clone()).collect::<Vec<_>>());
+    // Every phrase was answered, and once the stalls are over the answers come as fast as
+    // before them: no delay is left behind.
+    for c in calls {
+        assert!(c["phrases"].as_u64().unwrap() >= 5 && c["answered"] == c["phrases"], "{c}");
+        let l: Vec<f64> = c["latencies_ms"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let (before, after) = (l[0], *l.last().unwrap());
+        assert!(after < before + 150.0, "voice-to-voice {before:.0} ms before the stalls, {after:.0} ms after: {l:?}");
+    }
+    let _ = worker.start_kill();
+    server.shutdown().await;
 }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,8 @@ pub struct RoomState {
     remote: HashMap<Mid, Section>,
     feed: CallerFeed,
     playout: Arc<Playout>,
+    /// Agent frames the pacer sent that this actor has not written yet.
+    agent_frames_in_flight: Arc<AtomicUsize>,
     status: Arc<watch::Sender<RoomStatus>>,
     stats: Arc<RoomStats>,
     events: Vec<Event>,
@@ -140,6 +143,7 @@ impl RoomState {
             remote: HashMap::new(),
             feed: CallerFeed::new(args.events, args.stats.clone(), args.options.rejoin_grace),
             playout: args.playout,
+            agent_frames_in_flight: Arc::new(AtomicUsize::new(0)),
             status: args.status,
             stats: args.stats,
             events: Vec::new(),
@@ -154,7 +158,7 @@ impl RoomState {
         st.apply_join(join);
         st.start_udp_readers(myself);
         st.tasks.push(feeders::ticker(myself.clone()));
-        st.tasks.push(feeders::pacer(myself.clone(), st.playout.clone()).map_err(media)?);
+        st.tasks.push(feeders::pacer(myself.clone(), st.playout.clone(), st.agent_frames_in_flight.clone()).map_err(media)?);
         st.send(st.publisher.add_track());
         Ok(st)
     }
@@ -416,7 +420,10 @@ impl RoomState {
             }
             RoomMsg::Datagram { .. } => {}
             RoomMsg::Tick => self.on_tick(myself),
-            RoomMsg::AgentPacket { packet, speech, level, at } => self.publisher.write_audio(packet, speech, level, at, &self.stats),
+            RoomMsg::AgentPacket { packet, speech, level, at } => {
+                self.agent_frames_in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.publisher.write_audio(packet, speech, level, at, &self.stats);
+            }
         }
         self.drive();
     }

@@ -19,6 +19,9 @@ const FRAME: Duration = Duration::from_millis(20);
 const CALLER_GAP: Duration = Duration::from_millis(60);
 /// How long after a caller appears the agent may speak even if no caller audio arrived.
 const SILENT_CALLER_SETTLE: Duration = Duration::from_secs(2);
+/// A tick this much later than the previous one (the clock runs every 10 ms) means the worker
+/// itself was starved: the caller's packets of that time are still queued behind the tick.
+const LATE_TICK: Duration = Duration::from_millis(40);
 
 pub fn is_caller_kind(kind: i32) -> bool {
     kind == proto::participant_info::Kind::Standard as i32 || kind == proto::participant_info::Kind::Sip as i32
@@ -62,6 +65,7 @@ pub struct CallerFeed {
     /// When a caller-kind participant was first seen in the room.
     caller_present_since: Option<Instant>,
     fed_until: Instant,
+    last_tick: Option<Instant>,
     pcm: Vec<i16>,
 }
 
@@ -77,6 +81,7 @@ impl CallerFeed {
             caller_gone_at: None,
             caller_present_since: None,
             fed_until: Instant::now(),
+            last_tick: None,
             pcm: Vec::with_capacity(4096),
         }
     }
@@ -176,6 +181,15 @@ impl CallerFeed {
     /// The 10 ms clock: silence through gaps, the rejoin grace. Returns whether a silent caller
     /// has been present long enough to hear the agent, and the end if the grace ran out.
     pub fn tick(&mut self, now: Instant) -> (bool, FeedChange) {
+        // After a stall of the worker the caller's audio of that time follows in a burst.
+        // Silence filled in first would cut their phrase in two (the VAD ends the turn) and
+        // queue their words behind it; so the stalled time is not filled, and the burst gets
+        // CALLER_GAP to arrive.
+        let on_time = self.last_tick.is_none_or(|t| now.saturating_duration_since(t) <= LATE_TICK);
+        self.last_tick = Some(now);
+        if !on_time {
+            self.fed_until = self.fed_until.max(now);
+        }
         if self.caller.is_some() {
             while self.fed_until + CALLER_GAP < now {
                 self.fed_until += FRAME;
@@ -197,5 +211,69 @@ impl CallerFeed {
         if !self.events.deliver(RoomEvent::CallerAudio(pcm)) {
             self.stats.caller_dropped_frames.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::super::codec::AgentEncoder;
+    use super::*;
+
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<Arc<[i16]>>>);
+
+    impl RoomEvents for Heard {
+        fn deliver(&self, event: RoomEvent) -> bool {
+            if let RoomEvent::CallerAudio(pcm) = event {
+                self.0.lock().unwrap().push(pcm);
+            }
+            true
+        }
+    }
+
+    fn caller() -> proto::ParticipantInfo {
+        proto::ParticipantInfo { sid: "PA_caller".into(), identity: "caller".into(), kind: proto::participant_info::Kind::Standard as i32, ..Default::default() }
+    }
+
+    /// Frames heard, as 'S' (speech) or '.' (silence).
+    fn heard(h: &Heard) -> String {
+        h.0.lock().unwrap().iter().map(|f| if f.iter().any(|&s| s.unsigned_abs() > 300) { 'S' } else { '.' }).collect()
+    }
+
+    #[test]
+    fn a_stalled_worker_gets_the_callers_words_in_order_not_silence_in_front_of_them() {
+        let events = Arc::new(Heard::default());
+        let mut feed = CallerFeed::new(events.clone(), Arc::new(RoomStats::default()), Duration::from_secs(5));
+        feed.merge(vec![caller()], "PA_agent");
+        let mut encoder = AgentEncoder::new().unwrap();
+        let tone: Vec<i16> = (0..FRAME_24K).map(|i| if (i / 12) % 2 == 0 { 8000 } else { -8000 }).collect();
+        let mut packet = || encoder.encode(&tone).unwrap().to_vec();
+
+        // Speech arrives on time, with the clock ticking.
+        let start = Instant::now();
+        for i in 0..10u32 {
+            feed.on_packet("PA_caller", None, &packet()).unwrap();
+            feed.tick(start + FRAME * i);
+        }
+        // The worker is starved for a second: the clock's next tick is late, and the caller's
+        // 50 packets of that second come in right after it.
+        let after = start + FRAME * 10 + Duration::from_secs(1);
+        feed.tick(after);
+        for _ in 0..50 {
+            feed.on_packet("PA_caller", None, &packet()).unwrap();
+        }
+        feed.tick(after + Duration::from_millis(10));
+        assert_eq!(heard(&events), "S".repeat(60), "no silence in front of the caller's words");
+
+        // A caller who really stops (mute, DTX) is filled with silence once the clock is on time.
+        let mut t = after + Duration::from_millis(10);
+        for _ in 0..150 {
+            t += Duration::from_millis(10);
+            feed.tick(t);
+        }
+        let h = heard(&events);
+        assert!(h.starts_with(&"S".repeat(60)) && h[60..].chars().all(|c| c == '.') && h.len() > 60, "{h}");
     }
 }

@@ -52,6 +52,9 @@ pub struct PlayoutStats {
     pub dropped_transcripts: AtomicU64,
     pub interrupts: AtomicU64,
     pub frames: AtomicU64,
+    /// 20 ms ticks of the agent-voice clock skipped because the room had not written the
+    /// frames it was given (its actor was behind).
+    pub room_behind: AtomicU64,
 }
 
 /// Shared between the consultation (play/interrupt) and the media loop (next_frame).

@@ -206,6 +206,8 @@ pub struct ConnectionRecord {
     /// Function calls the model made.
     pub tool_calls: Vec<ScriptedCall>,
     pub user_turns: u32,
+    /// `speech_started` events sent (the VAD heard the caller begin).
+    pub speech_starts: u32,
     pub ended: Option<String>,
 }
 

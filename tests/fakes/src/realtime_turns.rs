@@ -64,6 +64,7 @@ impl Session {
     pub(super) async fn speech_started(&mut self, sink: &mut Sink, start_ms: u64, vad: &Vad) -> Result<(), String> {
         let item_id = self.next_id("item");
         self.user_item = Some(item_id.clone());
+        self.record(|r| r.speech_starts += 1);
         self.send(sink, json!({ "type": "input_audio_buffer.speech_started", "audio_start_ms": start_ms, "item_id": item_id })).await?;
         if self.response.is_some() && vad.interrupt_response {
             self.cancel_response(sink, "turn_detected").await?;
