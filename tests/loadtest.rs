@@ -2,7 +2,8 @@
 //! worker binary and the fake realtime/DeepSeek servers, every call greeted and every phrase
 //! answered; and each bad input (unreachable URL, wrong secret, no worker, unreadable WAV)
 //! ends the run with one clear error and a non-zero exit; and a worker stopped (SIGSTOP) in the
-//! middle of its callers' phrases catches up without cutting them.
+//! middle of its callers' phrases catches up without cutting them; and two workers at their
+//! capacity report FULL and share the rooms, no call degraded.
 
 mod support;
 #[path = "support/call.rs"]
@@ -212,5 +213,66 @@ async fn after_being_starved_the_worker_catches_up_and_no_phrase_is_cut_in_two()
         assert!(after < before + 150.0, "voice-to-voice {before:.0} ms before the stalls, {after:.0} ms after: {l:?}");
     }
     let _ = worker.start_kill();
+    server.shutdown().await;
+}
+
+/// At its capacity a worker reports FULL, and LiveKit sends the next rooms to another worker:
+/// two `start` workers of capacity 3 under six loadtest calls take three each, both report
+/// FULL, and no call degrades (every phrase answered, no late frame, no gap in an answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_leaves_the_next_rooms_to_another_and_no_call_degrades() {
+    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
+    options.api_key = "test-key-e2e".into();
+    options.voice = AgentVoice::Tone { ms_per_char: 30 };
+    options.turns = (0..60).map(|i| ScriptTurn::new(PHRASES[i % 3], ["Очень приятно.", "Хорошо, сайт.", "До свидания!"][i % 3])).collect();
+    let realtime = FakeRealtime::start(options).await.unwrap();
+    let deepseek = FakeDeepSeek::start().await;
+    deepseek.set_answer_rule(anketa_rule);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut workers = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let text = config_text(&server.url(), dir.path()).replacen("capacity = 100", "capacity = 3", 1).replacen("load_threshold = 0.7", "load_threshold = 1.0", 1);
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        workers.push(spawn_worker(dir.path(), &server, &realtime, &deepseek, "start", i as u32 + 1));
+        server
+            .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
+            .await
+            .expect("the worker registers");
+    }
+    let wav = caller_wav(dirs[0].path(), &PHRASES);
+    let (ok, stdout, stderr) = loadtest(dirs[0].path(), server.api_key(), server.api_secret(), &["--rooms", "6", "--ramp", "3", "--duration", "20", "--caller", wav.to_str().unwrap(), "--json"]).await;
+    let logs: Vec<String> = (1..=2).map(|i| std::fs::read_to_string(dirs[i - 1].path().join(format!("worker{i}.stderr"))).unwrap_or_default()).collect();
+    assert!(ok, "loadtest failed:\n{stderr}\nworkers:\n{}", logs.join("\n----\n"));
+    let r: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("JSON report ({e}):\n{stdout}"));
+
+    let events = server.events();
+    let mut assigned: std::collections::HashMap<String, usize> = Default::default();
+    for e in &events {
+        if let ServerEvent::JobAssigned { worker_id, .. } = e {
+            *assigned.entry(worker_id.clone()).or_default() += 1;
+        }
+    }
+    let mut counts: Vec<usize> = assigned.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, vec![3, 3], "each worker took its capacity and no more: {assigned:?}");
+    for worker_id in assigned.keys() {
+        let full = events.iter().any(|e| matches!(e, ServerEvent::WorkerUpdated { worker_id: id, status: livekit_loopback::WorkerStatus::WsFull, job_count: 3, .. } if id == worker_id));
+        assert!(full, "{worker_id} reported FULL at 3 jobs");
+    }
+    let refused = events.iter().filter(|e| matches!(e, ServerEvent::AvailabilityAnswered { available: false, .. })).count();
+    eprintln!("totals {}\nlatency {}\naudio {}\nrefused offers {refused}", r["totals"], r["latency"], r["audio"]);
+
+    let t = &r["totals"];
+    assert_eq!((t["greeted"].as_u64(), t["failed"].as_u64()), (Some(6), Some(0)), "{r:#}");
+    for c in r["calls"].as_array().unwrap() {
+        assert!(c["phrases"].as_u64().unwrap() >= 2 && c["answered"] == c["phrases"], "{c}");
+    }
+    let a = &r["audio"];
+    assert_eq!((a["late_frames"].as_u64(), a["silent_gaps"].as_u64()), (Some(0), Some(0)), "no degraded call: {a}");
+    assert!(r["latency"]["p99_ms"].as_f64().unwrap() < 700.0, "{}", r["latency"]);
+    for mut w in workers {
+        let _ = w.start_kill();
+    }
     server.shutdown().await;
 }
