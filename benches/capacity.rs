@@ -25,7 +25,7 @@ use serde_json::Value;
 const AGENT: &str = "consultant-capacity";
 const PHRASES: [&str; 3] = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт для компании.", "Спасибо, до свидания."];
 
-fn config(dir: &Path, url: &str) -> String {
+fn config(dir: &Path, url: &str, health: &str) -> String {
     let replace = |t: String, from: &str, to: &str| {
         assert!(t.contains(from), "config.toml no longer contains `{from}`");
         t.replacen(from, to, 1)
@@ -33,7 +33,7 @@ fn config(dir: &Path, url: &str) -> String {
     let mut t = include_str!("../config.toml").to_owned();
     t = replace(t, "url = \"ws://127.0.0.1:7880\"", &format!("url = \"{url}\""));
     t = replace(t, "agent_name = \"consultant\"", &format!("agent_name = \"{AGENT}\""));
-    t = replace(t, "health_listen = \"127.0.0.1:8081\"", "health_listen = \"127.0.0.1:0\"");
+    t = replace(t, "health_listen = \"127.0.0.1:8081\"", &format!("health_listen = \"{health}\""));
     t = replace(t, "path = \"data/consultations.db\"", &format!("path = \"{}\"", dir.join("db.sqlite").display()));
     t = replace(t, "dir = \"logs\"", &format!("dir = \"{}\"", dir.join("logs").display()));
     t = replace(t, "listen = \"127.0.0.1:7700\"", "listen = \"127.0.0.1:0\"");
@@ -96,7 +96,8 @@ async fn bench(steps: &[usize], duration: u64) {
     let mut addrs = line.split_whitespace().map(str::to_owned);
     let (realtime_endpoint, deepseek_url) = (addrs.next().expect("realtime endpoint"), addrs.next().expect("deepseek url"));
     let fakes_pid = fakes.id().to_string();
-    std::fs::write(dir.path().join("config.toml"), config(dir.path(), &server.url())).unwrap();
+    let health = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    std::fs::write(dir.path().join("config.toml"), config(dir.path(), &server.url(), &health)).unwrap();
     let wav = support::caller_wav(dir.path(), &PHRASES);
     let bin = env!("CARGO_BIN_EXE_consultant");
     let env = [
@@ -127,12 +128,14 @@ async fn bench(steps: &[usize], duration: u64) {
     let pid = worker.id().unwrap().to_string();
     println!("capacity of one release worker ({} cores), {duration} s per call, caller {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), wav.display());
     println!(
-        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9}",
-        "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%"
+        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13}",
+        "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%", "in:p50/p99ms", "out:p50/p99ms"
     );
+    println!("(in/out: the worker's own added latency, caller -> realtime and realtime -> room, as bucket bounds of its histograms)");
     for &n in steps {
         let ramp = (n as f64 / 10.0).max(1.0);
         let (cpu0, fakes0, t0) = (cpu_secs("self"), cpu_secs(&fakes_pid), std::time::Instant::now());
+        let added0 = AddedLatency::scrape(&health).await;
         let out = tokio::process::Command::new(bin)
             .current_dir(dir.path())
             .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "loadtest", "--json", "--worker-pid", &pid])
@@ -149,10 +152,11 @@ async fn bench(steps: &[usize], duration: u64) {
             println!("{n:>5} loadtest failed: {}", std::fs::read_to_string(dir.path().join(format!("loadtest-{n}.stderr"))).unwrap_or_default().lines().last().unwrap_or(""));
             continue;
         };
+        let added = AddedLatency::scrape(&health).await.since(&added0);
         let (t, l, a, w) = (&r["totals"], &r["latency"], &r["audio"], &r["worker"]);
         let f = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "{n:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9.0} {:>9.0}",
+            "{n:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>13} {:>13}",
             t["connected"],
             t["greeted"],
             format!("{}/{}", t["answered"], t["phrases"]),
@@ -169,6 +173,8 @@ async fn bench(steps: &[usize], duration: u64) {
             f(&r["loadtest"]["cpu_percent_mean"]),
             server_cpu,
             fakes_cpu,
+            added.caller.percentiles(),
+            added.agent.percentiles(),
         );
         for fl in r["failures"].as_array().into_iter().flatten().take(3) {
             println!("        failure {}: {}", fl["room"], fl["message"]);
@@ -180,4 +186,53 @@ async fn bench(steps: &[usize], duration: u64) {
     server.shutdown().await;
     drop(fakes.stdin.take());
     let _ = fakes.wait();
+}
+
+/// The worker's added-latency histograms from its `/metrics`: cumulative (upper bound s, count).
+#[derive(Default)]
+struct Buckets(Vec<(f64, f64)>);
+
+impl Buckets {
+    fn since(&self, before: &Buckets) -> Buckets {
+        Buckets(self.0.iter().map(|(le, n)| (*le, n - before.0.iter().find(|(b, _)| b == le).map_or(0.0, |(_, m)| *m))).collect())
+    }
+
+    /// The bucket bound under which `q` of the observations fall (ms).
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.0.last()?.1;
+        (total > 0.0).then(|| self.0.iter().find(|(_, n)| *n >= q * total).map_or(f64::INFINITY, |(le, _)| le * 1000.0))
+    }
+
+    fn percentiles(&self) -> String {
+        let f = |q| self.quantile_ms(q).map_or("-".into(), |v: f64| if v.is_finite() { format!("{v}") } else { ">100".into() });
+        format!("{}/{}", f(0.5), f(0.99))
+    }
+}
+
+struct AddedLatency {
+    caller: Buckets,
+    agent: Buckets,
+}
+
+impl AddedLatency {
+    async fn scrape(health: &str) -> AddedLatency {
+        let (_, text) = support::http_get(health, "/metrics").await;
+        let buckets = |name: &str| {
+            let prefix = format!("{name}_bucket{{le=\"");
+            Buckets(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(&prefix))
+                    .filter_map(|l| {
+                        let (le, n) = l.split_once("\"} ")?;
+                        Some((if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? }, n.trim().parse().ok()?))
+                    })
+                    .collect(),
+            )
+        };
+        AddedLatency { caller: buckets("consultant_caller_added_latency_seconds"), agent: buckets("consultant_worker_added_latency_seconds") }
+    }
+
+    fn since(&self, before: &AddedLatency) -> AddedLatency {
+        AddedLatency { caller: self.caller.since(&before.caller), agent: self.agent.since(&before.agent) }
+    }
 }

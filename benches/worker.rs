@@ -59,6 +59,7 @@ fn parts(dir: &Path) -> WorkerParts {
         tls: ClientTls::default(),
         // An unowned SQLite store: sessions are recovered at start-up only.
         sweep_every: None,
+        telemetry: consultant_actors::telemetry::Telemetry::new(),
     }
 }
 

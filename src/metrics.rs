@@ -92,7 +92,8 @@ impl Collector for BoardCollector {
         histogram(&mut e, "consultant_store_commit_duration", "Duration of a store write (message, status, anketa, session).", &m.store_commit)?;
         let backlog: usize = snapshot.consultations.iter().map(|c| c.persistence_backlog).sum();
         gauge(&mut e, "consultant_persistence_backlog_messages", "Dialogue messages handed to persistence and not yet durable.", backlog as i64)?;
-        histogram(&mut e, "consultant_worker_added_latency", "Time the worker adds to an agent answer: its first audio off the realtime socket to queued for the room's playout.", &m.worker_added_latency)?;
+        histogram(&mut e, "consultant_worker_added_latency", "Time the worker adds to an agent answer: its first audio off the realtime socket to its first packet written to the room.", &m.worker_added_latency)?;
+        histogram(&mut e, "consultant_caller_added_latency", "Time the worker adds to the caller's audio: a packet off the room's socket to its PCM queued for the realtime socket.", &m.caller_added_latency)?;
         // Two labels; summed over `kind` it is the older by-direction series.
         let mut tokens = e.encode_descriptor("consultant_realtime_tokens", "Realtime model tokens, by direction and kind (other: not itemised by the provider).", None, MetricType::Counter)?;
         for (direction, kind, n) in &m.tokens {
@@ -148,6 +149,7 @@ mod tests {
         };
         telemetry.metrics().tokens(&usage);
         telemetry.metrics().worker_added_latency.observe_secs(0.000_3);
+        telemetry.metrics().caller_added_latency.observe_secs(0.002);
         let text = render(&registry(telemetry)).unwrap();
         for line in [
             "consultant_realtime_tokens_total{direction=\"input\",kind=\"audio\"} 20\n",
@@ -160,6 +162,8 @@ mod tests {
             "consultant_worker_added_latency_seconds_bucket{le=\"0.00025\"} 0\n",
             "consultant_worker_added_latency_seconds_bucket{le=\"0.0005\"} 1\n",
             "consultant_worker_added_latency_seconds_count 1\n",
+            "consultant_caller_added_latency_seconds_bucket{le=\"0.001\"} 0\n",
+            "consultant_caller_added_latency_seconds_bucket{le=\"0.0025\"} 1\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

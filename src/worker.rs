@@ -41,6 +41,8 @@ pub struct WorkerParts {
     /// runs; `None`: only at start-up. Only for a store with an owner (else it would take the
     /// sessions this worker runs).
     pub sweep_every: Option<Duration>,
+    /// The worker's metrics; made before the adapters so they can observe into it.
+    pub telemetry: Telemetry,
 }
 
 /// Puts the worker into drain: LiveKit sees FULL, new jobs and sessions are refused, running
@@ -108,7 +110,7 @@ impl Worker {
     /// Starts the supervisor (recovering sessions a previous process left open), the LiveKit
     /// link and the health endpoint.
     pub async fn start(config: &Config, mode: WorkerMode, parts: WorkerParts) -> anyhow::Result<Worker> {
-        let telemetry = Telemetry::new();
+        let telemetry = parts.telemetry;
         let settings = Arc::new(config.consultation_settings());
         let ports = Ports { connector: parts.connector, store: parts.store, extractor: parts.extractor };
         let handler = VoiceHandler::start(settings, ports, telemetry.clone()).await.context("starting the worker supervisor")?;

@@ -22,9 +22,18 @@ use support::*;
 const PHRASES: [&str; 3] = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт.", "Спасибо, до свидания."];
 
 
-fn write_config(dir: &Path, url: &str) {
-    let text = config_text(url, dir).replacen("load_threshold = 0.7", "load_threshold = 1.0", 1);
+/// Writes the worker's config; returns its health address (`/metrics`).
+fn write_config(dir: &Path, url: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let health = format!("127.0.0.1:{port}");
+    let text = config_text(url, dir).replacen("load_threshold = 0.7", "load_threshold = 1.0", 1).replacen("health_listen = \"127.0.0.1:0\"", &format!("health_listen = \"{health}\""), 1);
     std::fs::write(dir.join("config.toml"), text).unwrap();
+    health
+}
+
+/// `name`'s value in a Prometheus text exposition.
+fn series(metrics: &str, name: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
 }
 
 /// Runs `consultant loadtest` with the test's config; (exit success, stdout, stderr).
@@ -53,7 +62,7 @@ async fn five_calls_are_greeted_and_every_phrase_is_answered() {
     let realtime = FakeRealtime::start(options).await.unwrap();
     let deepseek = FakeDeepSeek::start().await;
     deepseek.set_answer_rule(anketa_rule);
-    write_config(dir.path(), &server.url());
+    let health = write_config(dir.path(), &server.url());
     let mut worker = spawn_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1);
     server
         .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
@@ -100,6 +109,16 @@ async fn five_calls_are_greeted_and_every_phrase_is_answered() {
     assert!(w["loaded"]["cpu_percent_mean"].as_f64().unwrap() > 0.0 && w["loaded"]["rss_bytes_max"].as_u64().unwrap() > 1 << 20, "{w}");
     assert!(w["cpu_percent_per_call"].is_number() && w["baseline"]["samples"].as_u64().unwrap() >= 2, "{w}");
     assert!(r["loadtest"]["samples"].as_u64().unwrap() >= 10, "{r:#}");
+
+    // The worker measured its own share of the latency on both paths: every answer from the
+    // realtime socket to its first packet, every caller frame from the room's socket to the
+    // realtime writer's queue. The capacity bench prints the percentiles.
+    let (_, metrics) = http_get(health.as_str(), "/metrics").await;
+    let answers = series(&metrics, "consultant_worker_added_latency_seconds_count");
+    assert!(answers >= answered as f64, "{answers} answers timed for {answered} turns");
+    let frames = series(&metrics, "consultant_caller_added_latency_seconds_count");
+    let seconds: f64 = calls.iter().map(|c| c["seconds"].as_f64().unwrap()).sum();
+    assert!(frames > seconds * 50.0 * 0.8, "{frames} caller frames timed over {seconds:.0} s of calls");
 
     // The rooms were deleted: no consultation of the run is left.
     tokio::time::sleep(Duration::from_millis(500)).await;

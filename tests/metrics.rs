@@ -7,6 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[allow(unused_imports)]
+mod support;
+use support::http_get;
+
 use consultant::health;
 use consultant::livekit::link::LinkStatus;
 use consultant_actors::anketa::{AnketaField, FieldKind};
@@ -17,7 +21,6 @@ use consultant_actors::settings::ConsultationSettings;
 use consultant_actors::telemetry::Telemetry;
 use consultant_actors::VoiceHandler;
 use consultant_fakes::memory::{CountingExtractor, MemoryStore, RecordingAudio, ScriptedRealtime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn settings() -> ConsultationSettings {
     let fields = vec![AnketaField { name: "client_name".into(), description: "Имя".into(), kind: FieldKind::Text, required: true }];
@@ -28,16 +31,6 @@ fn settings() -> ConsultationSettings {
     s.connect.first_retry = Duration::from_millis(10);
     s.connect.retry_delay = Duration::from_millis(10);
     s
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    (head.to_owned(), body.to_owned())
 }
 
 /// Samples by `name{labels}` (labels as written), after checking the exposition's grammar:
@@ -193,12 +186,10 @@ async fn metrics_follow_a_consultation() {
     assert_eq!((tokens("input", "audio"), tokens("input", "text"), tokens("input", "other")), (20.0, 100.0, 0.0));
     assert_eq!((tokens("output", "audio"), tokens("output", "text"), tokens("output", "other")), (30.0, 15.0, 0.0));
     assert_eq!(get(&during, "consultant_realtime_cached_input_tokens_total"), 64.0);
-    // One observation per answer (a1, a2), at its first audio.
-    assert_eq!(get(&during, "consultant_worker_added_latency_seconds_count"), 2.0, "{text}");
-    assert_eq!(get(&during, r#"consultant_worker_added_latency_seconds_bucket{le="+Inf"}"#), 2.0);
-    let added = get(&during, "consultant_worker_added_latency_seconds_sum");
-    assert!(added > 0.0, "{text}");
-    eprintln!("worker-added latency over the in-memory ports: mean {:.1} us per answer", added / 2.0 * 1e6);
+    // Both audio paths are timed where their packets leave, by the LiveKit room (measured in
+    // tests/loadtest.rs); these in-memory ports send none, and the families are still served.
+    assert_eq!(get(&during, "consultant_worker_added_latency_seconds_count"), 0.0, "{text}");
+    assert_eq!(get(&during, "consultant_caller_added_latency_seconds_count"), 0.0, "{text}");
     assert_eq!(get(&during, r#"consultant_consultations_finished_total{status="completed"}"#), 0.0);
 
     // The sample dashboard asks only for series the endpoint serves.
@@ -212,7 +203,8 @@ async fn metrics_follow_a_consultation() {
     let worker: serde_json::Value = serde_json::from_str(&worker).unwrap();
     assert_eq!(worker["metrics"]["barge_ins"], 1);
     assert_eq!(worker["metrics"]["input_tokens"], 120);
-    assert_eq!(worker["metrics"]["worker_added_latency"]["count"], 2);
+    // The worker's share of the audio latency is measured by the LiveKit room (tests/loadtest.rs).
+    assert!(worker["metrics"]["worker_added_latency"]["count"].is_u64() && worker["metrics"]["caller_added_latency"]["count"].is_u64(), "{worker}");
     assert!(worker["metrics"]["tokens"].as_array().unwrap().iter().any(|t| t == &serde_json::json!(["output", "audio", 30])), "{worker}");
     assert_eq!(worker["metrics"]["voice_latency"]["count"].as_f64().unwrap(), latency_count);
 

@@ -208,6 +208,7 @@ async fn start_with(server: LoopbackServer, s: Setup) -> Running {
         tls: ClientTls::default(),
         // An unowned SQLite store: sessions are recovered at start-up only.
         sweep_every: None,
+        telemetry: consultant_actors::telemetry::Telemetry::new(),
     };
     let worker = Worker::start(&config, s.mode, parts).await.expect("worker starts");
     Running { server, worker: Some(worker), rooms, realtime, store, _dir: dir }

@@ -31,7 +31,7 @@ impl RoomInbox {
 
 impl RoomEvents for RoomInbox {
     fn deliver(&self, event: RoomEvent) -> bool {
-        let audio = matches!(event, RoomEvent::CallerAudio(_));
+        let audio = matches!(event, RoomEvent::CallerAudio { .. });
         if audio && self.backlog.fetch_add(1, Ordering::AcqRel) >= CALLER_BACKLOG {
             self.backlog.fetch_sub(1, Ordering::AcqRel);
             return false;

@@ -221,6 +221,12 @@ impl AgentState {
 pub trait AgentAudioOutput: Send + Sync + 'static {
     /// Queue agent speech (PCM16 mono 24 kHz) of an assistant item.
     fn play(&self, item_id: &str, pcm: Arc<[i16]>);
+    /// As [`AgentAudioOutput::play`], for audio that came off the realtime socket at `received`:
+    /// an output that sends packets measures the worker's share of an answer's latency with it.
+    fn play_received(&self, item_id: &str, pcm: Arc<[i16]>, received: std::time::Instant) {
+        let _ = received;
+        self.play(item_id, pcm);
+    }
     /// Barge-in: drop everything queued, stop at once, and say how much of the current item
     /// the caller heard (None if nothing was playing).
     fn interrupt(&self) -> Option<PlayedAudio>;
@@ -262,8 +268,9 @@ pub enum RoomEnd {
 pub enum RoomEvent {
     /// The agent joined: its track is published and the publisher's peer connection is up.
     Joined { identity: String },
-    /// One frame of the caller's audio, PCM16 mono 24 kHz.
-    CallerAudio(Arc<[i16]>),
+    /// One frame of the caller's audio, PCM16 mono 24 kHz; `heard`: when its packet reached the
+    /// worker, so the worker's own share of the latency can be measured.
+    CallerAudio { pcm: Arc<[i16]>, heard: std::time::Instant },
     /// The room is over; the Room actor stops after sending this.
     Ended(RoomEnd),
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use consultant_actors::ports::AnketaExtractor;
+use consultant_actors::telemetry::Telemetry;
 
 use crate::config::{Config, Service};
 use crate::deepseek::{DeepSeekConfig, DeepSeekExtractor};
@@ -36,8 +37,10 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     tracing::info!(trusts = %tls.summary(), "outgoing TLS trust");
     let (realtime, extractor) = adapters(config, &tls)?;
     let stats = realtime.stats();
-    let rooms = LiveKitRooms { options: RoomOptions { tls: tls.clone(), ..Default::default() } };
-    let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(rooms), tls, sweep_every };
+    let telemetry = Telemetry::new();
+    let agent_latency = Some(telemetry.metrics().worker_added_latency.clone());
+    let rooms = LiveKitRooms { options: RoomOptions { tls: tls.clone(), agent_latency, ..Default::default() } };
+    let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(rooms), tls, sweep_every, telemetry };
     let result = worker::run(config, mode, parts, Some(log.level.clone()), Some(stats)).await;
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "worker failed");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use consultant_actors::ports::{RoomEnd, RoomEvent, RoomEvents, RoomFailure};
 use consultant_actors::tasks::OwnedTasks;
+use consultant_actors::telemetry::Histogram;
 use livekit_protocol as proto;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use str0m::media::Mid;
@@ -49,7 +50,8 @@ pub enum RoomMsg {
     Resumed { gen: u64, result: Result<(SignalLink, Box<Response>), String> },
     Datagram { target: Target, peer_gen: u64, data: Vec<u8>, source: SocketAddr, at: Instant },
     Tick,
-    AgentPacket { packet: Vec<u8>, speech: bool, level: i8, at: Instant },
+    /// `answer_received`: the frame starts an answer whose audio came off the realtime socket then.
+    AgentPacket { packet: Vec<u8>, speech: bool, level: i8, at: Instant, answer_received: Option<Instant> },
 }
 
 /// What a Room needs; the connector keeps the shared parts across restarts.
@@ -95,6 +97,8 @@ pub struct RoomState {
     playout: Arc<Playout>,
     /// Agent frames the pacer sent that this actor has not written yet.
     agent_frames_in_flight: Arc<AtomicUsize>,
+    /// Where the worker's share of an answer's latency goes (off the realtime socket to written).
+    agent_latency: Option<Arc<Histogram>>,
     status: Arc<watch::Sender<RoomStatus>>,
     stats: Arc<RoomStats>,
     events: Vec<Event>,
@@ -144,6 +148,7 @@ impl RoomState {
             feed: CallerFeed::new(args.events, args.stats.clone(), args.options.rejoin_grace),
             playout: args.playout,
             agent_frames_in_flight: Arc::new(AtomicUsize::new(0)),
+            agent_latency: args.options.agent_latency.clone(),
             status: args.status,
             stats: args.stats,
             events: Vec::new(),
@@ -314,7 +319,7 @@ impl RoomState {
         let Some(section) = self.remote.get(&data.mid) else { return };
         let Some(psid) = section.participant_sid().map(str::to_owned) else { return };
         let track_sid = section.track_id.clone();
-        match self.feed.on_packet(&psid, track_sid, &data.data) {
+        match self.feed.on_packet(&psid, track_sid, &data.data, data.network_time) {
             Ok(change) => self.on_feed(change),
             Err(e) => self.fail(RoomFailure::Media(e)),
         }
@@ -420,9 +425,12 @@ impl RoomState {
             }
             RoomMsg::Datagram { .. } => {}
             RoomMsg::Tick => self.on_tick(myself),
-            RoomMsg::AgentPacket { packet, speech, level, at } => {
+            RoomMsg::AgentPacket { packet, speech, level, at, answer_received } => {
                 self.agent_frames_in_flight.fetch_sub(1, Ordering::AcqRel);
                 self.publisher.write_audio(packet, speech, level, at, &self.stats);
+                if let (Some(received), Some(latency)) = (answer_received, &self.agent_latency) {
+                    latency.observe(received.elapsed());
+                }
             }
         }
         self.drive();

@@ -137,8 +137,8 @@ impl CallerFeed {
         self.caller.as_ref().map(|c| c.sid.as_str())
     }
 
-    /// One RTP payload of the participant `psid`'s track `track_sid`.
-    pub fn on_packet(&mut self, psid: &str, track_sid: Option<String>, payload: &[u8]) -> Result<FeedChange, String> {
+    /// One RTP payload of the participant `psid`'s track `track_sid`, off the socket at `heard`.
+    pub fn on_packet(&mut self, psid: &str, track_sid: Option<String>, payload: &[u8], heard: Instant) -> Result<FeedChange, String> {
         let Some(info) = self.participants.get(psid) else { return Ok(FeedChange::None) };
         if !is_caller_kind(info.kind) {
             return Ok(FeedChange::None); // other agents are not the caller
@@ -168,7 +168,7 @@ impl CallerFeed {
                 let dur = Duration::from_micros(n as u64 * 1_000_000 / PCM_RATE as u64);
                 self.fed_until = self.fed_until.max(now.checked_sub(CALLER_GAP).unwrap_or(now)) + dur;
                 let pcm: Arc<[i16]> = Arc::from(&self.pcm[..]);
-                self.push(pcm);
+                self.push(pcm, heard);
             }
             Err(e) => {
                 self.stats.caller_decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +194,7 @@ impl CallerFeed {
             while self.fed_until + CALLER_GAP < now {
                 self.fed_until += FRAME;
                 self.stats.caller_silence_frames.fetch_add(1, Ordering::Relaxed);
-                self.push(Arc::from(&[0i16; FRAME_24K][..]));
+                self.push(Arc::from(&[0i16; FRAME_24K][..]), now);
             }
         }
         let settled = self.caller_present_since.is_some_and(|t| now.duration_since(t) >= SILENT_CALLER_SETTLE);
@@ -207,8 +207,8 @@ impl CallerFeed {
         (settled, FeedChange::None)
     }
 
-    fn push(&self, pcm: Arc<[i16]>) {
-        if !self.events.deliver(RoomEvent::CallerAudio(pcm)) {
+    fn push(&self, pcm: Arc<[i16]>, heard: Instant) {
+        if !self.events.deliver(RoomEvent::CallerAudio { pcm, heard }) {
             self.stats.caller_dropped_frames.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -226,7 +226,7 @@ mod tests {
 
     impl RoomEvents for Heard {
         fn deliver(&self, event: RoomEvent) -> bool {
-            if let RoomEvent::CallerAudio(pcm) = event {
+            if let RoomEvent::CallerAudio { pcm, .. } = event {
                 self.0.lock().unwrap().push(pcm);
             }
             true
@@ -254,7 +254,7 @@ mod tests {
         // Speech arrives on time, with the clock ticking.
         let start = Instant::now();
         for i in 0..10u32 {
-            feed.on_packet("PA_caller", None, &packet()).unwrap();
+            feed.on_packet("PA_caller", None, &packet(), Instant::now()).unwrap();
             feed.tick(start + FRAME * i);
         }
         // The worker is starved for a second: the clock's next tick is late, and the caller's
@@ -262,7 +262,7 @@ mod tests {
         let after = start + FRAME * 10 + Duration::from_secs(1);
         feed.tick(after);
         for _ in 0..50 {
-            feed.on_packet("PA_caller", None, &packet()).unwrap();
+            feed.on_packet("PA_caller", None, &packet(), Instant::now()).unwrap();
         }
         feed.tick(after + Duration::from_millis(10));
         assert_eq!(heard(&events), "S".repeat(60), "no silence in front of the caller's words");

@@ -99,7 +99,7 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>, in_flight: Arc<At
             let at = Instant::now();
             let level = audio_level_dbov(&frame);
             in_flight.fetch_add(1, Ordering::AcqRel);
-            if myself.send_message(RoomMsg::AgentPacket { packet, speech: f.speech_samples > 0, level, at }).is_err() {
+            if myself.send_message(RoomMsg::AgentPacket { packet, speech: f.speech_samples > 0, level, at, answer_received: f.answer_received }).is_err() {
                 return;
             }
             if silent >= TRAILING_SILENCE_FRAMES {

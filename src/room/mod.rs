@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use consultant_actors::ports::{RoomEnd, RoomFailure};
 use consultant_actors::ports::{AgentAudioOutput, RoomEvent, RoomEvents};
+use consultant_actors::telemetry::Histogram;
 use ractor::ActorCell;
 use tokio::sync::{mpsc, watch};
 
@@ -51,6 +52,8 @@ pub struct RoomOptions {
     pub track_name: String,
     /// Trust policy of `wss://` signalling; the default trusts the built-in and system roots.
     pub tls: ClientTls,
+    /// The worker's share of an answer's latency is observed here (the worker's metrics).
+    pub agent_latency: Option<Arc<Histogram>>,
 }
 
 impl Default for RoomOptions {
@@ -60,6 +63,7 @@ impl Default for RoomOptions {
             join_timeout: Duration::from_secs(15),
             track_name: "agent-voice".into(),
             tls: ClientTls::default(),
+            agent_latency: None,
         }
     }
 }
@@ -114,7 +118,7 @@ struct Listener {
 impl RoomEvents for Listener {
     fn deliver(&self, event: RoomEvent) -> bool {
         match event {
-            RoomEvent::CallerAudio(pcm) => self.caller.try_send(pcm).is_ok(),
+            RoomEvent::CallerAudio { pcm, .. } => self.caller.try_send(pcm).is_ok(),
             RoomEvent::Joined { .. } | RoomEvent::Ended(_) => true, // the status says it
         }
     }

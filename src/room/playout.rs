@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use consultant_actors::ports::{AgentAudioOutput, AgentState, PlayedAudio};
 use consultant_actors::SessionStatus;
@@ -25,6 +26,8 @@ struct Chunk {
     item_id: Arc<str>,
     pcm: Arc<[i16]>,
     offset: usize,
+    /// When it came off the realtime socket (unknown, or held for a caller: None).
+    received: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -44,6 +47,8 @@ pub struct Frame {
     pub speech_samples: usize,
     /// The queue was cut since the previous frame.
     pub after_cut: bool,
+    /// The frame starts an answer after silence: when its audio came off the realtime socket.
+    pub answer_received: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -109,8 +114,9 @@ impl Playout {
         let after_cut = std::mem::take(&mut q.cut);
         if self.held.load(Ordering::SeqCst) {
             frame.fill(0);
-            return Frame { speech_samples: 0, after_cut };
+            return Frame { speech_samples: 0, after_cut, answer_received: None };
         }
+        let answer_received = if q.current.is_none() { q.chunks.front().and_then(|c| c.received) } else { None };
         let mut filled = 0;
         while filled < FRAME_24K {
             let Some(chunk) = q.chunks.front_mut() else { break };
@@ -134,7 +140,7 @@ impl Playout {
             q.current = None;
         }
         self.stats.frames.fetch_add(1, Ordering::Relaxed);
-        Frame { speech_samples: filled, after_cut }
+        Frame { speech_samples: filled, after_cut, answer_received: answer_received.filter(|_| filled > 0) }
     }
 
     /// Transcripts queued since the last call.
@@ -145,10 +151,8 @@ impl Playout {
     pub fn queued_samples(&self) -> usize {
         self.lock().queued_samples
     }
-}
 
-impl AgentAudioOutput for Playout {
-    fn play(&self, item_id: &str, pcm: Arc<[i16]>) {
+    fn enqueue(&self, item_id: &str, pcm: Arc<[i16]>, received: Option<Instant>) {
         if pcm.is_empty() {
             return;
         }
@@ -164,12 +168,24 @@ impl AgentAudioOutput for Playout {
             };
             let was_idle = q.chunks.is_empty() && q.current.is_none();
             q.queued_samples += pcm.len();
-            q.chunks.push_back(Chunk { item_id, pcm, offset: 0 });
+            q.chunks.push_back(Chunk { item_id, pcm, offset: 0, received });
             was_idle
         };
         if was_idle {
             self.wake.notify_one();
         }
+    }
+}
+
+impl AgentAudioOutput for Playout {
+    fn play(&self, item_id: &str, pcm: Arc<[i16]>) {
+        self.enqueue(item_id, pcm, None);
+    }
+
+    fn play_received(&self, item_id: &str, pcm: Arc<[i16]>, received: Instant) {
+        // Speech held for a caller waits by design: not the worker's latency.
+        let received = (!self.is_held()).then_some(received);
+        self.enqueue(item_id, pcm, received);
     }
 
     fn interrupt(&self) -> Option<PlayedAudio> {
@@ -256,7 +272,7 @@ mod tests {
         let played = p.interrupt().expect("was playing");
         assert_eq!(played, PlayedAudio { item_id: "item1".into(), played_ms: 500 });
         let next = p.next_frame(&mut f);
-        assert_eq!(next, Frame { speech_samples: 0, after_cut: true });
+        assert_eq!(next, Frame { speech_samples: 0, after_cut: true, answer_received: None });
         assert!(f.iter().all(|&s| s == 0));
         assert!(!p.is_playing());
         assert_eq!(p.queued_samples(), 0);

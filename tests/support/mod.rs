@@ -105,3 +105,15 @@ pub fn caller_wav(dir: &Path, phrases: &[&str]) -> PathBuf {
     w.finalize().unwrap();
     path
 }
+
+/// One plain-HTTP GET (a worker's health listener): (head, body); the status must be 200.
+pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head.to_owned(), body.to_owned())
+}

@@ -112,7 +112,6 @@ impl ConsultationActor {
                 state.audio_out.agent_state(AgentState::Thinking);
             }
             RealtimeEvent::AgentItemStarted { item_id, .. } => {
-                state.item_audio_timed = false;
                 let ready = state.turns.agent_item_started(&item_id);
                 state.store_final(ready);
             }
@@ -131,13 +130,8 @@ impl ConsultationActor {
                     }
                 }
                 state.response_audio = true;
-                state.audio_out.play(&item_id, pcm);
-                // The first audio of an answer is what the caller waits for; later deltas queue
-                // behind audio already playing, so their delay is not heard.
-                if !state.item_audio_timed {
-                    state.item_audio_timed = true;
-                    state.args.telemetry.metrics().worker_added_latency.observe(received.elapsed());
-                }
+                // The output measures the worker's share of the latency up to the first packet.
+                state.audio_out.play_received(&item_id, pcm, received);
             }
             RealtimeEvent::AgentTranscriptDelta { item_id, delta } => {
                 let ready = state.turns.agent_transcript_delta(&item_id, &delta);
@@ -298,7 +292,7 @@ impl ConsultationActor {
 impl ConsultationActor {
     pub(super) async fn on_room_event(myself: &ActorRef<ConsultationMsg>, state: &mut ConsultationState, event: RoomEvent) -> Result<(), ActorProcessingErr> {
         match event {
-            RoomEvent::CallerAudio(pcm) => state.caller_audio(pcm),
+            RoomEvent::CallerAudio { pcm, heard } => state.caller_audio(pcm, Some(heard)),
             RoomEvent::Joined { identity } => {
                 let path = state.child_path(ChildKind::Room);
                 state.args.telemetry.actor_status(&path, ActorStatus::Running);
@@ -332,7 +326,7 @@ impl ConsultationActor {
         state.args.telemetry.actor_status(&state.child_path(ChildKind::Realtime), ActorStatus::Running);
         // Audio held during the gap goes out after the replay, oldest first.
         for pcm in state.caller_gap.drain() {
-            state.caller_audio(pcm);
+            state.caller_audio(pcm, None);
         }
         state.publish_caller_buffer();
         if !state.realtime.ready_once {

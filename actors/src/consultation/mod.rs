@@ -166,8 +166,6 @@ pub struct ConsultationState {
     response_active: bool,
     /// The current response has produced audio.
     response_audio: bool,
-    /// The current agent item's first audio went into the worker-added latency.
-    item_audio_timed: bool,
     /// Failed responses asked again in a row.
     response_retries: u32,
     /// Responses started in this call (a retry is moot once another has started).
@@ -232,13 +230,19 @@ impl ConsultationState {
 
     /// The caller's audio: straight into the realtime socket's queue while the session is up,
     /// held in the gap buffer while it is not. Only this audio is ever shed, and it is counted.
-    fn caller_audio(&mut self, pcm: Arc<[i16]>) {
+    /// `heard`: when the frame's packet reached the worker (None when fed without a room).
+    fn caller_audio(&mut self, pcm: Arc<[i16]>, heard: Option<std::time::Instant>) {
         if self.finalizing {
             return;
         }
         if let Some(audio) = &self.realtime.audio {
             match audio.try_send(RealtimeCommand::AppendAudio(pcm)) {
-                Ok(()) => return,
+                Ok(()) => {
+                    if let Some(heard) = heard {
+                        self.args.telemetry.metrics().caller_added_latency.observe(heard.elapsed());
+                    }
+                    return;
+                }
                 Err(mpsc::error::TrySendError::Full(RealtimeCommand::AppendAudio(pcm))) => {
                     self.caller_gap.dropped_samples += pcm.len() as u64;
                     return;
@@ -325,7 +329,6 @@ impl Actor for ConsultationActor {
             turns: Turns::default(),
             response_active: false,
             response_audio: false,
-            item_audio_timed: false,
             response_retries: 0,
             responses_started: 0,
             ending: None,
@@ -375,9 +378,9 @@ impl Actor for ConsultationActor {
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, message: ConsultationMsg, state: &mut ConsultationState) -> Result<(), ActorProcessingErr> {
         match message {
-            ConsultationMsg::CallerAudio(pcm) => state.caller_audio(pcm),
+            ConsultationMsg::CallerAudio(pcm) => state.caller_audio(pcm, None),
             ConsultationMsg::Room { generation, event } => {
-                if let RoomEvent::CallerAudio(_) = &event {
+                if let RoomEvent::CallerAudio { .. } = &event {
                     state.room.backlog.fetch_sub(1, Ordering::AcqRel);
                 }
                 if generation == state.room.generation {

@@ -137,7 +137,7 @@ impl ConsultationActor {
         state.realtime.standby_retry_at = None;
         // Caller audio held while a failed session was being replaced goes out first.
         for pcm in state.caller_gap.drain() {
-            state.caller_audio(pcm);
+            state.caller_audio(pcm, None);
         }
         if let Some(old) = old {
             // Not a child any more: its end is neither a failure nor a planned restart.

@@ -17,8 +17,8 @@ pub const LATENCY_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3
 pub const EXTRACTION_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0];
 /// SQLite commit buckets (s): milliseconds normally, seconds on a sick disk.
 pub const STORE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
-/// Worker-added latency buckets (s): tens of microseconds normally; milliseconds mean the
-/// consultation's mailbox is backed up.
+/// Worker-added latency buckets (s): tens of microseconds normally; milliseconds mean an
+/// actor's mailbox is backed up or the machine is out of CPU.
 pub const ADDED_LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
 
 /// The `direction` and `kind` labels of the realtime token counter. `other` is what the
@@ -103,8 +103,11 @@ pub struct Metrics {
     pub evidence_dropped: AtomicU64,
     pub extraction_duration: Histogram,
     pub store_commit: Histogram,
-    /// First audio of an agent item: off the realtime socket to queued for playout.
-    pub worker_added_latency: Histogram,
+    /// The first audio of an answer: off the realtime socket to its first packet written to the
+    /// room (shared with the room adapter, which sees the packet leave).
+    pub worker_added_latency: std::sync::Arc<Histogram>,
+    /// A caller frame: its packet off the room's socket to queued for the realtime socket.
+    pub caller_added_latency: Histogram,
     /// [direction][kind], as [`TOKEN_DIRECTIONS`] x [`TOKEN_KINDS`].
     tokens: [[AtomicU64; TOKEN_KINDS.len()]; TOKEN_DIRECTIONS.len()],
     cached_input_tokens: AtomicU64,
@@ -123,7 +126,8 @@ impl Default for Metrics {
             evidence_dropped: AtomicU64::new(0),
             extraction_duration: Histogram::new(EXTRACTION_BUCKETS),
             store_commit: Histogram::new(STORE_BUCKETS),
-            worker_added_latency: Histogram::new(ADDED_LATENCY_BUCKETS),
+            worker_added_latency: std::sync::Arc::new(Histogram::new(ADDED_LATENCY_BUCKETS)),
+            caller_added_latency: Histogram::new(ADDED_LATENCY_BUCKETS),
             tokens: Default::default(),
             cached_input_tokens: AtomicU64::new(0),
         }
@@ -190,6 +194,7 @@ impl Metrics {
                 .collect(),
             cached_input_tokens: get(&self.cached_input_tokens),
             worker_added_latency: self.worker_added_latency.snapshot(),
+            caller_added_latency: self.caller_added_latency.snapshot(),
         }
     }
 }
@@ -231,6 +236,8 @@ pub struct MetricsSnapshot {
     pub cached_input_tokens: u64,
     #[serde(default)]
     pub worker_added_latency: HistogramSnapshot,
+    #[serde(default)]
+    pub caller_added_latency: HistogramSnapshot,
 }
 
 impl MetricsSnapshot {

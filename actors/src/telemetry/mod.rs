@@ -19,7 +19,7 @@ mod metered;
 pub mod metrics;
 mod schema;
 pub use metered::metered_ports;
-pub use metrics::{HistogramSnapshot, Metrics, MetricsSnapshot};
+pub use metrics::{Histogram, HistogramSnapshot, Metrics, MetricsSnapshot};
 pub use schema::*;
 
 /// Events kept for a console that attaches late.

@@ -313,7 +313,7 @@ fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
     let mean_us = |h: &HistogramSnapshot| h.mean_secs().map_or_else(|| "-".to_owned(), |s| format!("{:.0} us", s * 1e6));
     let kinds = |d: &str| format!("{} audio, {} text", m.tokens_of(d, "audio"), m.tokens_of(d, "text"));
     Line::from(format!(
-        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({}, {} citations dropped)  store commit {}  tokens {} in ({}) / {} out ({})  caller audio dropped {:.1} s  worker adds {} over {} answers",
+        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({}, {} citations dropped)  store commit {}  tokens {} in ({}) / {} out ({})  caller audio dropped {:.1} s  worker adds {} over {} answers, {} over {} caller frames",
         pairs(&m.consultations_finished),
         mean_ms(&m.voice_latency),
         m.voice_latency.count,
@@ -332,6 +332,8 @@ fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
         m.caller_dropped_ms as f64 / 1000.0,
         mean_us(&m.worker_added_latency),
         m.worker_added_latency.count,
+        mean_us(&m.caller_added_latency),
+        m.caller_added_latency.count,
     ))
 }
 
@@ -347,8 +349,9 @@ mod tests {
         metrics.tokens(&TokenUsage { input_tokens: 120, input_audio_tokens: 20, input_text_tokens: 100, output_tokens: 45, output_audio_tokens: 30, output_text_tokens: 15, ..Default::default() });
         metrics.worker_added_latency.observe(std::time::Duration::from_micros(40));
         metrics.worker_added_latency.observe(std::time::Duration::from_micros(60));
+        metrics.caller_added_latency.observe(std::time::Duration::from_micros(120));
         let line = metrics_line(&metrics.snapshot()).to_string();
         assert!(line.contains("tokens 120 in (20 audio, 100 text) / 45 out (30 audio, 15 text)"), "{line}");
-        assert!(line.contains("worker adds 50 us over 2 answers"), "{line}");
+        assert!(line.contains("worker adds 50 us over 2 answers, 120 us over 1 caller frames"), "{line}");
     }
 }

@@ -100,7 +100,7 @@ impl Actor for MemoryRoomActor {
             let events = args.events;
             feed.push(tokio::spawn(async move {
                 while let Some(pcm) = caller.recv().await {
-                    events.deliver(RoomEvent::CallerAudio(pcm));
+                    events.deliver(RoomEvent::CallerAudio { pcm, heard: std::time::Instant::now() });
                 }
                 events.deliver(RoomEvent::Ended(RoomEnd::CallerLeft));
                 myself.send_message(MemoryRoomMsg::CallerHungUp).ok();
