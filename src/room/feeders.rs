@@ -75,7 +75,12 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>, in_flight: Arc<At
                     playout.woken().await;
                     next = Some(tokio::time::Instant::now());
                 }
-                Some(t) => tokio::time::sleep_until(t).await,
+                Some(t) => tokio::select! {
+                    _ = tokio::time::sleep_until(t) => {}
+                    // Speech queued during the trailing silence (or after an underrun) leaves
+                    // at once, as from idle, instead of on the next tick.
+                    _ = playout.woken() => next = Some(tokio::time::Instant::now()),
+                },
             }
             if in_flight.load(Ordering::Acquire) >= MAX_FRAMES_IN_FLIGHT {
                 playout.stats.room_behind.fetch_add(1, Ordering::Relaxed);

@@ -36,6 +36,8 @@ struct Queue {
     queued_samples: usize,
     /// The item being played and how many of its samples were sent.
     current: Option<(Arc<str>, u64)>,
+    /// The item whose audio was sent last (kept through an underrun, unlike `current`).
+    last_item: Option<Arc<str>>,
     /// Set by `interrupt()`: the next frame starts from a clean codec state.
     cut: bool,
 }
@@ -116,7 +118,12 @@ impl Playout {
             frame.fill(0);
             return Frame { speech_samples: 0, after_cut, answer_received: None };
         }
-        let answer_received = if q.current.is_none() { q.chunks.front().and_then(|c| c.received) } else { None };
+        // The first frame of an item is what the caller waits for; an underrun inside an item
+        // is not a new wait.
+        let answer_received = match q.chunks.front() {
+            Some(c) if q.last_item.as_ref() != Some(&c.item_id) => c.received,
+            _ => None,
+        };
         let mut filled = 0;
         while filled < FRAME_24K {
             let Some(chunk) = q.chunks.front_mut() else { break };
@@ -130,6 +137,9 @@ impl Playout {
                 q.chunks.pop_front();
             }
             q.queued_samples -= take;
+            if q.last_item.as_ref() != Some(&item) {
+                q.last_item = Some(item.clone());
+            }
             match &mut q.current {
                 Some((id, played)) if *id == item => *played += take as u64,
                 cur => *cur = Some((item, take as u64)),
