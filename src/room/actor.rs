@@ -393,6 +393,12 @@ impl RoomState {
     }
 
     fn handle(&mut self, myself: &ActorRef<RoomMsg>, msg: RoomMsg) {
+        // Signalling may change either peer connection (SDP, candidates, a resume): drive both.
+        // The clock, datagrams and agent frames touch the one they concern.
+        if !matches!(msg, RoomMsg::Tick | RoomMsg::Datagram { .. } | RoomMsg::AgentPacket { .. }) {
+            self.publisher.peer.touch();
+            self.subscriber.touch();
+        }
         match msg {
             RoomMsg::Join => {}
             RoomMsg::JoinDeadline => {

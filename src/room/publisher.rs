@@ -95,6 +95,7 @@ impl Publisher {
             return Vec::new();
         }
         self.offer_wanted = false;
+        self.peer.touch();
         let mut api = self.peer.rtc.sdp_api();
         if self.mid.is_none() && self.track_sid.is_some() {
             self.mid = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, Some(self.cid.clone()), Some(self.cid.clone()), None));
@@ -126,6 +127,7 @@ impl Publisher {
             return Ok(Vec::new());
         };
         let answer = str0m::change::SdpAnswer::from_sdp_string(&a.sdp).map_err(|e| format!("unparsable publisher answer: {e}"))?;
+        self.peer.touch();
         self.peer.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| format!("publisher answer refused: {e}"))?;
         if let Some(mid) = self.mid {
             self.pt = self.peer.rtc.writer(mid).and_then(|w| w.payload_params().find(|p| p.spec().codec == str0m::format::Codec::Opus).map(|p| p.pt()));
@@ -138,6 +140,7 @@ impl Publisher {
 
     /// Resumed on the same session but our path was lost too: restart ICE.
     pub fn restart_ice(&mut self) -> Vec<Request> {
+        self.peer.touch();
         self.peer.rtc.sdp_api().ice_restart(true);
         self.offer()
     }
@@ -159,6 +162,7 @@ impl Publisher {
     /// Writes data packets on the `_reliable` channel; stops at the first that does not fit.
     pub fn send_data(&mut self, packets: &[proto::DataPacket]) {
         let Some(id) = self.channel else { return };
+        self.peer.touch();
         let Some(mut channel) = self.peer.rtc.channel(id) else { return };
         for p in packets {
             if !matches!(channel.write(true, &prost::Message::encode_to_vec(p)), Ok(true)) {
@@ -189,6 +193,7 @@ impl Publisher {
         if speech {
             stats.agent_speech_packets.fetch_add(1, Ordering::Relaxed);
         }
+        self.peer.touch();
         let Some(writer) = self.peer.rtc.writer(mid) else { return };
         let writer = writer.audio_level(level, speech);
         if let Err(e) = writer.write(pt, at, MediaTime::new(self.rtp_ticks, Frequency::FORTY_EIGHT_KHZ), packet) {

@@ -32,7 +32,11 @@ impl RoomState {
                 match signal::candidate_from_init(&t.candidate_init) {
                     Some(c) if c.is_empty() => {}
                     Some(c) => match Candidate::from_sdp_string(&c) {
-                        Ok(c) => self.peer(target).rtc.add_remote_candidate(c),
+                        Ok(c) => {
+                            let peer = self.peer(target);
+                            peer.touch();
+                            peer.rtc.add_remote_candidate(c);
+                        }
                         Err(e) => tracing::debug!(error = %e, "remote candidate ignored"),
                     },
                     None => tracing::warn!("trickle without a candidate ignored"),
@@ -93,6 +97,7 @@ impl RoomState {
             Ok(x) => x,
             Err(e) => return self.fail(RoomFailure::Media(format!("unparsable subscriber offer: {e}"))),
         };
+        self.subscriber.touch();
         let answer = match self.subscriber.rtc.sdp_api().accept_offer(offer) {
             Ok(a) => a,
             Err(e) => return self.fail(RoomFailure::Media(format!("subscriber offer refused: {e}"))),
