@@ -22,6 +22,31 @@ use support::*;
 const PHRASES: [&str; 3] = ["Здравствуйте, меня зовут Иван.", "Мне нужен сайт.", "Спасибо, до свидания."];
 
 
+const ANSWERS: [&str; 3] = ["Очень приятно.", "Хорошо, сайт.", "До свидания!"];
+
+/// The fake realtime (scripted for `turns` phrases, the caller's three in a loop, answered with
+/// a tone) and the fake DeepSeek.
+async fn fakes(turns: usize) -> (std::sync::Arc<FakeRealtime>, FakeDeepSeek) {
+    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
+    options.api_key = "test-key-e2e".into();
+    options.voice = AgentVoice::Tone { ms_per_char: 30 };
+    options.turns = (0..turns).map(|i| ScriptTurn::new(PHRASES[i % 3], ANSWERS[i % 3])).collect();
+    let realtime = std::sync::Arc::new(FakeRealtime::start(options).await.unwrap());
+    let deepseek = FakeDeepSeek::start().await;
+    deepseek.set_answer_rule(anketa_rule);
+    (realtime, deepseek)
+}
+
+/// The worker binary in `mode`, once LiveKit has its registration.
+async fn registered_worker(dir: &Path, server: &LoopbackServer, realtime: &FakeRealtime, deepseek: &FakeDeepSeek, mode: &str, nth: u32) -> tokio::process::Child {
+    let worker = spawn_worker(dir, server, realtime, deepseek, mode, nth);
+    server
+        .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
+        .await
+        .expect("the worker registers");
+    worker
+}
+
 /// Writes the worker's config; returns its health address (`/metrics`).
 fn write_config(dir: &Path, url: &str) -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -55,19 +80,9 @@ async fn loadtest(dir: &Path, key: &str, secret: &str, args: &[&str]) -> (bool, 
 async fn five_calls_are_greeted_and_every_phrase_is_answered() {
     let dir = tempfile::tempdir().unwrap();
     let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
-    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
-    options.api_key = "test-key-e2e".into();
-    options.voice = AgentVoice::Tone { ms_per_char: 30 };
-    options.turns = PHRASES.iter().zip(["Очень приятно.", "Хорошо, сайт.", "До свидания!"]).map(|(p, a)| ScriptTurn::new(*p, a)).collect();
-    let realtime = FakeRealtime::start(options).await.unwrap();
-    let deepseek = FakeDeepSeek::start().await;
-    deepseek.set_answer_rule(anketa_rule);
+    let (realtime, deepseek) = fakes(3).await;
     let health = write_config(dir.path(), &server.url());
-    let mut worker = spawn_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1);
-    server
-        .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
-        .await
-        .expect("the worker registers");
+    let mut worker = registered_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1).await;
     let wav = caller_wav(dir.path(), &PHRASES);
     let pid = worker.id().unwrap().to_string();
 
@@ -188,19 +203,9 @@ fn stall_worker_mid_phrase(pid: u32, realtime: std::sync::Arc<FakeRealtime>, tim
 async fn after_being_starved_the_worker_catches_up_and_no_phrase_is_cut_in_two() {
     let dir = tempfile::tempdir().unwrap();
     let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
-    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
-    options.api_key = "test-key-e2e".into();
-    options.voice = AgentVoice::Tone { ms_per_char: 30 };
-    options.turns = (0..30).map(|i| ScriptTurn::new(PHRASES[i % 3], ["Очень приятно.", "Хорошо, сайт.", "До свидания!"][i % 3])).collect();
-    let realtime = std::sync::Arc::new(FakeRealtime::start(options).await.unwrap());
-    let deepseek = FakeDeepSeek::start().await;
-    deepseek.set_answer_rule(anketa_rule);
+    let (realtime, deepseek) = fakes(30).await;
     write_config(dir.path(), &server.url());
-    let mut worker = spawn_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1);
-    server
-        .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
-        .await
-        .expect("the worker registers");
+    let mut worker = registered_worker(dir.path(), &server, &realtime, &deepseek, "dev", 1).await;
     let wav = caller_wav(dir.path(), &PHRASES);
 
     // Three stalls of a second, each 300 ms into a caller's phrase.
@@ -241,23 +246,13 @@ async fn after_being_starved_the_worker_catches_up_and_no_phrase_is_cut_in_two()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_worker_leaves_the_next_rooms_to_another_and_no_call_degrades() {
     let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
-    let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
-    options.api_key = "test-key-e2e".into();
-    options.voice = AgentVoice::Tone { ms_per_char: 30 };
-    options.turns = (0..60).map(|i| ScriptTurn::new(PHRASES[i % 3], ["Очень приятно.", "Хорошо, сайт.", "До свидания!"][i % 3])).collect();
-    let realtime = FakeRealtime::start(options).await.unwrap();
-    let deepseek = FakeDeepSeek::start().await;
-    deepseek.set_answer_rule(anketa_rule);
+    let (realtime, deepseek) = fakes(60).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut workers = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         let text = config_text(&server.url(), dir.path()).replacen("capacity = 100", "capacity = 3", 1).replacen("load_threshold = 0.7", "load_threshold = 1.0", 1);
         std::fs::write(dir.path().join("config.toml"), text).unwrap();
-        workers.push(spawn_worker(dir.path(), &server, &realtime, &deepseek, "start", i as u32 + 1));
-        server
-            .wait_for_event(Duration::from_secs(30), |e| matches!(e, ServerEvent::WorkerRegistered { agent_name, .. } if agent_name == AGENT).then_some(()))
-            .await
-            .expect("the worker registers");
+        workers.push(registered_worker(dir.path(), &server, &realtime, &deepseek, "start", i as u32 + 1).await);
     }
     let wav = caller_wav(dirs[0].path(), &PHRASES);
     let (ok, stdout, stderr) = loadtest(dirs[0].path(), server.api_key(), server.api_secret(), &["--rooms", "6", "--ramp", "3", "--duration", "20", "--caller", wav.to_str().unwrap(), "--json"]).await;
