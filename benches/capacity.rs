@@ -5,7 +5,8 @@
 //! one table row per step: the worker's CPU and RSS per call, voice-to-voice latency, agent
 //! audio quality, failures, and the CPU of the load test, of the loopback server (this process)
 //! and of the fakes (a child process: this program again) so a reader sees which of them was
-//! the bottleneck.
+//! the bottleneck. The run's directory (worker log, load test stderr) is kept when a call failed
+//! or `CAPACITY_KEEP` is set.
 //!
 //! `cargo bench -p consultant --bench capacity`
 
@@ -132,6 +133,7 @@ async fn bench(steps: &[usize], duration: u64) {
         "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%", "in:p50/p99ms", "out:p50/p99ms"
     );
     println!("(in/out: the worker's own added latency, caller -> realtime and realtime -> room, as bucket bounds of its histograms)");
+    let mut failed_calls = 0;
     for &n in steps {
         let ramp = (n as f64 / 10.0).max(1.0);
         let (cpu0, fakes0, t0) = (cpu_secs("self"), cpu_secs(&fakes_pid), std::time::Instant::now());
@@ -176,6 +178,7 @@ async fn bench(steps: &[usize], duration: u64) {
             added.caller.percentiles(),
             added.agent.percentiles(),
         );
+        failed_calls += t["failed"].as_u64().unwrap_or(0);
         for fl in r["failures"].as_array().into_iter().flatten().take(3) {
             println!("        failure {}: {}", fl["room"], fl["message"]);
         }
@@ -186,6 +189,10 @@ async fn bench(steps: &[usize], duration: u64) {
     server.shutdown().await;
     drop(fakes.stdin.take());
     let _ = fakes.wait();
+    // A failed call is explained by the worker's log: keep it (and the load tests' stderr).
+    if failed_calls > 0 || std::env::var_os("CAPACITY_KEEP").is_some() {
+        println!("{failed_calls} failed calls; the worker's logs and the load tests' stderr are kept in {}", dir.keep().display());
+    }
 }
 
 /// The worker's added-latency histograms from its `/metrics`: cumulative (upper bound s, count).
