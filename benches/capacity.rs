@@ -1,4 +1,5 @@
-//! Capacity: how many calls one release worker carries. Starts the loopback LiveKit server and
+//! Capacity: how many calls one release worker carries. The fake realtime answers in espeak-ng
+//! speech (what libopus encodes costs as real speech does). Starts the loopback LiveKit server and
 //! the fake realtime and DeepSeek servers (in this process), the release `consultant start`
 //! with room for every call, and steps `consultant loadtest` through N calls (10, 50, 100, 200;
 //! `CAPACITY_STEPS=10,20` to choose, `CAPACITY_DURATION=SECS` per call, default 30), printing
@@ -74,13 +75,34 @@ fn fakes_child() {
     rt.block_on(async {
         let mut options = FakeRealtimeOptions::new(FakeFlavour::AzurePreview { api_version: "2025-04-01-preview".into() });
         options.api_key = "test-key-capacity".into();
-        options.voice = AgentVoice::Tone { ms_per_char: 40 };
+        options.voice = AgentVoice::Pcm(agent_speech());
         options.turns = PHRASES.iter().zip(["Очень приятно, Иван.", "Хорошо, сайт для компании.", "До свидания!"]).map(|(p, a)| ScriptTurn::new(*p, a)).collect();
         let realtime = FakeRealtime::start(options).await.unwrap();
         let deepseek = FakeDeepSeek::start().await;
         println!("{} {}", realtime.endpoint(), deepseek.base_url());
         let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await;
     });
+}
+
+/// The agent's answer: espeak-ng speech at 24 kHz (about 2.5 s; no pause inside it long enough
+/// to count as a gap). Speech, not a tone: libopus spends several times more on speech.
+fn agent_speech() -> std::sync::Arc<[i16]> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("answer.wav");
+    support::espeak("Очень приятно расскажите подробнее о вашей компании", &path);
+    let mut r = hound::WavReader::open(&path).unwrap();
+    let rate = r.spec().sample_rate as f64;
+    let pcm: Vec<f64> = r.samples::<i16>().map(|s| f64::from(s.unwrap())).collect();
+    let n = (pcm.len() as f64 * 24_000.0 / rate) as usize;
+    // Linear interpolation to 24 kHz is enough for a load signal.
+    (0..n)
+        .map(|i| {
+            let x = i as f64 * rate / 24_000.0;
+            let (k, f) = (x as usize, x.fract());
+            let (a, b) = (pcm[k.min(pcm.len() - 1)], pcm[(k + 1).min(pcm.len() - 1)]);
+            (a + (b - a) * f) as i16
+        })
+        .collect()
 }
 
 async fn bench(steps: &[usize], duration: u64) {
