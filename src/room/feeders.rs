@@ -75,6 +75,9 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>, in_flight: Arc<At
                     playout.woken().await;
                     next = Some(tokio::time::Instant::now());
                 }
+                // Due already (woken from idle, or late): no timer. tokio fires a timer only when
+                // its driver runs, which a busy runtime does every few milliseconds.
+                Some(t) if t <= tokio::time::Instant::now() => {}
                 Some(t) => tokio::select! {
                     _ = tokio::time::sleep_until(t) => {}
                     // Speech queued during the trailing silence (or after an underrun) leaves
