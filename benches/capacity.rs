@@ -90,19 +90,7 @@ fn agent_speech() -> std::sync::Arc<[i16]> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("answer.wav");
     support::espeak("Очень приятно расскажите подробнее о вашей компании", &path);
-    let mut r = hound::WavReader::open(&path).unwrap();
-    let rate = r.spec().sample_rate as f64;
-    let pcm: Vec<f64> = r.samples::<i16>().map(|s| f64::from(s.unwrap())).collect();
-    let n = (pcm.len() as f64 * 24_000.0 / rate) as usize;
-    // Linear interpolation to 24 kHz is enough for a load signal.
-    (0..n)
-        .map(|i| {
-            let x = i as f64 * rate / 24_000.0;
-            let (k, f) = (x as usize, x.fract());
-            let (a, b) = (pcm[k.min(pcm.len() - 1)], pcm[(k + 1).min(pcm.len() - 1)]);
-            (a + (b - a) * f) as i16
-        })
-        .collect()
+    consultant::audio::wav::read_as_realtime_pcm(&path).expect("espeak's answer reads as 24 kHz PCM").into()
 }
 
 async fn bench(steps: &[usize], duration: u64) {

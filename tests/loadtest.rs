@@ -290,11 +290,9 @@ async fn a_full_worker_leaves_the_next_rooms_to_another_and_no_call_degrades() {
     }
     let a = &r["audio"];
     // No gap in any answer; a frame late past 40 ms on a busy test machine is what a jitter
-    // buffer absorbs, so up to 2 % of them (two debug workers, the loopback server and the
-    // load test share two cores: on a slower machine of this kind 0.6-1.8 % were late, with
-    // the worker as it was when this bound was 0.5 %).
+    // buffer absorbs, so up to 0.5 % of them.
     let (late, packets) = (a["late_frames"].as_u64().unwrap(), a["packets"].as_u64().unwrap());
-    assert!(a["silent_gaps"] == 0 && late * 50 <= packets, "no degraded call: {a}");
+    assert!(a["silent_gaps"] == 0 && late * 200 <= packets, "no degraded call: {a}");
     assert!(r["latency"]["p99_ms"].as_f64().unwrap() < 700.0, "{}", r["latency"]);
     for mut w in workers {
         let _ = w.start_kill();

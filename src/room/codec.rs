@@ -38,7 +38,7 @@ impl AgentEncoder {
         // Complexity stays at libopus's default (10). On espeak speech (24 kHz, 32 kbit/s) it
         // costs 311 us per 20 ms frame, complexity 5 with signal voice 209 us and 3 165 us; but
         // below 10 digital silence is coded in about 31 bytes instead of a few, and the load
-        // test (and any listener) tells the agent's silence from speech by packet size.
+        // test tells the agent's silence from its speech by packet size.
         Ok(Self { encoder, packet: vec![0; MAX_PACKET] })
     }
 
