@@ -286,7 +286,8 @@ async fn a_full_worker_leaves_the_next_rooms_to_another_and_no_call_degrades() {
     let t = &r["totals"];
     assert_eq!((t["greeted"].as_u64(), t["failed"].as_u64()), (Some(6), Some(0)), "{r:#}");
     for c in r["calls"].as_array().unwrap() {
-        assert!(c["phrases"].as_u64().unwrap() >= 2 && c["answered"] == c["phrases"], "{c}");
+        let session = c["room"].as_str().unwrap().trim_start_matches("consultation-");
+        assert!(c["phrases"].as_u64().unwrap() >= 2 && c["answered"] == c["phrases"], "{c}\nthe workers on it:\n{}", evidence(&dirs, session));
     }
     let a = &r["audio"];
     // No gap in any answer; a frame late past 40 ms on a busy test machine is what a jitter
@@ -298,4 +299,18 @@ async fn a_full_worker_leaves_the_next_rooms_to_another_and_no_call_degrades() {
         let _ = w.start_kill();
     }
     server.shutdown().await;
+}
+
+/// What the workers logged about `session` and every warning or error, for a failed call.
+fn evidence(dirs: &[tempfile::TempDir], session: &str) -> String {
+    let mut out = String::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let log = std::fs::read_to_string(dir.path().join("logs/agent.log")).unwrap_or_default();
+        out.push_str(&format!("-- worker {}\n", i + 1));
+        for line in log.lines().filter(|l| l.contains(session) || l.contains(" WARN ") || l.contains(" ERROR ")) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }

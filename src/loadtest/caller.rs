@@ -1,7 +1,7 @@
 //! One lightweight caller: LiveKit signalling, a publisher peer sending the prepared Opus
 //! packets on its own 20 ms clock, and a subscriber peer receiving the agent. One tokio task
 //! drives both str0m peers; it wakes for signalling, datagrams, the frame clock and str0m's
-//! own timers, and nothing else.
+//! own timers, and nothing else. Agent packets are timed when they reached the socket.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -13,6 +13,7 @@ use str0m::{Candidate, Event};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
+use super::arrival;
 use super::report::{CallReport, Failure, Live};
 use super::script::Script;
 use super::stats::AgentAudio;
@@ -83,6 +84,9 @@ async fn call(plan: &CallPlan, token: &Secret, tls: &ClientTls, live: &Live, mut
     let publisher = Publisher::new(ip, "microphone").map_err(Failure::media)?;
     let subscriber = Peer::new(Target::Subscriber, ip).map_err(Failure::media)?;
     let (pub_socket, sub_socket) = (publisher.peer.socket.clone(), subscriber.socket.clone());
+    if !arrival::enable(&sub_socket) {
+        tracing::debug!(room = %plan.room, "no kernel receive stamps: agent frames are timed when read");
+    }
     let mut m = Media { publisher, subscriber, pub_socket, sub_socket, stats: RoomStats::default(), events: Vec::new() };
     link.send(m.publisher.add_track());
 
@@ -115,8 +119,8 @@ async fn call(plan: &CallPlan, token: &Secret, tls: &ClientTls, live: &Live, mut
                 Some(Incoming::Closed(cause)) => break Err(Failure::signalling(format!("signalling lost: {cause}"))),
                 None => break Err(Failure::signalling("signalling lost".into())),
             },
-            r = m.pub_socket.recv_from(&mut pub_buf) => receive(&mut m.publisher.peer, &pub_buf, r),
-            r = m.sub_socket.recv_from(&mut sub_buf) => receive(&mut m.subscriber, &sub_buf, r),
+            r = arrival::recv(&m.pub_socket, &mut pub_buf) => receive(&mut m.publisher.peer, &pub_buf, r),
+            r = arrival::recv(&m.sub_socket, &mut sub_buf) => receive(&mut m.subscriber, &sub_buf, r),
             _ = tokio::time::sleep_until(until) => {}
         }
         let now = Instant::now();
@@ -216,9 +220,11 @@ fn is_agent(p: &proto::ParticipantInfo) -> bool {
     p.kind == proto::participant_info::Kind::Agent as i32 && p.state != proto::participant_info::State::Disconnected as i32
 }
 
-fn receive(peer: &mut Peer, buf: &[u8], r: std::io::Result<(usize, SocketAddr)>) {
-    if let Ok((n, source)) = r {
-        if let Err(e) = peer.receive(&buf[..n], source, Instant::now()) {
+/// A datagram into its peer, at the time it reached the socket: the agent audio's arrival
+/// statistics (str0m's network time) do not count this caller's own late wake-ups.
+fn receive(peer: &mut Peer, buf: &[u8], r: std::io::Result<(usize, SocketAddr, Instant)>) {
+    if let Ok((n, source, arrived)) = r {
+        if let Err(e) = peer.receive(&buf[..n], source, arrived) {
             tracing::debug!(error = %e, "caller rtc input");
         }
     }

@@ -5,6 +5,7 @@
 //! Ctrl-C), so the worker's consultations end.
 
 mod audio;
+mod arrival;
 mod caller;
 mod procs;
 mod report;
