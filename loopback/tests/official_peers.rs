@@ -200,9 +200,9 @@ async fn official_agents_worker_is_dispatched_joins_and_is_heard() {
     // Its periodic update_worker reaches us.
     s.wait_for(T, |s| s.worker(&worker_id).filter(|w| w.updates > 0)).await.unwrap();
 
-    // Explicit dispatch, as the Python voice module dispatches: CreateRoom with agents, protobuf body. The room's
-    // own departure timeout (over this server's 0) keeps it open after the caller leaves, until
-    // the test deletes it.
+    // Explicit dispatch, as the Python voice module dispatches: CreateRoom with agents, protobuf
+    // body. The room's own departure timeout (over this server's 0) keeps it open after the
+    // caller leaves, until the test deletes it.
     let body = proto::CreateRoomRequest {
         name: "consultation-tone".into(),
         departure_timeout: 60,
