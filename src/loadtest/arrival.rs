@@ -1,13 +1,15 @@
 //! When a datagram reached the caller's socket, as the kernel stamped it (`SO_TIMESTAMPNS`),
 //! not when the caller's task got round to reading it. Hundreds of callers share a few cores
 //! with the worker they measure; a caller woken late would otherwise count its own delay as the
-//! agent's frame arriving late. Where the kernel gives no stamp, the read time stands in.
+//! agent's frame arriving late. Where the kernel gives no stamp, the read time stands in (as
+//! it does itself for the first moments after stamping is turned on).
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use socket2::{SockAddr, SockAddrStorage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -33,14 +35,14 @@ pub async fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Sock
 }
 
 fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Instant)> {
-    // SAFETY: zeroed sockaddr_storage and msghdr are valid "empty" values for recvmsg.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut addr = SockAddrStorage::zeroed();
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // u64 elements keep the control buffer aligned for cmsghdr.
     let mut control = [0u64; 8];
+    // SAFETY: a zeroed msghdr is a valid "empty" value for recvmsg.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_name = (&mut addr as *mut SockAddrStorage).cast();
+    msg.msg_namelen = addr.size_of();
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
@@ -51,7 +53,8 @@ fn recv_now(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr
         return Err(io::Error::last_os_error());
     }
     let read_at = Instant::now();
-    let source = source(&addr).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from an address that is neither IPv4 nor IPv6"))?;
+    // SAFETY: recvmsg wrote a socket address of `msg_namelen` bytes into the storage.
+    let source = unsafe { SockAddr::new(addr, msg.msg_namelen) }.as_socket().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram from an address that is neither IPv4 nor IPv6"))?;
     let arrived = kernel_stamp(&msg).map_or(read_at, |stamp| arrival_instant(stamp, SystemTime::now(), read_at));
     Ok((n as usize, source, arrived))
 }
@@ -79,22 +82,6 @@ fn arrival_instant(stamp: SystemTime, wall_now: SystemTime, read_at: Instant) ->
     read_at.checked_sub(waited).unwrap_or(read_at)
 }
 
-fn source(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match addr.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { std::ptr::read((addr as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V4(SocketAddrV4::new(u32::from_be(a.sin_addr.s_addr).into(), u16::from_be(a.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((addr as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V6(SocketAddrV6::new(a.sin6_addr.s6_addr.into(), u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +92,9 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         assert!(enable(&rx), "loopback sockets take SO_TIMESTAMPNS");
         let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Linux turns receive stamping on for the whole stack in deferred work; a datagram
+        // that arrives before that is stamped when read. Calls last far longer than this.
+        std::thread::sleep(Duration::from_millis(100));
         let sent = Instant::now();
         tx.send_to(b"frame", rx.local_addr().unwrap()).await.unwrap();
         std::thread::sleep(Duration::from_millis(80)); // the caller's task is busy elsewhere
