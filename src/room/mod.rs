@@ -16,6 +16,7 @@ mod join;
 pub(crate) mod peer;
 pub mod playout;
 pub(crate) mod publisher;
+mod rtp_clock;
 pub(crate) mod sdp;
 pub mod signal;
 mod status;

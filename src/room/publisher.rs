@@ -11,6 +11,7 @@ use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 
 use super::peer::{Peer, Target};
+use super::rtp_clock::RtpClock;
 use super::sdp;
 use super::signal::{self, Request};
 use super::status::RoomStats;
@@ -28,8 +29,7 @@ pub struct Publisher {
     offer_id: u32,
     channel: Option<ChannelId>,
     channel_open: bool,
-    rtp_ticks: u64,
-    last_packet_at: Option<Instant>,
+    rtp_clock: RtpClock,
 }
 
 impl Publisher {
@@ -46,8 +46,7 @@ impl Publisher {
             offer_id: 0,
             channel: None,
             channel_open: false,
-            rtp_ticks: 0,
-            last_packet_at: None,
+            rtp_clock: RtpClock::default(),
         })
     }
 
@@ -175,12 +174,7 @@ impl Publisher {
     /// One encoded 20 ms frame of the agent's voice, with its level (-dBov) for the RTP
     /// audio-level extension.
     pub fn write_audio(&mut self, packet: Vec<u8>, speech: bool, level: i8, at: Instant, stats: &RoomStats) {
-        // RTP time follows the wall clock across idle gaps, in whole frames.
-        self.rtp_ticks += match self.last_packet_at {
-            Some(prev) => ((at.saturating_duration_since(prev).as_micros() + 10_000) / 20_000).max(1) as u64 * 960,
-            None => 0,
-        };
-        self.last_packet_at = Some(at);
+        let rtp_ticks = self.rtp_clock.stamp(at);
         stats.agent_packets.fetch_add(1, Ordering::Relaxed);
         let (Some(mid), Some(pt)) = (self.mid, self.pt) else {
             stats.agent_unsent_packets.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +190,7 @@ impl Publisher {
         self.peer.touch();
         let Some(writer) = self.peer.rtc.writer(mid) else { return };
         let writer = writer.audio_level(level, speech);
-        if let Err(e) = writer.write(pt, at, MediaTime::new(self.rtp_ticks, Frequency::FORTY_EIGHT_KHZ), packet) {
+        if let Err(e) = writer.write(pt, at, MediaTime::new(rtp_ticks, Frequency::FORTY_EIGHT_KHZ), packet) {
             tracing::debug!(error = %e, "agent packet not written");
         }
     }
