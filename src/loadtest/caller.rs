@@ -149,7 +149,7 @@ async fn call(plan: &CallPlan, token: &Secret, tls: &ClientTls, live: &Live, mut
                 // The RTP audio level LiveKit's speaker detection reads: a speaking level for
                 // speech packets, silence for the rest (silence encodes to a few bytes).
                 let level = if packet.len() > 8 { -30 } else { -127 };
-                m.publisher.write_audio(packet.to_vec(), true, level, now, &m.stats);
+                m.publisher.write_audio(packet.to_vec(), true, level, next_frame, now, &m.stats);
             }
             // A late wake-up resumes the cadence from now, without a burst.
             next_frame = if next_frame + FRAME < now { now + FRAME } else { next_frame + FRAME };

@@ -51,7 +51,9 @@ pub enum RoomMsg {
     Datagram { target: Target, peer_gen: u64, data: Vec<u8>, source: SocketAddr, at: Instant },
     Tick,
     /// `answer_received`: the frame starts an answer whose audio came off the realtime socket then.
-    AgentPacket { packet: Vec<u8>, speech: bool, level: i8, at: Instant, answer_received: Option<Instant> },
+    /// One frame of the agent's voice: `due` the pacer's slot for it (its RTP time), `at` when
+    /// it was encoded.
+    AgentPacket { packet: Vec<u8>, speech: bool, level: i8, due: Instant, at: Instant, answer_received: Option<Instant> },
 }
 
 /// What a Room needs; the connector keeps the shared parts across restarts.
@@ -431,9 +433,9 @@ impl RoomState {
             }
             RoomMsg::Datagram { .. } => {}
             RoomMsg::Tick => self.on_tick(myself),
-            RoomMsg::AgentPacket { packet, speech, level, at, answer_received } => {
+            RoomMsg::AgentPacket { packet, speech, level, due, at, answer_received } => {
                 self.agent_frames_in_flight.fetch_sub(1, Ordering::AcqRel);
-                self.publisher.write_audio(packet, speech, level, at, &self.stats);
+                self.publisher.write_audio(packet, speech, level, due, at, &self.stats);
                 if let (Some(received), Some(latency)) = (answer_received, &self.agent_latency) {
                     latency.observe(received.elapsed());
                 }

@@ -78,18 +78,17 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>, in_flight: Arc<At
                 // Due already (woken from idle, or late): no timer. tokio fires a timer only when
                 // its driver runs, which a busy runtime does every few milliseconds.
                 Some(t) if t <= tokio::time::Instant::now() => {}
-                Some(t) => tokio::select! {
-                    _ = tokio::time::sleep_until(t) => {}
-                    // Speech queued during the trailing silence (or after an underrun) leaves
-                    // at once, as from idle, instead of on the next tick.
-                    _ = playout.woken() => next = Some(tokio::time::Instant::now()),
-                },
+                // Speech queued during the trailing silence (after an underrun, or an answer
+                // right after the last) takes the next slot: leaving at once would be early
+                // for its place in the stream.
+                Some(t) => tokio::time::sleep_until(t).await,
             }
             if in_flight.load(Ordering::Acquire) >= MAX_FRAMES_IN_FLIGHT {
                 playout.stats.room_behind.fetch_add(1, Ordering::Relaxed);
                 next = Some(tokio::time::Instant::now() + FRAME);
                 continue;
             }
+            let due = next.map_or_else(Instant::now, tokio::time::Instant::into_std);
             let f = playout.next_frame(&mut frame);
             if f.after_cut {
                 if let Err(e) = encoder.reset() {
@@ -107,7 +106,7 @@ pub fn pacer(myself: ActorRef<RoomMsg>, playout: Arc<Playout>, in_flight: Arc<At
             let at = Instant::now();
             let level = audio_level_dbov(&frame);
             in_flight.fetch_add(1, Ordering::AcqRel);
-            if myself.send_message(RoomMsg::AgentPacket { packet, speech: f.speech_samples > 0, level, at, answer_received: f.answer_received }).is_err() {
+            if myself.send_message(RoomMsg::AgentPacket { packet, speech: f.speech_samples > 0, level, due, at, answer_received: f.answer_received }).is_err() {
                 return;
             }
             if silent >= TRAILING_SILENCE_FRAMES {

@@ -171,10 +171,10 @@ impl Publisher {
         }
     }
 
-    /// One encoded 20 ms frame of the agent's voice, with its level (-dBov) for the RTP
-    /// audio-level extension.
-    pub fn write_audio(&mut self, packet: Vec<u8>, speech: bool, level: i8, at: Instant, stats: &RoomStats) {
-        let rtp_ticks = self.rtp_clock.stamp(at);
+    /// One encoded 20 ms frame of the agent's voice for the slot `due`, with its level (-dBov)
+    /// for the RTP audio-level extension.
+    pub fn write_audio(&mut self, packet: Vec<u8>, speech: bool, level: i8, due: Instant, at: Instant, stats: &RoomStats) {
+        let rtp_ticks = self.rtp_clock.stamp(due);
         stats.agent_packets.fetch_add(1, Ordering::Relaxed);
         let (Some(mid), Some(pt)) = (self.mid, self.pt) else {
             stats.agent_unsent_packets.fetch_add(1, Ordering::Relaxed);
