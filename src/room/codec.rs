@@ -11,6 +11,8 @@ pub const FRAME_24K: usize = 480;
 const MAX_DECODED: usize = 2880;
 /// RFC 6716 caps a packet well below this.
 const MAX_PACKET: usize = 1500;
+/// libopus's complexity (0-10) for the agent's voice.
+const COMPLEXITY: i32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 #[error("opus {what}: {source}")]
@@ -35,10 +37,13 @@ impl AgentEncoder {
         let mut encoder = opus::Encoder::new(PCM_RATE, opus::Channels::Mono, opus::Application::Voip).map_err(err("encoder"))?;
         encoder.set_bitrate(opus::Bitrate::Bits(32_000)).map_err(err("bitrate"))?;
         encoder.set_inband_fec(true).map_err(err("fec"))?;
-        // Complexity stays at libopus's default (10). On espeak speech (24 kHz, 32 kbit/s) it
-        // costs 311 us per 20 ms frame, complexity 5 with signal voice 209 us and 3 165 us; but
-        // below 10 digital silence is coded in about 31 bytes instead of a few, and the load
-        // test tells the agent's silence from its speech by packet size.
+        // The model speaks at 24 kHz, so nothing above wideband's 8 kHz is worth coding: SILK
+        // alone, no CELT or hybrid layer. With signal voice and complexity 5 a 20 ms frame of
+        // espeak speech costs ~233 us instead of libopus's default (10, fullband) ~355 us, and
+        // decodes in 35 us instead of 54; silence after speech takes a few bytes instead of 32.
+        encoder.set_complexity(COMPLEXITY).map_err(err("complexity"))?;
+        encoder.set_signal(opus::Signal::Voice).map_err(err("signal"))?;
+        encoder.set_max_bandwidth(opus::Bandwidth::Wideband).map_err(err("bandwidth"))?;
         Ok(Self { encoder, packet: vec![0; MAX_PACKET] })
     }
 
@@ -96,5 +101,32 @@ mod tests {
         let rms = |x: &[i16]| (x.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
         let ratio = rms(&out[4800..]) / rms(&tone[4800..]);
         assert!((0.8..1.2).contains(&ratio), "level ratio after the codec {ratio}");
+    }
+
+    /// Speech-like audio (a tone gliding under a syllable envelope), then digital silence: every
+    /// packet is SILK wideband (TOC configs 8-11, RFC 6716 3.1), and from the fourth frame of
+    /// silence on a packet is a few bytes, as the load test's speech-by-size rule expects.
+    #[test]
+    fn the_agent_voice_is_wideband_silk_and_its_silence_is_a_few_bytes() {
+        let mut enc = AgentEncoder::new().unwrap();
+        let voice: Vec<i16> = (0..FRAME_24K * 50)
+            .map(|i| {
+                let t = i as f32 / 24_000.0;
+                let envelope = (std::f32::consts::PI * t * 4.0).sin().abs();
+                let pitch = 140.0 + 60.0 * (t * 3.0).sin();
+                (9000.0 * envelope * (2.0 * std::f32::consts::PI * pitch * t).sin() + 2000.0 * (2.0 * std::f32::consts::PI * 2300.0 * t).sin() * envelope) as i16
+            })
+            .collect();
+        let silence = vec![0i16; FRAME_24K * 20];
+        let mut sizes = Vec::new();
+        for frame in voice.chunks(FRAME_24K).chain(silence.chunks(FRAME_24K)) {
+            let packet = enc.encode(frame).unwrap();
+            let config = packet[0] >> 3;
+            assert!((8..=11).contains(&config), "TOC config {config}: not SILK wideband");
+            sizes.push(packet.len());
+        }
+        let (speech, quiet) = sizes.split_at(50);
+        assert!(speech.iter().skip(2).all(|&n| n > 8), "speech packets {speech:?}");
+        assert!(quiet.iter().skip(3).all(|&n| n <= 8), "silence packets {quiet:?}");
     }
 }
