@@ -10,7 +10,7 @@ mod caller;
 mod procs;
 mod report;
 mod script;
-mod stats;
+pub(crate) mod stats;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

@@ -50,9 +50,9 @@ pub enum RoomMsg {
     Resumed { gen: u64, result: Result<(SignalLink, Box<Response>), String> },
     Datagram { target: Target, peer_gen: u64, data: Vec<u8>, source: SocketAddr, at: Instant },
     Tick,
-    /// `answer_received`: the frame starts an answer whose audio came off the realtime socket then.
     /// One frame of the agent's voice: `due` the pacer's slot for it (its RTP time), `at` when
-    /// it was encoded.
+    /// it was encoded; `answer_received`: the frame starts an answer whose audio came off the
+    /// realtime socket then.
     AgentPacket { packet: Vec<u8>, speech: bool, level: i8, due: Instant, at: Instant, answer_received: Option<Instant> },
 }
 

@@ -125,8 +125,9 @@ mod tests {
             assert!((8..=11).contains(&config), "TOC config {config}: not SILK wideband");
             sizes.push(packet.len());
         }
+        let silent = crate::loadtest::stats::SILENT_PACKET_BYTES;
         let (speech, quiet) = sizes.split_at(50);
-        assert!(speech.iter().skip(2).all(|&n| n > 8), "speech packets {speech:?}");
-        assert!(quiet.iter().skip(3).all(|&n| n <= 8), "silence packets {quiet:?}");
+        assert!(speech.iter().skip(2).all(|&n| n > silent), "speech packets {speech:?}");
+        assert!(quiet.iter().skip(3).all(|&n| n <= silent), "silence packets {quiet:?}");
     }
 }
