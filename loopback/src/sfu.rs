@@ -2,8 +2,8 @@
 //! UDP socket on 127.0.0.1 (ICE-lite, a host candidate we add ourselves). Opus frames that a
 //! publisher PC receives are written to every subscriber PC that has the track open.
 //!
-//! str0m is sans-IO: every wake-up feeds `Input::Timeout(now)` to each `Rtc` before draining
-//! `poll_output`. str0m allows one pending offer per `Rtc`, so subscriber renegotiations are
+//! str0m is sans-IO: each input (a datagram, forwarded media, the clock) is followed by draining
+//! `poll_output` before the next one. str0m allows one pending offer per `Rtc`, so subscriber renegotiations are
 //! queued and sent one at a time (next offer after the previous answer was accepted).
 
 use std::collections::{HashMap, HashSet};
@@ -288,7 +288,8 @@ impl Engine {
         for _ in 0..4 {
             let now = Instant::now();
             let mut events: Vec<(PcId, Event)> = Vec::new();
-            let mut work: HashSet<PcId> = self.dirty.drain().collect();
+            let dirty: HashSet<PcId> = self.dirty.drain().collect();
+            let mut work = dirty.clone();
             work.extend(self.due.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id));
             for id in work {
                 let Some(pc) = self.pcs.get_mut(&id) else {
@@ -298,28 +299,17 @@ impl Engine {
                 if !pc.rtc.is_alive() {
                     continue;
                 }
+                // str0m wants its output drained after every input before the next one: what
+                // the datagram or forwarded media produced goes out before the clock is fed.
+                if dirty.contains(&id) && !drain(pc, id, &self.socket, &mut self.due, &mut events) {
+                    continue;
+                }
                 if let Err(err) = pc.rtc.handle_input(Input::Timeout(now)) {
                     tracing::warn!(error = %err, "rtc timeout handling failed");
                     pc.rtc.disconnect();
                     continue;
                 }
-                loop {
-                    match pc.rtc.poll_output() {
-                        Ok(Output::Timeout(t)) => {
-                            self.due.insert(id, t);
-                            break;
-                        }
-                        Ok(Output::Transmit(t)) => {
-                            let _ = self.socket.try_send_to(&t.contents, t.destination);
-                        }
-                        Ok(Output::Event(ev)) => events.push((id, ev)),
-                        Err(err) => {
-                            tracing::warn!(identity = %pc.identity, error = %err, "rtc poll failed");
-                            pc.rtc.disconnect();
-                            break;
-                        }
-                    }
-                }
+                drain(pc, id, &self.socket, &mut self.due, &mut events);
             }
             self.reap_dead();
             if events.is_empty() {
@@ -586,3 +576,25 @@ impl Engine {
 }
 
 type SockAddrIn = SocketAddr;
+
+/// Polls one PC until str0m names its next timeout: transmits go to the socket, events to
+/// `events`. False if str0m failed (the PC is then disconnected).
+fn drain(pc: &mut Pc, id: PcId, socket: &UdpSocket, due: &mut HashMap<PcId, Instant>, events: &mut Vec<(PcId, Event)>) -> bool {
+    loop {
+        match pc.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                due.insert(id, t);
+                return true;
+            }
+            Ok(Output::Transmit(t)) => {
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            }
+            Ok(Output::Event(ev)) => events.push((id, ev)),
+            Err(err) => {
+                tracing::warn!(identity = %pc.identity, error = %err, "rtc poll failed");
+                pc.rtc.disconnect();
+                return false;
+            }
+        }
+    }
+}

@@ -94,8 +94,18 @@ impl Peer {
         if !self.touched && now < self.due {
             return Ok(self.due);
         }
-        self.touched = false;
+        // str0m wants its output drained after every input before the next one: what the
+        // datagram, media or SDP given since the last drive produced goes out first.
+        if self.touched {
+            self.touched = false;
+            self.drain(events)?;
+        }
         self.rtc.handle_input(Input::Timeout(now)).map_err(|e| format!("{} timeout: {e}", self.target.name()))?;
+        self.drain(events)
+    }
+
+    /// Polls str0m until it names its next timeout: transmits go to the socket, events to `events`.
+    fn drain(&mut self, events: &mut Vec<Event>) -> Result<Instant, String> {
         loop {
             match self.rtc.poll_output().map_err(|e| format!("{} poll: {e}", self.target.name()))? {
                 Output::Timeout(t) => {
