@@ -6,7 +6,7 @@
 //! one table row per step: the worker's CPU and RSS per call, voice-to-voice latency, agent
 //! audio quality, failures, and the CPU of the load test, of the loopback server (this process)
 //! and of the fakes (a child process: this program again) so a reader sees which of them was
-//! the bottleneck. The run's directory (worker log, load test stderr) is kept when a call failed
+//! the bottleneck. The run's directory (worker log, load test stderr and JSON) is kept when a call failed
 //! or `CAPACITY_KEEP` is set.
 //!
 //! `cargo bench -p consultant --bench capacity`
@@ -160,6 +160,8 @@ async fn bench(steps: &[usize], duration: u64) {
             .expect("loadtest runs");
         let secs = t0.elapsed().as_secs_f64();
         let (server_cpu, fakes_cpu) = ((cpu_secs("self") - cpu0) / secs * 100.0, (cpu_secs(&fakes_pid) - fakes0) / secs * 100.0);
+        // Each step's whole report (per-call numbers included) stays with the run's logs.
+        let _ = std::fs::write(dir.path().join(format!("loadtest-{n}.json")), &out.stdout);
         let Ok(r) = serde_json::from_slice::<Value>(&out.stdout) else {
             println!("{n:>5} loadtest failed: {}", std::fs::read_to_string(dir.path().join(format!("loadtest-{n}.stderr"))).unwrap_or_default().lines().last().unwrap_or(""));
             continue;
@@ -201,7 +203,7 @@ async fn bench(steps: &[usize], duration: u64) {
     let _ = fakes.wait();
     // A failed call is explained by the worker's log: keep it (and the load tests' stderr).
     if failed_calls > 0 || std::env::var_os("CAPACITY_KEEP").is_some() {
-        println!("{failed_calls} failed calls; the worker's logs and the load tests' stderr are kept in {}", dir.keep().display());
+        println!("{failed_calls} failed calls; the worker's logs and the load tests' stderr and JSON reports are kept in {}", dir.keep().display());
     }
 }
 

@@ -148,7 +148,7 @@ async fn call(plan: &CallPlan, token: &Secret, tls: &ClientTls, live: &Live, mut
                 let packet = script.next_packet(now);
                 // The RTP audio level LiveKit's speaker detection reads: a speaking level for
                 // speech packets, silence for the rest (silence encodes to a few bytes).
-                let level = if packet.len() > 8 { -30 } else { -127 };
+                let level = if packet.len() > super::stats::SILENT_PACKET_BYTES { -30 } else { -127 };
                 m.publisher.write_audio(packet.to_vec(), true, level, next_frame, now, &m.stats);
             }
             // A late wake-up resumes the cadence from now, without a burst.
