@@ -139,10 +139,11 @@ async fn bench(steps: &[usize], duration: u64) {
     let pid = worker.id().unwrap().to_string();
     println!("capacity of one release worker ({} cores), {duration} s per call, caller {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), wav.display());
     println!(
-        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13}",
-        "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%", "in:p50/p99ms", "out:p50/p99ms"
+        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13} {:>6} {:>12}",
+        "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%", "in:p50/p99ms", "out:p50/p99ms", "wlate", "wlag:p50/p99"
     );
-    println!("(in/out: the worker's own added latency, caller -> realtime and realtime -> room, as bucket bounds of its histograms)");
+    println!("(in/out: the worker's own added latency, caller -> realtime and realtime -> room, as bucket bounds of its histograms;");
+    println!(" wlate: agent frames the worker wrote more than 40 ms after their slot, wlag: every frame's write behind its slot, ms)");
     let mut failed_calls = 0;
     for &n in steps {
         let ramp = (n as f64 / 10.0).max(1.0);
@@ -170,7 +171,7 @@ async fn bench(steps: &[usize], duration: u64) {
         let (t, l, a, w) = (&r["totals"], &r["latency"], &r["audio"], &r["worker"]);
         let f = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "{n:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>13} {:>13}",
+            "{n:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>13} {:>13} {:>6} {:>12}",
             t["connected"],
             t["greeted"],
             format!("{}/{}", t["answered"], t["phrases"]),
@@ -189,6 +190,8 @@ async fn bench(steps: &[usize], duration: u64) {
             fakes_cpu,
             added.caller.percentiles(),
             added.agent.percentiles(),
+            added.lateness.above(0.04),
+            added.lateness.percentiles(),
         );
         failed_calls += t["failed"].as_u64().unwrap_or(0);
         for fl in r["failures"].as_array().into_iter().flatten().take(3) {
@@ -223,14 +226,23 @@ impl Buckets {
     }
 
     fn percentiles(&self) -> String {
-        let f = |q| self.quantile_ms(q).map_or("-".into(), |v: f64| if v.is_finite() { format!("{v}") } else { ">100".into() });
+        let top = self.0.iter().map(|(le, _)| *le).filter(|le| le.is_finite()).fold(0.0, f64::max) * 1000.0;
+        let f = |q| self.quantile_ms(q).map_or("-".into(), |v: f64| if v.is_finite() { format!("{v}") } else { format!(">{top}") });
         format!("{}/{}", f(0.5), f(0.99))
+    }
+
+    /// Observations above the bound `le` (s).
+    fn above(&self, le: f64) -> f64 {
+        let total = self.0.last().map_or(0.0, |(_, n)| *n);
+        total - self.0.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, n)| *n)
     }
 }
 
 struct AddedLatency {
     caller: Buckets,
     agent: Buckets,
+    /// Every agent frame's write behind its slot.
+    lateness: Buckets,
 }
 
 impl AddedLatency {
@@ -248,10 +260,14 @@ impl AddedLatency {
                     .collect(),
             )
         };
-        AddedLatency { caller: buckets("consultant_caller_added_latency_seconds"), agent: buckets("consultant_worker_added_latency_seconds") }
+        AddedLatency {
+            caller: buckets("consultant_caller_added_latency_seconds"),
+            agent: buckets("consultant_worker_added_latency_seconds"),
+            lateness: buckets("consultant_agent_frame_lateness_seconds"),
+        }
     }
 
     fn since(&self, before: &AddedLatency) -> AddedLatency {
-        AddedLatency { caller: self.caller.since(&before.caller), agent: self.agent.since(&before.agent) }
+        AddedLatency { caller: self.caller.since(&before.caller), agent: self.agent.since(&before.agent), lateness: self.lateness.since(&before.lateness) }
     }
 }

@@ -94,6 +94,7 @@ impl Collector for BoardCollector {
         gauge(&mut e, "consultant_persistence_backlog_messages", "Dialogue messages handed to persistence and not yet durable.", backlog as i64)?;
         histogram(&mut e, "consultant_worker_added_latency", "Time the worker adds to an agent answer: its first audio off the realtime socket to its first packet written to the room.", &m.worker_added_latency)?;
         histogram(&mut e, "consultant_caller_added_latency", "Time the worker adds to the caller's audio: a packet off the room's socket to its PCM queued for the realtime socket.", &m.caller_added_latency)?;
+        histogram(&mut e, "consultant_agent_frame_lateness", "How long after its slot on the agent voice's 20 ms clock each agent frame is written to the room (over 40 ms: a late frame for the caller).", &m.agent_frame_lateness)?;
         // Two labels; summed over `kind` it is the older by-direction series.
         let mut tokens = e.encode_descriptor("consultant_realtime_tokens", "Realtime model tokens, by direction and kind (other: not itemised by the provider).", None, MetricType::Counter)?;
         for (direction, kind, n) in &m.tokens {
@@ -150,6 +151,8 @@ mod tests {
         telemetry.metrics().tokens(&usage);
         telemetry.metrics().worker_added_latency.observe_secs(0.000_3);
         telemetry.metrics().caller_added_latency.observe_secs(0.002);
+        telemetry.metrics().agent_frame_lateness.observe_secs(0.000_2);
+        telemetry.metrics().agent_frame_lateness.observe_secs(0.06);
         let text = render(&registry(telemetry)).unwrap();
         for line in [
             "consultant_realtime_tokens_total{direction=\"input\",kind=\"audio\"} 20\n",
@@ -164,6 +167,10 @@ mod tests {
             "consultant_worker_added_latency_seconds_count 1\n",
             "consultant_caller_added_latency_seconds_bucket{le=\"0.001\"} 0\n",
             "consultant_caller_added_latency_seconds_bucket{le=\"0.0025\"} 1\n",
+            "consultant_agent_frame_lateness_seconds_bucket{le=\"0.001\"} 1\n",
+            "consultant_agent_frame_lateness_seconds_bucket{le=\"0.04\"} 1\n",
+            "consultant_agent_frame_lateness_seconds_bucket{le=\"0.1\"} 2\n",
+            "consultant_agent_frame_lateness_seconds_count 2\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -39,7 +39,8 @@ pub async fn run(config: &Config, mode: WorkerMode) -> anyhow::Result<()> {
     let stats = realtime.stats();
     let telemetry = Telemetry::new();
     let agent_latency = Some(telemetry.metrics().worker_added_latency.clone());
-    let rooms = LiveKitRooms { options: RoomOptions { tls: tls.clone(), agent_latency, ..Default::default() } };
+    let agent_lateness = Some(telemetry.metrics().agent_frame_lateness.clone());
+    let rooms = LiveKitRooms { options: RoomOptions { tls: tls.clone(), agent_latency, agent_lateness, ..Default::default() } };
     let parts = WorkerParts { connector: realtime, extractor, store, rooms: Arc::new(rooms), tls, sweep_every, telemetry };
     let result = worker::run(config, mode, parts, Some(log.level.clone()), Some(stats)).await;
     if let Err(e) = &result {

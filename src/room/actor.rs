@@ -101,6 +101,8 @@ pub struct RoomState {
     agent_frames_in_flight: Arc<AtomicUsize>,
     /// Where the worker's share of an answer's latency goes (off the realtime socket to written).
     agent_latency: Option<Arc<Histogram>>,
+    /// Where each agent frame's lateness behind its slot goes.
+    agent_lateness: Option<Arc<Histogram>>,
     status: Arc<watch::Sender<RoomStatus>>,
     stats: Arc<RoomStats>,
     events: Vec<Event>,
@@ -151,6 +153,7 @@ impl RoomState {
             playout: args.playout,
             agent_frames_in_flight: Arc::new(AtomicUsize::new(0)),
             agent_latency: args.options.agent_latency.clone(),
+            agent_lateness: args.options.agent_lateness.clone(),
             status: args.status,
             stats: args.stats,
             events: Vec::new(),
@@ -435,6 +438,9 @@ impl RoomState {
             RoomMsg::Tick => self.on_tick(myself),
             RoomMsg::AgentPacket { packet, speech, level, due, at, answer_received } => {
                 self.agent_frames_in_flight.fetch_sub(1, Ordering::AcqRel);
+                if let Some(lateness) = &self.agent_lateness {
+                    lateness.observe(Instant::now().saturating_duration_since(due));
+                }
                 self.publisher.write_audio(packet, speech, level, due, at, &self.stats);
                 if let (Some(received), Some(latency)) = (answer_received, &self.agent_latency) {
                     latency.observe(received.elapsed());

@@ -55,6 +55,8 @@ pub struct RoomOptions {
     pub tls: ClientTls,
     /// The worker's share of an answer's latency is observed here (the worker's metrics).
     pub agent_latency: Option<Arc<Histogram>>,
+    /// How late each agent frame is written after its slot (the worker's metrics).
+    pub agent_lateness: Option<Arc<Histogram>>,
 }
 
 impl Default for RoomOptions {
@@ -65,6 +67,7 @@ impl Default for RoomOptions {
             track_name: "agent-voice".into(),
             tls: ClientTls::default(),
             agent_latency: None,
+            agent_lateness: None,
         }
     }
 }

@@ -20,6 +20,9 @@ pub const STORE_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 /// Worker-added latency buckets (s): tens of microseconds normally; milliseconds mean an
 /// actor's mailbox is backed up or the machine is out of CPU.
 pub const ADDED_LATENCY_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+/// Agent frame lateness buckets (s): a frame written past its 20 ms slot by more than 40 ms is
+/// the load test's (and a jitter buffer's) late frame.
+pub const FRAME_LATENESS_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.1, 0.25];
 
 /// The `direction` and `kind` labels of the realtime token counter. `other` is what the
 /// provider's details did not itemise (image tokens, or no details sent), so each
@@ -88,6 +91,11 @@ impl HistogramSnapshot {
     pub fn mean_secs(&self) -> Option<f64> {
         (self.count > 0).then(|| self.sum_secs / self.count as f64)
     }
+
+    /// Observations above the bucket bound `bound` (s); all of them if it is not a bound.
+    pub fn above(&self, bound: f64) -> u64 {
+        self.count - self.buckets.iter().find(|(b, _)| *b == bound).map_or(0, |(_, n)| *n)
+    }
 }
 
 #[derive(Debug)]
@@ -108,6 +116,9 @@ pub struct Metrics {
     pub worker_added_latency: std::sync::Arc<Histogram>,
     /// A caller frame: its packet off the room's socket to queued for the realtime socket.
     pub caller_added_latency: Histogram,
+    /// Every agent frame: written to the room this long after its slot on the voice's 20 ms
+    /// clock (shared with the room adapter). Shows whether a late frame left the worker late.
+    pub agent_frame_lateness: std::sync::Arc<Histogram>,
     /// [direction][kind], as [`TOKEN_DIRECTIONS`] x [`TOKEN_KINDS`].
     tokens: [[AtomicU64; TOKEN_KINDS.len()]; TOKEN_DIRECTIONS.len()],
     cached_input_tokens: AtomicU64,
@@ -128,6 +139,7 @@ impl Default for Metrics {
             store_commit: Histogram::new(STORE_BUCKETS),
             worker_added_latency: std::sync::Arc::new(Histogram::new(ADDED_LATENCY_BUCKETS)),
             caller_added_latency: Histogram::new(ADDED_LATENCY_BUCKETS),
+            agent_frame_lateness: std::sync::Arc::new(Histogram::new(FRAME_LATENESS_BUCKETS)),
             tokens: Default::default(),
             cached_input_tokens: AtomicU64::new(0),
         }
@@ -195,6 +207,7 @@ impl Metrics {
             cached_input_tokens: get(&self.cached_input_tokens),
             worker_added_latency: self.worker_added_latency.snapshot(),
             caller_added_latency: self.caller_added_latency.snapshot(),
+            agent_frame_lateness: self.agent_frame_lateness.snapshot(),
         }
     }
 }
@@ -238,6 +251,8 @@ pub struct MetricsSnapshot {
     pub worker_added_latency: HistogramSnapshot,
     #[serde(default)]
     pub caller_added_latency: HistogramSnapshot,
+    #[serde(default)]
+    pub agent_frame_lateness: HistogramSnapshot,
 }
 
 impl MetricsSnapshot {
@@ -294,6 +309,16 @@ mod tests {
         assert_eq!(s.count, 4);
         // 30.999... ms would show as a wrong mean on the console: the sum keeps every microsecond.
         assert!((s.sum_secs - 0.031).abs() < 1e-9, "{}", s.sum_secs);
+    }
+
+    #[test]
+    fn frames_later_than_40_ms_are_counted_apart() {
+        let m = Metrics::default();
+        for ms in [0.3, 4.0, 39.0, 41.0, 180.0, 900.0] {
+            m.agent_frame_lateness.observe_secs(ms / 1000.0);
+        }
+        let s = m.snapshot().agent_frame_lateness;
+        assert_eq!((s.count, s.above(0.04), s.above(0.1), s.above(0.25)), (6, 3, 2, 1));
     }
 
     #[test]

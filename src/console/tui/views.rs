@@ -313,7 +313,7 @@ fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
     let mean_us = |h: &HistogramSnapshot| h.mean_secs().map_or_else(|| "-".to_owned(), |s| format!("{:.0} us", s * 1e6));
     let kinds = |d: &str| format!("{} audio, {} text", m.tokens_of(d, "audio"), m.tokens_of(d, "text"));
     Line::from(format!(
-        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({}, {} citations dropped)  store commit {}  tokens {} in ({}) / {} out ({})  caller audio dropped {:.1} s  worker adds {} over {} answers, {} over {} caller frames",
+        "metrics: finished ({})  voice-to-voice {} over {} turns  barge-ins {}  reconnects {} ({})  extractions {} ok / {} failed ({}, {} citations dropped)  store commit {}  tokens {} in ({}) / {} out ({})  caller audio dropped {:.1} s  worker adds {} over {} answers, {} over {} caller frames  agent frames written >40 ms late {} of {}",
         pairs(&m.consultations_finished),
         mean_ms(&m.voice_latency),
         m.voice_latency.count,
@@ -334,6 +334,8 @@ fn metrics_line(m: &MetricsSnapshot) -> Line<'static> {
         m.worker_added_latency.count,
         mean_us(&m.caller_added_latency),
         m.caller_added_latency.count,
+        m.agent_frame_lateness.above(0.04),
+        m.agent_frame_lateness.count,
     ))
 }
 
@@ -350,8 +352,11 @@ mod tests {
         metrics.worker_added_latency.observe(std::time::Duration::from_micros(40));
         metrics.worker_added_latency.observe(std::time::Duration::from_micros(60));
         metrics.caller_added_latency.observe(std::time::Duration::from_micros(120));
+        metrics.agent_frame_lateness.observe(std::time::Duration::from_millis(3));
+        metrics.agent_frame_lateness.observe(std::time::Duration::from_millis(70));
         let line = metrics_line(&metrics.snapshot()).to_string();
         assert!(line.contains("tokens 120 in (20 audio, 100 text) / 45 out (30 audio, 15 text)"), "{line}");
         assert!(line.contains("worker adds 50 us over 2 answers, 120 us over 1 caller frames"), "{line}");
+        assert!(line.contains("agent frames written >40 ms late 1 of 2"), "{line}");
     }
 }
