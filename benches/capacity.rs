@@ -139,16 +139,18 @@ async fn bench(steps: &[usize], duration: u64) {
     let pid = worker.id().unwrap().to_string();
     println!("capacity of one release worker ({} cores), {duration} s per call, caller {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), wav.display());
     println!(
-        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13} {:>6} {:>12}",
-        "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%", "in:p50/p99ms", "out:p50/p99ms", "wlate", "wlag:p50/p99"
+        "{:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>9} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13} {:>6} {:>12} {:>6} {:>12}",
+        "calls", "conn", "greet", "answered", "p50ms", "p95ms", "p99ms", "wCPU%", "wCPU%/call", "wMB/call", "lost", "late", "gaps", "fail", "loadCPU%", "srvCPU%", "fakeCPU%", "in:p50/p99ms", "out:p50/p99ms", "wlate", "wlag:p50/p99", "slate", "slag:p50/p99"
     );
     println!("(in/out: the worker's own added latency, caller -> realtime and realtime -> room, as bucket bounds of its histograms;");
-    println!(" wlate: agent frames the worker wrote more than 40 ms after their slot, wlag: every frame's write behind its slot, ms)");
+    println!(" wlate: agent frames the worker wrote more than 40 ms after their slot, wlag: every frame's write behind its slot, ms;");
+    println!(" slate, slag: the same for the loopback server, packets forwarded more than 40 ms after their read, and read to forward)");
     let mut failed_calls = 0;
     for &n in steps {
         let ramp = (n as f64 / 10.0).max(1.0);
         let (cpu0, fakes0, t0) = (cpu_secs("self"), cpu_secs(&fakes_pid), std::time::Instant::now());
         let added0 = AddedLatency::scrape(&health).await;
+        let lag0 = Buckets::of(server.forward_lag());
         let out = tokio::process::Command::new(bin)
             .current_dir(dir.path())
             .args(["--config", dir.path().join("config.toml").to_str().unwrap(), "loadtest", "--json", "--worker-pid", &pid])
@@ -168,10 +170,11 @@ async fn bench(steps: &[usize], duration: u64) {
             continue;
         };
         let added = AddedLatency::scrape(&health).await.since(&added0);
+        let lag = Buckets::of(server.forward_lag()).since(&lag0);
         let (t, l, a, w) = (&r["totals"], &r["latency"], &r["audio"], &r["worker"]);
         let f = |v: &Value| v.as_f64().map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "{n:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>13} {:>13} {:>6} {:>12}",
+            "{n:>5} {:>6} {:>6} {:>9} {:>7} {:>7} {:>7} {:>8} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>9} {:>9.0} {:>9.0} {:>13} {:>13} {:>6} {:>12} {:>6} {:>12}",
             t["connected"],
             t["greeted"],
             format!("{}/{}", t["answered"], t["phrases"]),
@@ -192,6 +195,8 @@ async fn bench(steps: &[usize], duration: u64) {
             added.agent.percentiles(),
             added.lateness.above(0.04),
             added.lateness.percentiles(),
+            lag.above(0.04),
+            lag.percentiles(),
         );
         failed_calls += t["failed"].as_u64().unwrap_or(0);
         for fl in r["failures"].as_array().into_iter().flatten().take(3) {
@@ -215,6 +220,10 @@ async fn bench(steps: &[usize], duration: u64) {
 struct Buckets(Vec<(f64, f64)>);
 
 impl Buckets {
+    fn of(counts: Vec<(f64, u64)>) -> Buckets {
+        Buckets(counts.into_iter().map(|(le, n)| (le, n as f64)).collect())
+    }
+
     fn since(&self, before: &Buckets) -> Buckets {
         Buckets(self.0.iter().map(|(le, n)| (*le, n - before.0.iter().find(|(b, _)| b == le).map_or(0.0, |(_, m)| *m))).collect())
     }

@@ -97,6 +97,7 @@ pub mod auth;
 pub mod peers;
 pub mod rooms;
 pub mod rtc;
+pub mod rtc_pair;
 mod config;
 mod cors;
 mod metadata;
@@ -216,6 +217,11 @@ impl LoopbackServer {
     /// The UDP address of the SFU (ICE host candidate).
     pub fn media_addr(&self) -> SocketAddr {
         self.sh.media.addr
+    }
+    /// Forwarded media's time in the SFU since start, socket read to copies written:
+    /// cumulative `(upper bound s, forwards)`, the last bound infinite.
+    pub fn forward_lag(&self) -> Vec<(f64, u64)> {
+        self.sh.media.lag.cumulative()
     }
     pub fn api_key(&self) -> &str {
         &self.sh.cfg.api_key

@@ -31,6 +31,11 @@ mod sdp;
 mod offers;
 #[path = "sfu_speakers.rs"]
 mod speakers;
+#[path = "sfu_lag.rs"]
+pub(crate) mod lag;
+#[cfg(test)]
+#[path = "sfu_forwarding_tests.rs"]
+mod forwarding_tests;
 
 use offers::send_candidate;
 use sdp::sdp_sections;
@@ -101,6 +106,7 @@ pub(crate) enum MediaCmd {
 pub(crate) struct MediaHandle {
     pub tx: mpsc::UnboundedSender<MediaCmd>,
     pub addr: SocketAddr,
+    pub lag: Arc<lag::ForwardLag>,
 }
 
 impl MediaHandle {
@@ -149,18 +155,31 @@ pub(crate) fn start(socket: std::net::UdpSocket, shared: std::sync::Weak<Shared>
         str0m::crypto::from_feature_flags().install_process_default();
     });
     let addr = socket.local_addr().expect("bound socket has an address");
+    // One socket carries every call's media in both directions: the default buffer (~200
+    // datagrams) overflows in a burst at a hundred calls, and each overflow is a lost packet.
+    // The kernel caps the size at net.core.rmem_max.
+    if let Err(err) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER_BYTES) {
+        tracing::warn!(error = %err, "cannot enlarge the SFU's UDP receive buffer");
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     socket.set_nonblocking(true).expect("nonblocking udp");
     let socket = UdpSocket::from_std(socket).expect("tokio udp socket");
-    tokio::spawn(run(socket, addr, rx, shared));
-    MediaHandle { tx, addr }
+    let lag = Arc::new(lag::ForwardLag::default());
+    tokio::spawn(run(socket, addr, rx, shared, lag.clone()));
+    MediaHandle { tx, addr, lag }
 }
+
+/// What the SFU socket asks the kernel for.
+const RECV_BUFFER_BYTES: usize = 4 << 20;
 
 fn new_rtc(addr: SocketAddr, ice_lite: bool) -> Rtc {
     let mut rtc = Rtc::builder()
         .set_ice_lite(ice_lite)
         .clear_codecs()
         .enable_opus(true, false)
+        // As livekit-server: audio is forwarded as it arrives. str0m would hold every frame
+        // after a lost packet until 15 more came (300 ms) waiting for one that never does.
+        .set_reordering_size_audio(0)
         .build(Instant::now());
     if let Ok(c) = Candidate::host(addr, "udp") {
         rtc.add_local_candidate(c);
@@ -188,6 +207,7 @@ struct Engine {
     due: HashMap<PcId, Instant>,
     /// Which PC a remote address belongs to, learnt from the first packet str0m accepted.
     by_source: HashMap<SocketAddr, PcId>,
+    lag: Arc<lag::ForwardLag>,
 }
 
 async fn run(
@@ -195,6 +215,7 @@ async fn run(
     addr: SocketAddr,
     mut rx: mpsc::UnboundedReceiver<MediaCmd>,
     shared: std::sync::Weak<Shared>,
+    lag: Arc<lag::ForwardLag>,
 ) {
     let socket = Arc::new(socket);
     let (speaker_interval, ice_lite) =
@@ -212,6 +233,7 @@ async fn run(
         dirty: HashSet::new(),
         due: HashMap::new(),
         by_source: HashMap::new(),
+        lag,
     };
     let mut buf = vec![0u8; 2000];
     loop {

@@ -110,6 +110,7 @@ impl Engine {
             }
             self.dirty.insert(*id);
         }
+        self.lag.observe(data.network_time.elapsed());
     }
 
     /// `speakers_changed` to everyone in a room whose speakers changed (sent once per
