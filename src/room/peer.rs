@@ -40,10 +40,6 @@ impl Target {
 
 static CRYPTO: std::sync::Once = std::sync::Once::new();
 
-/// Caller frames held back behind a missing packet, waiting for it to arrive out of order.
-const REORDER_FRAMES: usize = 2;
-const FRAME: Duration = Duration::from_millis(20);
-
 pub struct Peer {
     pub target: Target,
     pub rtc: Rtc,
@@ -69,7 +65,7 @@ impl Peer {
         std_socket.set_nonblocking(true).map_err(|e| format!("UDP socket: {e}"))?;
         let socket = UdpSocket::from_std(std_socket).map_err(|e| format!("UDP socket: {e}"))?;
         let local = socket.local_addr().map_err(|e| format!("UDP socket has no address: {e}"))?;
-        let mut rtc = new_rtc(Instant::now());
+        let mut rtc = Rtc::builder().clear_codecs().enable_opus(true, false).build(Instant::now());
         let candidate = Candidate::host(local, "udp").map_err(|e| format!("host candidate {local}: {e}"))?;
         rtc.add_local_candidate(candidate.clone());
         Ok(Self { target, rtc, socket: Arc::new(socket), local, candidate, connected: false, trickled: false, due: Instant::now(), touched: true })
@@ -126,18 +122,6 @@ impl Peer {
     }
 }
 
-/// Full ICE, Opus only. A lost caller packet holds the frames after it for reordering: two
-/// frames (40 ms) at most, not str0m's 15 (300 ms), which the realtime side's VAD would hear
-/// as a pause.
-fn new_rtc(now: Instant) -> Rtc {
-    Rtc::builder()
-        .clear_codecs()
-        .enable_opus(true, false)
-        .set_reordering_size_audio(REORDER_FRAMES)
-        .set_reordering_timeout_audio(Some(FRAME * REORDER_FRAMES as u32))
-        .build(now)
-}
-
 /// The address our host candidates use: the one the OS routes to the server from
 /// (127.0.0.1 for a local server, the machine's address otherwise).
 pub async fn local_ip_towards(server_url: &str) -> Result<IpAddr, String> {
@@ -153,19 +137,4 @@ pub async fn local_ip_towards(server_url: &str) -> Result<IpAddr, String> {
     let probe = std::net::UdpSocket::bind(any).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     probe.connect(target).map_err(|e| format!("no route to LiveKit host {target}: {e}"))?;
     Ok(probe.local_addr().map_err(|e| format!("no local address towards {target}: {e}"))?.ip())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caller_audio_after_a_lost_packet_waits_two_frames_at_most() {
-        let emitted = livekit_loopback::rtc_pair::frames_after_a_loss(new_rtc(Instant::now()), 10, 2);
-        let mut expected: Vec<(u8, Vec<u8>)> = (0u8..10).map(|f| (f, vec![f])).collect();
-        expected[2].1.clear(); // lost
-        expected[3].1.clear(); // held, in case frame 2 comes late
-        expected[4].1 = vec![3, 4];
-        assert_eq!(emitted, expected);
-    }
 }
