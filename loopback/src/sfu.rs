@@ -16,7 +16,7 @@ use prost::Message as _;
 use str0m::channel::{ChannelConfig, ChannelData, ChannelId, Reliability};
 use str0m::media::{Direction, MediaData, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
+use str0m::{Candidate, Event, Input, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -33,11 +33,14 @@ mod offers;
 mod speakers;
 #[path = "sfu_lag.rs"]
 pub(crate) mod lag;
+#[path = "sfu_rtc.rs"]
+mod pc_rtc;
 #[cfg(test)]
 #[path = "sfu_forwarding_tests.rs"]
 mod forwarding_tests;
 
 use offers::send_candidate;
+use pc_rtc::{drain, new_rtc};
 use sdp::sdp_sections;
 
 pub(crate) type PcId = u64;
@@ -171,21 +174,6 @@ pub(crate) fn start(socket: std::net::UdpSocket, shared: std::sync::Weak<Shared>
 
 /// What the SFU socket asks the kernel for.
 const RECV_BUFFER_BYTES: usize = 4 << 20;
-
-fn new_rtc(addr: SocketAddr, ice_lite: bool) -> Rtc {
-    let mut rtc = Rtc::builder()
-        .set_ice_lite(ice_lite)
-        .clear_codecs()
-        .enable_opus(true, false)
-        // As livekit-server: audio is forwarded as it arrives. str0m would hold every frame
-        // after a lost packet until 15 more came (300 ms) waiting for one that never does.
-        .set_reordering_size_audio(0)
-        .build(Instant::now());
-    if let Ok(c) = Candidate::host(addr, "udp") {
-        rtc.add_local_candidate(c);
-    }
-    rtc
-}
 
 struct Engine {
     addr: SocketAddr,
@@ -598,25 +586,3 @@ impl Engine {
 }
 
 type SockAddrIn = SocketAddr;
-
-/// Polls one PC until str0m names its next timeout: transmits go to the socket, events to
-/// `events`. False if str0m failed (the PC is then disconnected).
-fn drain(pc: &mut Pc, id: PcId, socket: &UdpSocket, due: &mut HashMap<PcId, Instant>, events: &mut Vec<(PcId, Event)>) -> bool {
-    loop {
-        match pc.rtc.poll_output() {
-            Ok(Output::Timeout(t)) => {
-                due.insert(id, t);
-                return true;
-            }
-            Ok(Output::Transmit(t)) => {
-                let _ = socket.try_send_to(&t.contents, t.destination);
-            }
-            Ok(Output::Event(ev)) => events.push((id, ev)),
-            Err(err) => {
-                tracing::warn!(identity = %pc.identity, error = %err, "rtc poll failed");
-                pc.rtc.disconnect();
-                return false;
-            }
-        }
-    }
-}

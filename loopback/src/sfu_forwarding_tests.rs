@@ -1,7 +1,7 @@
 //! The SFU's receive side forwards audio as it arrives, as livekit-server does: a lost packet
 //! does not hold back the frames after it.
 
-use super::new_rtc;
+use super::pc_rtc::new_rtc;
 use crate::rtc_pair::frames_after_a_loss;
 
 #[test]
