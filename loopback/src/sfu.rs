@@ -33,7 +33,7 @@ mod offers;
 mod speakers;
 #[path = "sfu_lag.rs"]
 pub(crate) mod lag;
-#[path = "sfu_rtc.rs"]
+#[path = "sfu_pc_rtc.rs"]
 mod pc_rtc;
 #[cfg(test)]
 #[path = "sfu_forwarding_tests.rs"]
