@@ -97,7 +97,8 @@ pub mod auth;
 pub mod peers;
 pub mod rooms;
 pub mod rtc;
-pub mod rtc_pair;
+#[cfg(test)]
+mod rtc_pair;
 mod config;
 mod cors;
 mod metadata;

@@ -3,8 +3,9 @@
 //! publisher PC receives are written to every subscriber PC that has the track open.
 //!
 //! str0m is sans-IO: each input (a datagram, forwarded media, the clock) is followed by draining
-//! `poll_output` before the next one. str0m allows one pending offer per `Rtc`, so subscriber renegotiations are
-//! queued and sent one at a time (next offer after the previous answer was accepted).
+//! `poll_output` before the next one. str0m allows one pending offer per `Rtc`, so subscriber
+//! renegotiations are queued and sent one at a time (next offer after the previous answer was
+//! accepted).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -195,6 +196,7 @@ struct Engine {
     due: HashMap<PcId, Instant>,
     /// Which PC a remote address belongs to, learnt from the first packet str0m accepted.
     by_source: HashMap<SocketAddr, PcId>,
+    /// Forwarded media's time in here, read by `LoopbackServer::forward_lag`.
     lag: Arc<lag::ForwardLag>,
 }
 
