@@ -95,7 +95,8 @@ fn agent_speech() -> std::sync::Arc<[i16]> {
 
 async fn bench(steps: &[usize], duration: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let server = LoopbackServer::start(LoopbackConfig::default()).await.unwrap();
+    // Forwarding as livekit-server does: str0m's default would hold audio behind a lost packet.
+    let server = LoopbackServer::start(LoopbackConfig { forward_audio_at_once: true, ..Default::default() }).await.unwrap();
     let mut fakes = std::process::Command::new(std::env::current_exe().unwrap())
         .env(FAKES_CHILD, "1")
         .stdin(Stdio::piped())

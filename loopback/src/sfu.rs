@@ -188,6 +188,8 @@ struct Engine {
     speakers: speakers::Speakers,
     /// livekit-server runs full ICE unless `rtc.use_ice_lite` is set.
     ice_lite: bool,
+    /// `LoopbackConfig::forward_audio_at_once`.
+    forward_at_once: bool,
     /// Per subscriber PC: tracks its publishers' permissions refuse it (not forwarded).
     denied: HashMap<PcId, HashSet<String>>,
     /// Only PCs with work are driven (hundreds of rooms share this task): those that got
@@ -208,8 +210,10 @@ async fn run(
     lag: Arc<lag::ForwardLag>,
 ) {
     let socket = Arc::new(socket);
-    let (speaker_interval, ice_lite) =
-        shared.upgrade().map(|s| (s.cfg.speaker_update_interval, s.cfg.ice_lite)).unwrap_or((Duration::from_millis(400), false));
+    let (speaker_interval, ice_lite, forward_at_once) = shared
+        .upgrade()
+        .map(|s| (s.cfg.speaker_update_interval, s.cfg.ice_lite, s.cfg.forward_audio_at_once))
+        .unwrap_or((Duration::from_millis(400), false, false));
     let mut e = Engine {
         addr,
         socket: socket.clone(),
@@ -219,6 +223,7 @@ async fn run(
         told_subscribed: HashSet::new(),
         speakers: speakers::Speakers::new(speaker_interval),
         ice_lite,
+        forward_at_once,
         denied: HashMap::new(),
         dirty: HashSet::new(),
         due: HashMap::new(),
@@ -410,7 +415,7 @@ impl Engine {
                             channels: HashMap::new(),
                             pending_data: Vec::new(),
                             signal: signal.clone(),
-                            rtc: new_rtc(self.addr, self.ice_lite),
+                            rtc: new_rtc(self.addr, self.ice_lite, self.forward_at_once),
                             connected: false,
                             in_tracks: HashMap::new(),
                             flowing: HashSet::new(),

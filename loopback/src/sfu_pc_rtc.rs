@@ -9,15 +9,14 @@ use tokio::net::UdpSocket;
 
 use super::{Pc, PcId};
 
-pub(super) fn new_rtc(addr: SocketAddr, ice_lite: bool) -> Rtc {
-    let mut rtc = Rtc::builder()
-        .set_ice_lite(ice_lite)
-        .clear_codecs()
-        .enable_opus(true, false)
-        // As livekit-server: audio is forwarded as it arrives. str0m would hold every frame
-        // after a lost packet until 15 more came (300 ms) waiting for one that never does.
-        .set_reordering_size_audio(0)
-        .build(Instant::now());
+/// `at_once`: as livekit-server, audio is forwarded as it arrives (str0m holds back nothing
+/// behind a lost packet); otherwise str0m's default holds the next 15 frames.
+pub(super) fn new_rtc(addr: SocketAddr, ice_lite: bool, at_once: bool) -> Rtc {
+    let mut builder = Rtc::builder().set_ice_lite(ice_lite).clear_codecs().enable_opus(true, false);
+    if at_once {
+        builder = builder.set_reordering_size_audio(1);
+    }
+    let mut rtc = builder.build(Instant::now());
     if let Ok(c) = Candidate::host(addr, "udp") {
         rtc.add_local_candidate(c);
     }
